@@ -1,0 +1,169 @@
+"""QR-head detection: score every attention head alone on labelled examples and keep the best.
+
+Each head ranks the units of each example's documents by the same rule the retriever uses at
+inference (calibration, pooling, threshold), so detection and scoring can never disagree. A head's
+score is its mean nDCG@k over the examples, or the reference's summed score on gold units.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+from tqdm.auto import tqdm
+
+from . import scoring
+from .config import RetrieverConfig
+from .datasets import LabelledExample, gold_units
+from .heads import HeadSelection
+from .model_loading import model_id
+from .retriever import AttentionRetriever
+
+logger = logging.getLogger(__name__)
+
+Metric = Literal["ndcg", "gold_score"]
+
+
+@dataclass
+class DetectionResult:
+    """Detected heads (best first) with their scores and everything needed to reproduce them."""
+
+    heads: list[str]
+    scores: dict[str, float]
+    model: str
+    metric: str
+    k: int
+    n_examples: int
+    template: str
+    scoring_rule: dict[str, Any]
+    versions: dict[str, str]
+    sources: list[str] = field(default_factory=list)
+    aliases: list[str] = field(default_factory=list)
+    command: str | None = None
+
+    def to_yaml(self) -> str:
+        """The head-set file format read by `attention.heads: <path>`."""
+        data = {
+            "model": self.model,
+            "aliases": self.aliases,
+            "heads": self.heads,
+            "scores": {h: round(self.scores[h], 6) for h in self.heads},
+            "metric": self.metric,
+            "k": self.k,
+            "n_examples": self.n_examples,
+            "sources": self.sources,
+            "template": self.template,
+            "scoring_rule": self.scoring_rule,
+            "versions": self.versions,
+            "command": self.command,
+        }
+        return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+    def save(self, path: str | Path) -> None:
+        """Write the head-set file."""
+        Path(path).write_text(self.to_yaml(), encoding="utf-8")
+
+
+def detect_heads(
+    examples: Sequence[LabelledExample],
+    config: RetrieverConfig | dict[str, Any] | str | Path | None = None,
+    *,
+    top: int = 16,
+    metric: Metric = "ndcg",
+    k: int = 10,
+    show_progress: bool = False,
+    sources: Sequence[str] = (),
+    command: str | None = None,
+) -> DetectionResult:
+    """Score every (layer, head) of the model alone on `examples` and return the `top` best."""
+    if top <= 0:
+        raise ValueError(f"top must be positive, got {top}")
+    if metric not in ("ndcg", "gold_score"):
+        raise ValueError(f"metric must be 'ndcg' or 'gold_score', got {metric!r}")
+    base = RetrieverConfig.coerce(config)
+    att = base.attention.model_copy(update={"heads": "all", "layers": [-1]})
+    retriever = AttentionRetriever(base.model_copy(update={"attention": att}))
+    loaded = retriever.model
+    everything = HeadSelection(dict.fromkeys(range(loaded.num_layers)), source="detection")
+    totals = np.zeros(loaded.num_layers * loaded.num_heads)
+    used = 0
+    for ex in tqdm(examples, desc="detect heads", disable=not show_progress):
+        per_head = _example_scores(retriever, ex, everything, metric, k)
+        if per_head is None:
+            logger.warning("example %s has no gold unit after segmentation; skipped", ex.id)
+            continue
+        totals += per_head
+        used += 1
+    if used == 0:
+        raise ValueError("no usable example: none had a gold span that maps to a unit")
+    mean = totals / used
+    order = np.argsort(-mean, kind="stable")  # ties keep (layer, head) order: deterministic
+    names = [f"{i // loaded.num_heads}-{i % loaded.num_heads}" for i in range(len(mean))]
+    best = [names[i] for i in order[: min(top, len(names))]]
+    return DetectionResult(
+        heads=best,
+        scores={names[i]: float(mean[i]) for i in order},
+        model=model_id(base.model),
+        metric=metric,
+        k=k,
+        n_examples=used,
+        template=retriever.prompt_key,
+        scoring_rule=base.attention.model_dump(
+            mode="json", include={"calibration", "pooling", "topk", "threshold_std", "query_rows"}
+        ),
+        versions=_versions(),
+        sources=list(sources),
+        command=command,
+    )
+
+
+def _example_scores(
+    retriever: AttentionRetriever, ex: LabelledExample, selection: HeadSelection, metric: Metric, k: int
+) -> np.ndarray | None:
+    """Per-head quality on one example (units of all its documents ranked together)."""
+    att = retriever.config.attention
+    unit_scores, gold_mask = [], []
+    for d, text in enumerate(ex.documents):
+        units = retriever.units(text)
+        gold = gold_units([(u.start, u.end) for u in units], ex.gold, d)
+        tokens, per_layer = retriever.head_token_scores(ex.query, text, selection)
+        rows = np.concatenate([per_layer[layer].double().cpu().numpy() for layer in sorted(per_layer)], axis=0)
+        lo, hi = scoring.unit_token_ranges(tokens.offsets, [(u.start, u.end) for u in units])
+        unit_scores.append(scoring.pool(rows, lo, hi, att.pooling, att.topk, att.threshold_std))
+        gold_mask.append(np.isin(np.arange(len(units)), sorted(gold)))
+    scores = np.concatenate(unit_scores, axis=1)  # [heads, units]
+    relevant = np.concatenate(gold_mask)
+    if not relevant.any():
+        return None
+    if metric == "gold_score":
+        return scores[:, relevant].sum(axis=1)
+    return _ndcg_rows(scores, relevant, k)
+
+
+def _ndcg_rows(scores: np.ndarray, relevant: np.ndarray, k: int) -> np.ndarray:
+    """nDCG@k of every row's ranking (binary gains), vectorised over heads."""
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    discounts = 1.0 / np.log2(np.arange(2, top.shape[1] + 2))
+    dcg = (relevant[top] * discounts).sum(axis=1)
+    ideal = discounts[: min(int(relevant.sum()), k)].sum()
+    return dcg / ideal
+
+
+def _versions() -> dict[str, str]:
+    import torch
+    import transformers
+
+    from . import __version__
+
+    return {
+        "attnret": __version__,
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }

@@ -1,0 +1,50 @@
+"""A bounded LRU of prefilled documents (KV cache and token alignment), safe across threads."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
+
+V = TypeVar("V")
+
+
+class KVStore(Generic[V]):
+    """LRU map from (model, layout, content hash) to a prefilled document; one prefill per key at a time."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[Hashable, V] = OrderedDict()
+        self._lock = threading.Lock()
+        self._key_locks: dict[Hashable, threading.Lock] = {}
+
+    def get_or_create(self, key: Hashable, create: Callable[[], V]) -> V:
+        """Return the cached value for `key`, or build it with `create` (concurrent callers wait, not redo)."""
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:
+            with self._lock:
+                if key in self._items:
+                    self._items.move_to_end(key)
+                    return self._items[key]
+            value = create()
+            with self._lock:
+                self._key_locks.pop(key, None)
+                if self.capacity > 0:
+                    self._items[key] = value
+                    while len(self._items) > self.capacity:
+                        self._items.popitem(last=False)
+            return value
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+    def clear(self) -> None:
+        """Forget every cached document."""
+        with self._lock:
+            self._items.clear()

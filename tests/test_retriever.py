@@ -1,0 +1,217 @@
+"""AttentionRetriever with the real default model: spans, ranking, caching, concurrency and bad input."""
+
+from __future__ import annotations
+
+import copy
+import threading
+
+import numpy as np
+import pytest
+
+from shared_core import AttentionRetriever, Document, Hit, RetrieverConfig
+from shared_core.datasets import babilong_examples, gold_units, resolve_task_path
+
+STORY = (
+    "Mary got the milk there. John moved to the bedroom.\n\n"
+    "Sandra went back to the kitchen. Mary travelled to the hallway. "
+    "The weather was nice and the birds sang loudly over the hills.\n\n"
+    "Daniel went to the office. Bill picked up the apple."
+)
+
+
+def _assert_exact(hits: list[Hit], docs: list[str]) -> None:
+    for h in hits:
+        assert docs[h.document_index][h.start : h.end] == h.text
+        assert h.text == h.text.strip() and h.text
+
+
+def test_spans_are_exact_and_scores_ordered(retriever: AttentionRetriever) -> None:
+    hits = retriever.retrieve("Where is the milk?", [STORY], top_k=20)
+    _assert_exact(hits, [STORY])
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    assert len(hits) == len(retriever.units(STORY)) == 7
+    assert all(h.reasons == ["attention"] and "attention" in h.scores for h in hits)
+    assert hits[0].text == "Mary got the milk there."
+
+
+def test_score_units_lists_every_unit_in_order(retriever: AttentionRetriever) -> None:
+    units = retriever.score_units("Where is the apple?", STORY)
+    assert [u.start for u in units] == sorted(u.start for u in units)
+    assert max(units, key=lambda h: h.score).text == "Bill picked up the apple."
+
+
+def test_paragraph_granularity() -> None:
+    r = AttentionRetriever({"units": {"granularity": "paragraph"}})
+    hits = r.retrieve("Who picked up the apple?", [STORY], top_k=3)
+    _assert_exact(hits, [STORY])
+    assert len(hits) == 3
+    assert hits[0].text.endswith("Bill picked up the apple.")
+
+
+def test_score_spans_follow_given_spans(retriever: AttentionRetriever) -> None:
+    a = STORY.index("Bill picked")
+    spans = [(0, 24), (a, len(STORY))]
+    scores = retriever.score_spans("Who picked up the apple?", STORY, spans)
+    assert len(scores) == 2 and scores[1] > scores[0]
+    with pytest.raises(ValueError, match="outside the document"):
+        retriever.score_spans("q", STORY, [(0, len(STORY) + 5)])
+
+
+@pytest.mark.slow
+def test_babi_qa2_story_in_filler_ranks_both_facts_top5(retriever: AttentionRetriever, shared_data) -> None:
+    """The multi-fact case: 'Where is the X?' needs the pick-up fact and the holder's move."""
+    examples = babilong_examples(
+        resolve_task_path("babi-qa2", shared_data), n=6, target_words=900, seed=7, filler="hotpot"
+    )
+    found = 0
+    for ex in examples:
+        hits = retriever.score_units(ex.query, ex.documents[0])
+        gold = gold_units([(h.start, h.end) for h in hits], ex.gold, 0)
+        top5 = {h.unit_index for h in sorted(hits, key=lambda h: -h.score)[:5]}
+        found += gold <= top5
+    assert found >= 4, f"both supporting facts in the top 5 for only {found}/6 questions"
+
+
+def test_second_query_runs_only_query_tokens() -> None:
+    r = AttentionRetriever()
+    doc = STORY * 3
+    r.retrieve("Where is the milk?", [doc])
+    first = dict(r.stats)
+    r.retrieve("Where is the apple?", [doc])
+    assert r.stats["prefills"] == first["prefills"] == 1
+    second_tokens = r.stats["query_tokens"] - first["query_tokens"]
+    assert second_tokens < first["prefill_tokens"] / 5
+
+
+def test_cache_disabled_prefills_every_time() -> None:
+    r = AttentionRetriever({"attention": {"kv_cache_size": 0}})
+    r.retrieve("Where is the milk?", [STORY])
+    r.retrieve("Where is the milk?", [STORY])
+    assert r.stats["prefills"] == 2
+
+
+def test_cached_and_fresh_scores_agree(retriever: AttentionRetriever) -> None:
+    fresh = AttentionRetriever({"attention": {"kv_cache_size": 0}})
+    a = [h.scores["attention"] for h in retriever.score_units("Where is Daniel?", STORY)]
+    retriever.score_units("Where is the milk?", STORY)  # the cache must not be changed by a query
+    b = [h.scores["attention"] for h in retriever.score_units("Where is Daniel?", STORY)]
+    c = [h.scores["attention"] for h in fresh.score_units("Where is Daniel?", STORY)]
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-6)
+
+
+def test_calibration_changes_scores(retriever: AttentionRetriever) -> None:
+    plain = AttentionRetriever({"attention": {"calibration": False}})
+    cal = [h.scores["attention"] for h in retriever.score_units("Where is the milk?", STORY)]
+    raw = [h.scores["attention"] for h in plain.score_units("Where is the milk?", STORY)]
+    assert all(r > 0 for r in raw)  # raw attention mass is positive
+    assert not np.allclose(cal, raw)
+
+
+def test_multiple_documents_keep_ids() -> None:
+    r = AttentionRetriever()
+    docs = [Document(text=STORY, id="story"), Document(text="The capital of France is Paris. It is big.", id="fr")]
+    hits = r.retrieve("What is the capital of France?", docs, top_k=20)
+    _assert_exact(hits, [d.text for d in docs])
+    assert {h.document_id for h in hits} == {"story", "fr"}
+    assert all((h.document_id == "fr") == (h.document_index == 1) for h in hits)
+    plain = r.retrieve("Where is the milk?", [STORY, STORY[:60]], top_k=3)
+    assert {h.document_id for h in plain} <= {"0", "1"}
+
+
+def test_concurrent_calls_match_serial(retriever: AttentionRetriever) -> None:
+    queries = ["Where is the milk?", "Where is the apple?", "Who went to the office?", "Where is Sandra?"]
+    serial = {q: [(h.start, round(h.score, 6)) for h in retriever.retrieve(q, [STORY], top_k=7)] for q in queries}
+    results: dict[str, list] = {}
+    errors: list[BaseException] = []
+
+    def work(q: str) -> None:
+        try:
+            results[q] = [(h.start, round(h.score, 6)) for h in retriever.retrieve(q, [STORY], top_k=7)]
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(q,)) for q in queries * 2]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert results == serial
+
+
+def test_inputs_not_mutated(retriever: AttentionRetriever) -> None:
+    docs = [Document(text=STORY, id="a", meta={"k": [1, 2]}), STORY]
+    before = copy.deepcopy(docs)
+    retriever.retrieve("Where is the milk?", docs, top_k=3)
+    assert docs == before
+
+
+@pytest.mark.parametrize(
+    ("query", "documents", "top_k", "error", "match"),
+    [
+        ("", [STORY], 3, ValueError, "query is empty"),
+        ("   \n", [STORY], 3, ValueError, "query is empty"),
+        (None, [STORY], 3, TypeError, "query must be a str"),
+        ("q", [], 3, ValueError, "documents is empty"),
+        ("q", ["  \n "], 3, ValueError, "document 0 is empty"),
+        ("q", [STORY, ""], 3, ValueError, "document 1 is empty"),
+        ("q", [42], 3, TypeError, "document 0 must be a str"),
+        ("q", STORY, 3, TypeError, "wrap a single document"),
+        ("q", [STORY], 0, ValueError, "top_k must be positive"),
+        ("q", [STORY], -2, ValueError, "top_k must be positive"),
+        ("q", [STORY], 2.5, TypeError, "top_k must be an int"),
+    ],
+)
+def test_bad_input(retriever: AttentionRetriever, query, documents, top_k, error, match) -> None:
+    with pytest.raises(error, match=match):
+        retriever.retrieve(query, documents, top_k=top_k)
+
+
+def test_document_past_the_window_is_a_clear_error() -> None:
+    r = AttentionRetriever({"model": {"max_tokens": 128}})
+    with pytest.raises(ValueError, match=r"exceeds the model window of 128 tokens.*cascade"):
+        r.retrieve("Where is the milk?", [STORY * 4])
+
+
+def test_head_list_restricts_capture_to_its_layers() -> None:
+    r = AttentionRetriever({"attention": {"heads": ["3-1", "5-0", "5-7"]}})
+    assert r.head_selection.layers == [3, 5]
+    assert r.head_selection.per_layer[5] == (0, 7)
+    assert r.head_selection.deepest == 5
+    hits = r.retrieve("Where is the milk?", [STORY], top_k=3)
+    _assert_exact(hits, [STORY])
+
+
+@pytest.mark.parametrize(
+    ("heads", "match"),
+    [(["30-0"], "30 layers"), (["2-9"], "9 query heads"), (["2:3"], "form 'layer-head'"), (["x-1"], "form")],
+)
+def test_bad_head_strings_name_the_model_shape(heads, match) -> None:
+    r = AttentionRetriever({"attention": {"heads": heads}})
+    with pytest.raises(ValueError, match=match):
+        r.warm_up()
+
+
+def test_config_yaml_round_trip(tmp_path) -> None:
+    cfg = RetrieverConfig.model_validate(
+        {
+            "attention": {"layers": [10, -1], "pooling": "max", "calibration": False},
+            "units": {"granularity": "paragraph"},
+        }
+    )
+    text = cfg.to_yaml()
+    assert RetrieverConfig.from_yaml(text) == cfg
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    assert RetrieverConfig.from_yaml(path) == cfg
+    assert RetrieverConfig.from_yaml(path).to_yaml() == text
+
+
+def test_config_rejects_unknown_keys_and_values() -> None:
+    with pytest.raises(ValueError, match="extra"):
+        RetrieverConfig.model_validate({"attention": {"poolin": "max"}})
+    with pytest.raises(ValueError):
+        RetrieverConfig.model_validate({"attention": {"pooling": "median"}})
+    with pytest.raises(ValueError, match="non-empty"):
+        RetrieverConfig.model_validate({"attention": {"layers": []}})
