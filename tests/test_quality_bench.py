@@ -1,0 +1,139 @@
+"""The quality benchmark: README-section rewriting, metric plumbing, and an end-to-end quick run (slow)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# `benchmarks/` is a top-level folder of the repository, not an installed package: make it importable under
+# plain `pytest` (which does not put the repository root on sys.path).
+_ROOT = str(Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from benchmarks.baselines import bm25_scores  # noqa: E402
+from benchmarks.quality import (  # noqa: E402
+    METHODS,
+    README_END,
+    README_START,
+    Prepared,
+    main,
+    markdown_table,
+    prepare,
+    question_metrics,
+    update_readme_section,
+)
+from shared_core.datasets import GoldSpan, LabelledExample  # noqa: E402
+
+
+def test_readme_section_added_when_missing(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("# Project\n\nIntro.\n", encoding="utf-8")
+    update_readme_section(readme, "| a | b |")
+    text = readme.read_text(encoding="utf-8")
+    assert text.startswith("# Project\n\nIntro.\n\n## Retrieval quality\n\n")
+    assert f"{README_START}\n| a | b |\n{README_END}" in text
+
+
+def test_readme_section_replaced_only_between_markers(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    before = f"# P\n\nkeep me\n\n{README_START}\nold table\n{README_END}\n\n## After\n\nalso kept\n"
+    readme.write_text(before, encoding="utf-8")
+    update_readme_section(readme, "new table\n")
+    text = readme.read_text(encoding="utf-8")
+    assert text == f"# P\n\nkeep me\n\n{README_START}\nnew table\n{README_END}\n\n## After\n\nalso kept\n"
+    update_readme_section(readme, "newer")  # idempotent structure: one section only
+    assert readme.read_text(encoding="utf-8").count(README_START) == 1
+
+
+def test_readme_created_when_absent(tmp_path: Path) -> None:
+    readme = tmp_path / "NEW.md"
+    update_readme_section(readme, "body")
+    assert readme.read_text(encoding="utf-8") == f"## Retrieval quality\n\n{README_START}\nbody\n{README_END}\n"
+
+
+def test_prepare_maps_gold_and_lexical_gap_across_documents() -> None:
+    docs = ["Mary got the milk there. Mary went to the garden.", "John went home. The milk is sour."]
+    gold = [GoldSpan(0, 0, 24), GoldSpan(0, 25, 49), GoldSpan(1, 16, 33)]
+    example = LabelledExample("x", "Where is the milk?", docs, gold, "t")
+
+    def split(doc: str) -> list[tuple[int, int]]:
+        out, start = [], 0
+        for i, ch in enumerate(doc):
+            if ch == ".":
+                out.append((start, i + 1))
+                start = i + 2
+        return out
+
+    prepared = prepare(example, split)
+    assert prepared.spans == [(0, 0, 24), (0, 25, 49), (1, 0, 15), (1, 16, 33)]
+    assert prepared.texts[3] == "The milk is sour."
+    assert prepared.gold == {0, 1, 3}
+    assert prepared.nooverlap_gold == {1}  # "Mary went to the garden." shares no content word with the query
+    metrics = question_metrics(np.array([0.9, 0.1, 0.5, 0.8]), prepared)
+    assert metrics["recall@5"] == 1.0
+    assert metrics["nooverlap_recall@10"] == 1.0
+    assert 0 < metrics["ndcg@10"] < 1
+
+
+def test_question_metrics_without_lexical_gap() -> None:
+    example = LabelledExample("x", "milk", ["milk. other."], [GoldSpan(0, 0, 5)], "t")
+    prepared = Prepared(example, [(0, 0, 5), (0, 6, 12)], ["milk.", "other."], {0}, set())
+    metrics = question_metrics(bm25_scores("milk", prepared.texts), prepared)
+    assert metrics == {"ndcg@10": 1.0, "recall@5": 1.0, "recall@10": 1.0}
+
+
+def test_method_registry() -> None:
+    assert {"bm25", "dense", "attention", "attention-nocal"} <= set(METHODS)
+    assert METHODS["attention-nocal"].override == {"attention": {"calibration": False}}
+
+
+def test_bm25_scores_rank_lexical_match_first() -> None:
+    scores = bm25_scores("Where is the milk?", ["John went home.", "Mary got the milk there.", "Nothing here."])
+    assert int(np.argmax(scores)) == 1 and scores[0] == 0.0
+    assert bm25_scores("the", ["a b", "c d"]).tolist() == [0.0, 0.0]  # only stop words
+    with pytest.raises(TypeError):
+        bm25_scores("q", "not a list")
+
+
+def test_markdown_table_marks_best() -> None:
+    row = {"n": 2, "recall@5": 0.5, "recall@10": 1.0, "nooverlap_recall@10": None, "n_nooverlap": 0}
+    results = {
+        "results": [
+            {"task": "t", "words": 100, "method": "a", "ndcg@10": 0.25, "sec_per_doc": 0.1, **row},
+            {"task": "t", "words": 100, "method": "b", "ndcg@10": 0.75, "sec_per_doc": 0.2, **row},
+        ]
+    }
+    table = markdown_table(results)
+    assert "| t | 100 | 2 | 0.250 | **0.750** |" in table
+    assert "| t | 100 | a | 2 | 0.250 | 0.500 | 1.000 | – (0) | 0.10 |" in table
+
+
+@pytest.mark.slow
+def test_quick_pipeline_end_to_end(shared_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "quality.json"
+    readme = tmp_path / "README.md"
+    readme.write_text("# attnret\n", encoding="utf-8")
+    argv = ["--quick", "--n", "2", "--words", "300", "--tasks", "babi-qa2,hotpotqa"]
+    argv += ["--methods", "bm25,dense,attention"]
+    assert main([*argv, "--out", str(out), "--readme", str(readme), "--no-progress"]) == 0
+    results = json.loads(out.read_text(encoding="utf-8"))
+    assert set(results) == {"meta", "settings", "results", "per_question"}
+    assert {"date", "commit", "machine", "versions"} <= set(results["meta"])
+    rows = results["results"]
+    assert {(r["task"], r["method"]) for r in rows} == {
+        (t, m) for t in ("babi-qa2", "hotpotqa", "overall") for m in ("bm25", "dense", "attention")
+    }
+    for r in rows:
+        assert r["n"] == (4 if r["task"] == "overall" else 2)
+        for key in ("ndcg@10", "recall@5", "recall@10"):
+            assert 0.0 <= r[key] <= 1.0
+        assert r["nooverlap_recall@10"] is None or 0.0 <= r["nooverlap_recall@10"] <= 1.0
+        assert r["sec_per_doc"] >= 0.0
+    assert len(results["per_question"]) == 2 * 2 * 3
+    text = readme.read_text(encoding="utf-8")
+    assert README_START in text and "| babi-qa2 | 300 | 2 |" in text and "attention" in text
