@@ -48,6 +48,19 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Write a self-contained HTML page explaining why each sentence scored as it did."""
+    from .explain import write_html
+
+    retriever = AttentionRetriever(_load_config(args.config))
+    explanation = retriever.explain(args.query, _read_documents(args.file), top_k=args.top_k)
+    write_html(explanation, args.out)
+    if args.json:
+        Path(args.json).write_text(explanation.to_json(indent=2), encoding="utf-8")
+    sys.stdout.write(f"wrote {args.out}\n")
+    return 0
+
+
 def cmd_detect_heads(args: argparse.Namespace) -> int:
     """Detect the retrieval heads of a model on labelled examples and write a head-set file."""
     from .datasets import load_examples
@@ -90,6 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--top-k", type=int, default=10, help="how many units to print (default 10)")
     search.add_argument("--json", action="store_true", help="print the hits as JSON")
     search.set_defaults(func=cmd_search)
+
+    explain = sub.add_parser("explain", help="write an HTML page showing how every sentence scored")
+    explain.add_argument("--file", action="append", required=True, help="a text file (repeatable)")
+    explain.add_argument("--query", required=True, help="the question or query")
+    explain.add_argument("--out", required=True, help="HTML file to write")
+    explain.add_argument("--json", help="also write the explanation data as JSON to this file")
+    explain.add_argument("--config", help="a RetrieverConfig YAML file")
+    explain.add_argument("--top-k", type=int, default=10, help="hits listed on the page (default 10)")
+    explain.set_defaults(func=cmd_explain)
 
     detect = sub.add_parser("detect-heads", help="find the query-focused retrieval heads of a model")
     detect.add_argument(

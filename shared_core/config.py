@@ -6,13 +6,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
-
-class _Section(BaseModel):
-    """Base for config sections: unknown keys are errors, so typos never pass silently."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+from .cascade import CascadeConfig
+from .dense import DenseConfig
+from .entities import EntitiesConfig
+from .fusion import FusionConfig
+from .section import ConfigSection as _Section
 
 
 class ModelConfig(_Section):
@@ -89,7 +89,6 @@ class AttentionConfig(_Section):
     kv_cache_size: int = Field(
         4, ge=0, description="Documents whose prefilled KV cache is kept (LRU); 0 disables reuse."
     )
-    batch_queries: bool = Field(True, description="Run the query and its N/A calibration in one batched pass.")
 
     @field_validator("layers")
     @classmethod
@@ -123,6 +122,10 @@ class RetrieverConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     attention: AttentionConfig = Field(default_factory=AttentionConfig)
     units: UnitsConfig = Field(default_factory=UnitsConfig)
+    dense: DenseConfig = Field(default_factory=DenseConfig)
+    fusion: FusionConfig = Field(default_factory=FusionConfig)
+    entities: EntitiesConfig = Field(default_factory=EntitiesConfig)
+    cascade: CascadeConfig = Field(default_factory=CascadeConfig)
     show_progress: bool = Field(False, description="Show tqdm progress bars (the CLI turns them on).")
 
     @classmethod
@@ -153,6 +156,12 @@ class RetrieverConfig(_Section):
 
 
 def _looks_like_path(source: str | Path) -> bool:
+    """A Path, or a one-line string naming a .yaml/.yml or an existing file (else it is YAML text)."""
     if isinstance(source, Path):
         return True
-    return ("\n" not in source and source.endswith((".yaml", ".yml"))) or Path(source).is_file()
+    if "\n" in source or not source.strip():
+        return False
+    try:
+        return source.endswith((".yaml", ".yml")) or Path(source).is_file()
+    except OSError:  # e.g. a name too long to be a path
+        return False

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import Field
 
-from shared_core.config import _Section
+from shared_core.section import ConfigSection as _Section
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from shared_core.config import _Section
+from shared_core.section import ConfigSection as _Section
 from shared_core.document import Unit
 
 logger = logging.getLogger(__name__)
@@ -58,6 +58,12 @@ class EntitiesConfig(_Section):
         "'Mary got the milk. She went to the kitchen.').",
     )
     max_expansions: int = Field(10, ge=0, description="Most units added by entity expansion per document.")
+    direct_hits: int = Field(
+        2,
+        ge=0,
+        description="Units ranked by their own fused score before the entity expansions; expansions come next, "
+        "then every other unit by score (an expansion whose own score is higher keeps its own place).",
+    )
     order: Literal["document", "proximity"] = Field(
         "document",
         description="Order of one entity's units (entities go best first either way): 'document' = text order; "

@@ -163,7 +163,7 @@ def _versions() -> dict[str, str]:
 
     return {
         "attnret": __version__,
-        "transformers": transformers.__version__,
-        "torch": torch.__version__,
+        "transformers": str(transformers.__version__),
+        "torch": str(torch.__version__),
         "python": platform.python_version(),
     }

@@ -14,9 +14,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import capture, scoring
+from . import capture, ranking, scoring
 from .config import RetrieverConfig
+from .dense import DenseScorer
 from .document import Document, Hit, Unit
+from .entities import EntityIndex, load_nlp
+from .explain import Explanation, build_explanation
 from .heads import HeadSelection, select_heads
 from .kv_store import KVStore
 from .model_loading import LoadedModel, load_model, model_id
@@ -27,6 +30,15 @@ logger = logging.getLogger(__name__)
 
 CALIBRATION_QUERY = "N/A"
 PREFILL_CHUNK = 2048  # tokens per prefill step: bounds activation memory and drives the progress bar
+
+
+@dataclass(frozen=True)
+class _Analysis:
+    """What is computed once per document text, whatever the query: units, embeddings, entities."""
+
+    units: tuple[Unit, ...]
+    embeddings: np.ndarray | None
+    entities: EntityIndex | None
 
 
 @dataclass(frozen=True)
@@ -50,6 +62,8 @@ class AttentionRetriever:
         self._layout: PromptLayout | None = None
         self._selection: HeadSelection | None = None
         self._store: KVStore[_Prefilled] = KVStore(self.config.attention.kv_cache_size)
+        self._analyses: KVStore[_Analysis] = KVStore(max(self.config.attention.kv_cache_size, 32))
+        self._dense = DenseScorer(self.config.dense)
         self._init_lock = threading.Lock()
         self._stats_lock = threading.Lock()
         self.stats: dict[str, int] = {"prefills": 0, "prefill_tokens": 0, "query_passes": 0, "query_tokens": 0}
@@ -98,68 +112,137 @@ class AttentionRetriever:
     # ----------------------------------------------------------------- public API
     def units(self, document: str | Document) -> list[Unit]:
         """The units (sentences or paragraphs, per config) of a document, with exact char offsets."""
-        doc = _coerce_document(document, 0)
-        u = self.config.units
-        return segment(doc.text, u.granularity, u.spacy_model, u.min_chars)
+        return list(self._analysis(_coerce_document(document, 0)).units)
 
     def retrieve(self, query: str, documents: Sequence[str | Document], top_k: int = 10) -> list[Hit]:
-        """The `top_k` best units across `documents`, each document scored in its own context."""
+        """The `top_k` best units across `documents`, each document scored in its own context.
+
+        With several documents, a unit's score is its within-document score scaled by its document's
+        score relative to the others (0.5 + 0.5·doc score), so the best document's hits come first among equals.
+        """
         _check_query(query)
         _check_top_k(top_k)
-        docs = _coerce_documents(documents)
-        hits: list[Hit] = []
-        for i, doc in enumerate(tqdm(docs, desc="documents", disable=not self.config.show_progress or len(docs) < 2)):
-            hits.extend(self._score_document(query, doc, i))
+        hits = [h for per_doc in self.score_all(query, documents) for h in per_doc]
         hits.sort(key=lambda h: (-h.score, h.document_index, h.start))
         return hits[:top_k]
+
+    def explain(self, query: str, documents: Sequence[str | Document], top_k: int = 10) -> Explanation:
+        """Every unit's per-view scores, the top hits and the entity links: the data of `attnret explain`."""
+        _check_top_k(top_k)
+        per_doc = self.score_all(query, documents)
+        hits = sorted((h for d in per_doc for h in d), key=lambda h: (-h.score, h.document_index, h.start))[:top_k]
+        docs = _coerce_documents(documents)
+        indexes = [self._analysis(d).entities for d in docs]
+        named = [d if d.id is not None else Document(text=d.text, id=str(i), meta=d.meta) for i, d in enumerate(docs)]
+        return build_explanation(query, named, per_doc, hits, indexes)
 
     def score_units(self, query: str, document: str | Document) -> list[Hit]:
         """Every unit of `document` with its scores, in document order (for explanation and benchmarks)."""
         _check_query(query)
-        return self._score_document(query, _coerce_document(document, 0), 0)
+        return self._score_document(query, _coerce_document(document, 0), 0)[0]
+
+    def score_all(self, query: str, documents: Sequence[str | Document]) -> list[list[Hit]]:
+        """Every unit of every document (document order), scored as `retrieve` scores them."""
+        _check_query(query)
+        docs = _coerce_documents(documents)
+        per_doc, views = [], []
+        for i, doc in enumerate(tqdm(docs, desc="documents", disable=not self.config.show_progress or len(docs) < 2)):
+            hits, doc_views = self._score_document(query, doc, i)
+            per_doc.append(hits)
+            views.append(doc_views)
+        if len(docs) > 1:
+            for hits, weight in zip(per_doc, ranking.document_scores(views, self.config.fusion), strict=True):
+                for h in hits:
+                    h.scores["document"] = weight
+                    h.score *= 0.5 + 0.5 * weight
+        return per_doc
 
     def score_spans(self, query: str, document: str | Document, spans: Sequence[tuple[int, int]]) -> list[float]:
-        """Attention score of caller-given char spans of `document` (e.g. the nodes of a source document)."""
+        """Fused score (attention, and dense when enabled) of caller-given char spans of `document`."""
         _check_query(query)
         doc = _coerce_document(document, 0)
         units = units_from_spans(doc.text, [tuple(s) for s in spans])  # type: ignore[misc]
-        return [float(x) for x in self._attention_view(query, doc, units)]
+        views = self._views(query, doc, units, None)
+        return [float(x) for x in ranking.fuse_views(views, self.config.fusion)]
 
     def score_documents(self, query: str, documents: Sequence[str | Document]) -> list[float]:
-        """Document-level score for reranking whole documents: the best raw unit score of each."""
+        """One score per document for reranking whole documents, relative to the documents given together."""
         _check_query(query)
         docs = _coerce_documents(documents)
-        return [float(self._attention_view(query, d, self.units(d)).max(initial=0.0)) for d in docs]
+        views = [self._views(query, d, self._analysis(d).units, self._analysis(d).embeddings) for d in docs]
+        return ranking.document_scores(views, self.config.fusion)
+
+    def entity_index(self, document: str | Document) -> EntityIndex | None:
+        """The document's entity index (None when entities are disabled)."""
+        return self._analysis(_coerce_document(document, 0)).entities
 
     def clear_cache(self) -> None:
-        """Drop every prefilled document."""
+        """Drop every prefilled and analysed document."""
         self._store.clear()
+        self._analyses.clear()
 
     # ----------------------------------------------------------------- internals
-    def _score_document(self, query: str, doc: Document, index: int) -> list[Hit]:
-        units = self.units(doc)
-        raw = self._attention_view(query, doc, units)
-        normalised = _minmax(raw)
+    def _analysis(self, doc: Document) -> _Analysis:
+        """Units, unit embeddings and entity index of a document, computed once and cached with it."""
+        cfg = self.config
+        key = (doc.content_hash, cfg.units.model_dump_json(), cfg.dense.model_dump_json(), cfg.entities.spacy_model)
+
+        def build() -> _Analysis:
+            u = cfg.units
+            units = segment(doc.text, u.granularity, u.spacy_model, u.min_chars)
+            embeddings = self._dense.embed([x.text for x in units]) if cfg.dense.enabled else None
+            entities = None
+            if cfg.entities.enabled:
+                nlp = load_nlp(cfg.entities.spacy_model)
+                entities = EntityIndex.build(doc.text, units, nlp, labels=cfg.entities.labels)
+            return _Analysis(units=tuple(units), embeddings=embeddings, entities=entities)
+
+        return self._analyses.get_or_create(key, build)
+
+    def _views(
+        self, query: str, doc: Document, units: Sequence[Unit], embeddings: np.ndarray | None
+    ) -> dict[str, np.ndarray]:
+        """Raw per-unit score of each enabled view."""
+        views = {"attention": self._attention_view(query, doc, list(units))}
+        if self.config.dense.enabled:
+            views["dense"] = self._dense.score(query, embeddings if embeddings is not None else [u.text for u in units])
+        return views
+
+    def _score_document(self, query: str, doc: Document, index: int) -> tuple[list[Hit], dict[str, np.ndarray]]:
+        analysis = self._analysis(doc)
+        units = analysis.units
+        views = self._views(query, doc, units, analysis.embeddings)
+        ranked = ranking.rank_units(views, units, analysis.entities, self.config.fusion, self.config.entities)
         doc_id = doc.id if doc.id is not None else str(index)
-        return [
-            Hit(
-                document_id=doc_id,
-                document_index=index,
-                start=u.start,
-                end=u.end,
-                text=u.text,
-                score=float(normalised[k]),
-                scores={"attention": float(raw[k])},
-                reasons=["attention"],
-                unit_index=u.index,
+        hits = []
+        for k, u in enumerate(units):
+            scores = {name: float(v[k]) for name, v in views.items()}
+            scores["fused"] = float(ranked.fused[k])
+            if k in ranked.expansions:
+                scores["entity"] = ranked.expansions[k].entity_score
+            hits.append(
+                Hit(
+                    document_id=doc_id,
+                    document_index=index,
+                    start=u.start,
+                    end=u.end,
+                    text=u.text,
+                    score=float(ranked.final[k]),
+                    scores=scores,
+                    reasons=ranked.reasons[k],
+                    unit_index=u.index,
+                )
             )
-            for k, u in enumerate(units)
-        ]
+        return hits, views
 
     def _attention_view(self, query: str, doc: Document, units: list[Unit]) -> np.ndarray:
-        """Raw (calibrated, pooled) attention score per unit."""
+        """Calibrated, pooled attention per unit, in multiples of a uniform share (1/n per token).
+
+        Scaling by the document's token count makes the view comparable across documents of any length.
+        """
         att = self.config.attention
         tokens, token_scores = self._token_scores(query, doc)
+        token_scores = token_scores * tokens.n_doc_tokens
         lo, hi = scoring.unit_token_ranges(tokens.offsets, [(u.start, u.end) for u in units])
         return scoring.pool(token_scores, lo, hi, att.pooling, att.topk, att.threshold_std)
 
@@ -253,13 +336,6 @@ def _fork(cache: Any) -> Any:
     forked = copy.copy(cache)
     forked.layers = [copy.copy(layer) for layer in cache.layers]
     return forked
-
-
-def _minmax(x: np.ndarray) -> np.ndarray:
-    if len(x) == 0:
-        return x
-    span = x.max() - x.min()
-    return (x - x.min()) / span if span > 0 else np.zeros_like(x)
 
 
 def _check_query(query: Any) -> None:

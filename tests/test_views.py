@@ -1,0 +1,102 @@
+"""Multi-view scoring through the retriever: fusion weights, entity expansion, reasons, documents, explain."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from shared_core import AttentionRetriever, Document
+from shared_core.cli import main
+
+# "Where is the milk?" needs "Sandra got the milk" and Sandra's move, which shares no word with the query.
+CHAIN = (
+    "Daniel travelled to the office. John went to the bedroom. Mary moved to the bathroom.\n\n"
+    "Sandra went to the garden. Bill journeyed to the hallway. Fred went back to the kitchen.\n\n"
+    "Jeff travelled to the cinema. Julie moved to the school. Daniel picked up the football there.\n\n"
+    "Sandra got the milk there. John journeyed to the park. Mary went back to the office. "
+    "Bill grabbed the apple there. Fred moved to the bedroom."
+)
+QUERY = "Where is the milk?"
+MOVE = "Sandra went to the garden."
+
+
+@pytest.fixture(scope="module")
+def views_only() -> AttentionRetriever:
+    return AttentionRetriever({"entities": {"enabled": False}})
+
+
+def _top(hits, n: int) -> list[str]:
+    return [h.text for h in sorted(hits, key=lambda h: -h.score)[:n]]
+
+
+def test_hits_carry_every_view_and_reasons(views_only: AttentionRetriever) -> None:
+    units = views_only.score_units(QUERY, CHAIN)
+    assert all({"attention", "dense", "fused"} <= set(h.scores) for h in units)
+    for name in ("attention", "dense"):
+        top5 = set(np.argsort([-h.scores[name] for h in units], kind="stable")[:5].tolist())
+        assert {i for i, h in enumerate(units) if name in h.reasons} == top5
+    assert all(h.reasons for h in units)
+
+
+def test_fusion_weights_change_rankings_as_configured(views_only: AttentionRetriever) -> None:
+    units = views_only.score_units("Who grabbed the apple?", CHAIN)
+    by_dense = max(units, key=lambda h: h.scores["dense"]).text
+    by_attention = max(units, key=lambda h: h.scores["attention"]).text
+    only_dense = AttentionRetriever({"entities": {"enabled": False}, "fusion": {"weights": {"attention": 0, "dense": 1}}})
+    only_att = AttentionRetriever({"entities": {"enabled": False}, "fusion": {"weights": {"attention": 1, "dense": 0}}})
+    assert only_dense.retrieve("Who grabbed the apple?", [CHAIN], top_k=1)[0].text == by_dense
+    assert only_att.retrieve("Who grabbed the apple?", [CHAIN], top_k=1)[0].text == by_attention
+    rrf = AttentionRetriever({"entities": {"enabled": False}, "fusion": {"method": "rrf"}})
+    assert [h.text for h in rrf.retrieve("Who grabbed the apple?", [CHAIN], top_k=3)]
+
+
+def test_dense_disabled_leaves_attention_only() -> None:
+    r = AttentionRetriever({"dense": {"enabled": False}, "entities": {"enabled": False}})
+    hits = r.score_units(QUERY, CHAIN)
+    assert all(set(h.scores) == {"attention", "fused"} for h in hits)
+
+
+def test_entity_expansion_brings_the_move_neither_view_ranks(views_only: AttentionRetriever) -> None:
+    units = views_only.score_units(QUERY, CHAIN)
+    for name in ("attention", "dense"):  # the premise: neither view alone ranks the move in its top 5
+        ranked = [h.text for h in sorted(units, key=lambda h: -h.scores[name])]
+        assert MOVE not in ranked[:5], f"{name} already ranks the move {ranked.index(MOVE) + 1}"
+    r = AttentionRetriever({"entities": {"top_entities": 1, "direct_hits": 1}})
+    hits = r.retrieve(QUERY, [CHAIN], top_k=3)
+    assert hits[0].text == "Sandra got the milk there."
+    move = next(h for h in hits if h.text == MOVE)
+    assert "entity:Sandra" in move.reasons and move.scores["entity"] > 0
+    assert move.score <= hits[0].score
+
+
+def test_entity_index_is_cached_with_the_document() -> None:
+    r = AttentionRetriever()
+    index = r.entity_index(CHAIN)
+    assert index is not None and "sandra" in index.entities
+    assert r.entity_index(CHAIN) is index
+    assert AttentionRetriever({"entities": {"enabled": False}}).entity_index(CHAIN) is None
+
+
+def test_document_scores_rank_the_relevant_document_first(views_only: AttentionRetriever) -> None:
+    docs = [Document(text="The Eiffel Tower is in Paris. It opened in 1889.", id="paris"), Document(CHAIN, "chain")]
+    scores = views_only.score_documents(QUERY, docs)
+    assert scores[1] > scores[0]
+    assert views_only.score_documents(QUERY, [CHAIN]) == [1.0]
+    hits = views_only.retrieve(QUERY, docs, top_k=2)
+    assert hits[0].document_id == "chain" and hits[0].scores["document"] == max(scores)
+
+
+def test_explain_cli_writes_html_and_json(tmp_path, capsys) -> None:
+    f = tmp_path / "story.txt"
+    f.write_text(CHAIN)
+    out, data = tmp_path / "report.html", tmp_path / "report.json"
+    assert main(["explain", "--file", str(f), "--query", QUERY, "--out", str(out), "--json", str(data)]) == 0
+    html = out.read_text()
+    assert "<html" in html.lower() and "Sandra got the milk there." in html
+    payload = json.loads(data.read_text())
+    assert payload["query"] == QUERY
+    units = payload["documents"][0]["units"]
+    assert len(units) == 14 and all(CHAIN[u["start"] : u["end"]] for u in units)
+    assert payload["hits"][0]["text"] == "Sandra got the milk there."
