@@ -63,17 +63,23 @@ class Method:
 
 
 # One line per method. Retriever overrides are merged into the base config (``--config`` or the defaults).
+_ATTENTION_ONLY = {"dense": {"enabled": False}, "entities": {"enabled": False}}
 METHODS: dict[str, Method] = {
     "bm25": Method("bm25"),
     "dense": Method("dense"),
-    "attention": Method("retriever", {}),
-    "attention-nocal": Method("retriever", {"attention": {"calibration": False}}),
-    "attention-all-heads": Method("retriever", {"attention": {"heads": "all"}}),
+    # attention alone, all heads of the default layer band
+    "attention": Method("retriever", {**_ATTENTION_ONLY, "attention": {"heads": "all"}}),
+    "attention-nocal": Method("retriever", {**_ATTENTION_ONLY, "attention": {"heads": "all", "calibration": False}}),
     "attention-all-layers": Method(
-        "retriever", lambda r: {"attention": {"heads": "all", "layers": list(range(r.model.num_layers))}}
+        "retriever",
+        lambda r: {**_ATTENTION_ONLY, "attention": {"heads": "all", "layers": list(range(r.model.num_layers))}},
     ),
+    # attention alone with the shipped (detected) QR-head set of the model, as the default config reads it
+    "qr-heads": Method("retriever", {**_ATTENTION_ONLY, "attention": {"heads": "auto"}}),
+    "fused": Method("retriever", {"entities": {"enabled": False}}),
+    "fused+entities": Method("retriever", {}),  # the default configuration
 }
-DEFAULT_METHODS = ("bm25", "dense", "attention")
+DEFAULT_METHODS = ("bm25", "dense", "attention", "qr-heads", "fused", "fused+entities")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -156,7 +162,9 @@ class Scorers:
         config = self._config_cls.model_validate(_deep_merge(self.base.model_dump(mode="json"), override))
         key = self._key(config)
         if key not in self._retrievers:
-            self._retrievers[key] = self._retriever_cls(config)
+            retriever = self._retriever_cls(config)
+            retriever.share_caches(self.default)  # prefill each document once for every method
+            self._retrievers[key] = retriever
         return self._retrievers[key]
 
     def dense(self) -> Any:

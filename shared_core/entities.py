@@ -13,8 +13,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from shared_core.section import ConfigSection as _Section
 from shared_core.document import Unit
+from shared_core.section import ConfigSection as _Section
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class EntitiesConfig(_Section):
     )
     top_entities: int = Field(3, ge=0, description="How many of the best-scoring entities expand the result.")
     min_entity_score: float = Field(
-        0.0, description="Entities whose score (best fused score of a unit mentioning them) is below this never expand."
+        0.5, description="Entities whose score (best fused score of a unit mentioning them) is below this never expand."
     )
     expand: Literal["sentence", "paragraph"] = Field(
         "sentence", description="Pull in the mentioning units themselves, or their whole paragraphs."
@@ -64,8 +64,23 @@ class EntitiesConfig(_Section):
         description="Units ranked by their own fused score before the entity expansions; expansions come next, "
         "then every other unit by score (an expansion whose own score is higher keeps its own place).",
     )
+    match_names: bool = Field(
+        True,
+        description="Also count every exact occurrence of a name NER tagged elsewhere in the document (small NER "
+        "models miss names they found in other sentences).",
+    )
+    specificity: bool = Field(
+        True,
+        description="Rank entities by score x log(units / units mentioning it): a rare entity next to a top hit "
+        "(a person, a place) is a better bridge than a name repeated all over the document.",
+    )
+    skip_query_entities: bool = Field(
+        True,
+        description="Entities whose every word is in the query do not expand: their units already match the query, "
+        "the hop the query needs goes through the other entities of those units.",
+    )
     order: Literal["document", "proximity"] = Field(
-        "document",
+        "proximity",
         description="Order of one entity's units (entities go best first either way): 'document' = text order; "
         "'proximity' = nearest first to the entity's best-scoring mention, so the cap keeps the units most likely "
         "related to it (measured in tests/test_entities.py).",
@@ -162,26 +177,38 @@ class EntityIndex:
             units.sort()
 
     @classmethod
-    def build(cls, text: str, units: Sequence[Unit], nlp: Any, labels: Sequence[str] | None = None) -> EntityIndex:
-        """Run NER over the document (in unit-aligned chunks) and map each entity to the unit holding its start."""
+    def build(
+        cls, text: str, units: Sequence[Unit], nlp: Any, labels: Sequence[str] | None = None, match_names: bool = True
+    ) -> EntityIndex:
+        """Run NER over the document (in unit-aligned chunks) and map each entity to the unit holding its start.
+
+        With `match_names`, every exact occurrence of a name NER found somewhere is a mention too (spaCy's
+        PhraseMatcher): a small NER model misses names it tagged elsewhere ("Odile Brannigan's group").
+        """
         allowed = {label.upper() for label in labels} if labels is not None else None
         starts = [unit.start for unit in units]
         disable = [pipe for pipe in nlp.pipe_names if pipe not in _NER_NEEDS]
         limit = min(_CHUNK_CHARS, int(getattr(nlp, "max_length", _CHUNK_CHARS)))
         spans = list(_chunks(text, units, limit))
         raw: list[_RawMention] = []
-        for (offset, _end), doc in zip(spans, nlp.pipe((text[a:b] for a, b in spans), disable=disable), strict=True):
+        docs = list(nlp.pipe((text[a:b] for a, b in spans), disable=disable))
+
+        def add(span: Any, label: str, offset: int) -> None:
+            start, end = offset + span.start_char, offset + span.end_char
+            position = bisect_right(starts, start) - 1
+            if position < 0 or start >= units[position].end:
+                return  # entity in text that belongs to no unit
+            key = normalise_entity(span.text)
+            if key:
+                raw.append(_RawMention(key, label, span.text, position, start, end))
+
+        for (offset, _end), doc in zip(spans, docs, strict=True):
             for ent in doc.ents:
-                label = ent.label_
-                if (label not in allowed) if allowed is not None else (label in EXCLUDED_LABELS):
+                if (ent.label_ not in allowed) if allowed is not None else (ent.label_ in EXCLUDED_LABELS):
                     continue
-                start, end = offset + ent.start_char, offset + ent.end_char
-                position = bisect_right(starts, start) - 1
-                if position < 0 or start >= units[position].end:
-                    continue  # entity in text that belongs to no unit
-                key = normalise_entity(ent.text)
-                if key:
-                    raw.append(_RawMention(key, label, ent.text, position, start, end))
+                add(ent, ent.label_, offset)
+        if match_names and raw:
+            _add_missed_names(nlp, docs, spans, raw, add)
         return cls._from_raw(raw)
 
     @classmethod
@@ -315,9 +342,35 @@ class Expansion:
     entity_score: float
 
 
+def _add_missed_names(nlp: Any, docs: list[Any], spans: list[tuple[int, int]], raw: list[Any], add: Any) -> None:
+    """Add the exact occurrences of names NER found elsewhere, where NER did not tag them (longest match wins)."""
+    from spacy.matcher import PhraseMatcher
+    from spacy.util import filter_spans
+
+    label_of: dict[str, str] = {}
+    for m in raw:
+        label_of.setdefault(m.text, m.label)
+    matcher = PhraseMatcher(nlp.vocab, attr="ORTH")
+    matcher.add("NAME", [nlp.make_doc(name) for name in label_of])
+    for (offset, _end), doc in zip(spans, docs, strict=True):
+        tagged = {i for ent in doc.ents for i in range(ent.start, ent.end)}
+        found = filter_spans([doc[a:b] for _, a, b in matcher(doc)])
+        for span in found:
+            if not tagged.intersection(range(span.start, span.end)):
+                add(span, label_of[span.text], offset)
+
+
 def entity_scores(index: EntityIndex, fused: np.ndarray) -> dict[str, float]:
     """Each entity's score: the best fused score among the units that mention it."""
     return {entity: float(np.max(fused[index.units_of(entity)])) for entity in index.entities}
+
+
+def _in_query(entity: str, query: str | None) -> bool:
+    """Every word of the (normalised) entity occurs in the query."""
+    if not query:
+        return False
+    words = set(re.findall(r"\w+", query.lower()))
+    return all(w in words for w in re.findall(r"\w+", entity))
 
 
 def expand(
@@ -326,10 +379,12 @@ def expand(
     units: Sequence[Unit],
     config: EntitiesConfig,
     exclude: set[int],
+    query: str | None = None,
 ) -> list[Expansion]:
     """Units the top entities pull in, best entity first, then in `config.order`, skipping `exclude`, capped.
 
-    Unit indices are positions in `units` (the same positions `EntityIndex.build` used).
+    Unit indices are positions in `units` (the same positions `EntityIndex.build` used). Entities are ranked by
+    their score, times their specificity when `config.specificity`; `Expansion.entity_score` stays the plain score.
     """
     scores = np.asarray(fused, dtype=np.float64)
     if scores.ndim != 1 or scores.size != len(units):
@@ -341,8 +396,15 @@ def expand(
     if not config.enabled or config.top_entities == 0 or config.max_expansions == 0 or not index.entities:
         return []
     by_entity = entity_scores(index, scores)
+    if config.skip_query_entities:
+        by_entity = {e: v for e, v in by_entity.items() if not _in_query(e, query)}
     first_unit = {entity: index.units_of(entity)[0] for entity in by_entity}
-    ranked = sorted(by_entity, key=lambda e: (-by_entity[e], first_unit[e]))
+    n_units = max(len(units), 2)
+    rank_value = {
+        e: v * (np.log(n_units / len(set(index.units_of(e)))) if config.specificity else 1.0)
+        for e, v in by_entity.items()
+    }
+    ranked = sorted(by_entity, key=lambda e: (-rank_value[e], first_unit[e]))
     top = [e for e in ranked if by_entity[e] >= config.min_entity_score][: config.top_entities]
     paragraphs: dict[int, list[int]] = {}
     if config.expand == "paragraph":

@@ -43,6 +43,7 @@ def rank_units(
     entity_index: EntityIndex | None,
     fusion: FusionConfig,
     entities: EntitiesConfig,
+    query: str | None = None,
 ) -> UnitRanking:
     """Fuse the views, expand through entities and give each unit its final score and reasons."""
     fused = fuse_views(views, fusion)
@@ -51,13 +52,11 @@ def rank_units(
     direct = [int(i) for i in order[: entities.direct_hits]]
     expansions: list[Expansion] = []
     if entity_index is not None and entities.enabled and len(units):
-        expansions = expand(entity_index, fused, units, entities, exclude=set(direct))
+        expansions = expand(entity_index, fused, units, entities, exclude=set(direct), query=query)
         floor = float(fused[direct[-1]]) if direct else 1.0
         for rank, exp in enumerate(expansions, 1):
-            # right after the direct hits (in expansion order), but never above its entity's own score;
-            # a unit scoring higher on its own keeps that score
-            lifted = min(floor, exp.entity_score) * (1.0 - 1e-3 * rank)
-            final[exp.unit_index] = max(final[exp.unit_index], lifted)
+            # right after the direct hits, in expansion order; a unit scoring higher on its own keeps that score
+            final[exp.unit_index] = max(final[exp.unit_index], floor * (1.0 - 1e-3 * rank))
     tops = {name: set(np.argsort(-v, kind="stable")[:REASON_TOP].tolist()) for name, v in views.items()}
     by_unit = {e.unit_index: e for e in expansions}
     reasons: list[list[str]] = []

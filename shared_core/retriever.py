@@ -15,6 +15,8 @@ import torch
 from tqdm.auto import tqdm
 
 from . import capture, ranking, scoring
+from .cascade import ModelShape, cascade_needed
+from .cascade_scoring import cascade_token_scores
 from .config import RetrieverConfig
 from .dense import DenseScorer
 from .document import Document, Hit, Unit
@@ -63,10 +65,13 @@ class AttentionRetriever:
         self._selection: HeadSelection | None = None
         self._store: KVStore[_Prefilled] = KVStore(self.config.attention.kv_cache_size)
         self._analyses: KVStore[_Analysis] = KVStore(max(self.config.attention.kv_cache_size, 32))
+        self._tokens: KVStore[DocumentTokens] = KVStore(max(self.config.attention.kv_cache_size, 32))
         self._dense = DenseScorer(self.config.dense)
         self._init_lock = threading.Lock()
         self._stats_lock = threading.Lock()
-        self.stats: dict[str, int] = {"prefills": 0, "prefill_tokens": 0, "query_passes": 0, "query_tokens": 0}
+        self.stats: dict[str, int] = dict.fromkeys(
+            ("prefills", "prefill_tokens", "query_passes", "query_tokens", "cascade_passes", "cascade_tokens"), 0
+        )
 
     # ----------------------------------------------------------------- setup
     def warm_up(self) -> None:
@@ -176,16 +181,28 @@ class AttentionRetriever:
         """The document's entity index (None when entities are disabled)."""
         return self._analysis(_coerce_document(document, 0)).entities
 
+    def share_caches(self, other: AttentionRetriever) -> None:
+        """Use `other`'s document caches, e.g. to compare configs without prefilling twice.
+
+        Safe because cache keys hold everything the cached state depends on (model, device, template,
+        deepest layer, unit and view settings, text).
+        """
+        self._store = other._store
+        self._analyses = other._analyses
+        self._tokens = other._tokens
+
     def clear_cache(self) -> None:
         """Drop every prefilled and analysed document."""
         self._store.clear()
         self._analyses.clear()
+        self._tokens.clear()
 
     # ----------------------------------------------------------------- internals
     def _analysis(self, doc: Document) -> _Analysis:
         """Units, unit embeddings and entity index of a document, computed once and cached with it."""
         cfg = self.config
-        key = (doc.content_hash, cfg.units.model_dump_json(), cfg.dense.model_dump_json(), cfg.entities.spacy_model)
+        entity_key = (cfg.entities.spacy_model, cfg.entities.labels, cfg.entities.match_names)
+        key = (doc.content_hash, cfg.units.model_dump_json(), cfg.dense.model_dump_json(), str(entity_key))
 
         def build() -> _Analysis:
             u = cfg.units
@@ -194,7 +211,9 @@ class AttentionRetriever:
             entities = None
             if cfg.entities.enabled:
                 nlp = load_nlp(cfg.entities.spacy_model)
-                entities = EntityIndex.build(doc.text, units, nlp, labels=cfg.entities.labels)
+                entities = EntityIndex.build(
+                    doc.text, units, nlp, labels=cfg.entities.labels, match_names=cfg.entities.match_names
+                )
             return _Analysis(units=tuple(units), embeddings=embeddings, entities=entities)
 
         return self._analyses.get_or_create(key, build)
@@ -212,7 +231,7 @@ class AttentionRetriever:
         analysis = self._analysis(doc)
         units = analysis.units
         views = self._views(query, doc, units, analysis.embeddings)
-        ranked = ranking.rank_units(views, units, analysis.entities, self.config.fusion, self.config.entities)
+        ranked = ranking.rank_units(views, units, analysis.entities, self.config.fusion, self.config.entities, query)
         doc_id = doc.id if doc.id is not None else str(index)
         hits = []
         for k, u in enumerate(units):
@@ -257,10 +276,14 @@ class AttentionRetriever:
         """Per layer, the (calibrated) score of every document token for each selected head: {layer: [H_sel, n]}.
 
         `selection` may name any heads up to this retriever's deepest layer (head detection reads all of them).
+        Documents past the window (or the memory budget) go through the cascading KV cache.
         """
         doc = _coerce_document(document, 0)
         if selection.deepest > self.head_selection.deepest:
             raise ValueError("selection reaches past the deepest layer this retriever's cache holds")
+        tokens = self._document_tokens(doc)
+        if self._needs_cascade(tokens, query):
+            return tokens, self._cascade_scores(tokens, query, selection)
         prefilled = self._prefilled(doc)
         per_layer = self._query_pass(prefilled, query, selection)
         if self.config.attention.calibration:
@@ -268,9 +291,65 @@ class AttentionRetriever:
             per_layer = {k: v - baseline[k] for k, v in per_layer.items()}
         return prefilled.tokens, per_layer
 
+    def _document_tokens(self, doc: Document) -> DocumentTokens:
+        """The document part of the prompt, tokenized once per text (cached)."""
+        key = ("tokens", self.model.name, self.prompt_key, doc.content_hash)
+        return self._tokens.get_or_create(key, lambda: self._layout.document(doc.text))  # type: ignore[union-attr]
+
+    def _needs_cascade(self, tokens: DocumentTokens, query: str) -> bool:
+        """Whether this document + query must be read through the cascading cache (config, window, budget)."""
+        q = self._layout.query(query, self.config.attention.query_rows)  # type: ignore[union-attr]
+        n = len(tokens.ids) + len(q.ids)
+        m = self.model
+        return cascade_needed(
+            n,
+            self.config.cascade,
+            ModelShape.of(m.model),
+            max_tokens=self.window,
+            layers_used=self.head_selection.deepest + 1,
+            dtype_bytes=torch.finfo(m.dtype).bits // 8,
+        )
+
+    def _cascade_scores(self, tokens: DocumentTokens, query: str, selection: HeadSelection) -> dict[int, torch.Tensor]:
+        """Resident scoring through the cascading cache: the query (and "N/A") run against every chunk.
+
+        One document pass per query: the KV store cannot hold a document longer than the window.
+        """
+        layout, att, loaded = self._layout, self.config.attention, self.model
+        queries = [query, CALIBRATION_QUERY] if att.calibration else [query]
+        suffixes = [layout.query(q, att.query_rows) for q in queries]  # type: ignore[union-attr]
+        n_doc = tokens.n_doc_tokens
+        bar = tqdm(total=len(tokens.ids), desc="cascade", unit="tok", disable=not self.config.show_progress)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(done - bar.n)
+
+        try:
+            res = cascade_token_scores(
+                loaded.model,
+                torch.tensor(tokens.ids, dtype=torch.long),
+                [(torch.tensor(q.ids, dtype=torch.long), torch.tensor(q.rows, dtype=torch.long)) for q in suffixes],
+                selection.layers,
+                self.config.cascade,
+                progress=progress,
+            )
+        finally:
+            bar.close()
+        self._count(cascade_passes=1, cascade_tokens=len(tokens.ids))
+        out: dict[int, torch.Tensor] = {}
+        for i in range(len(queries)):
+            for layer, probs in res.per_layer(i).items():
+                heads = selection.per_layer[layer]
+                part = probs[:, tokens.doc_start : tokens.doc_start + n_doc]
+                if heads is not None:
+                    part = part[list(heads)]
+                out[layer] = part if i == 0 else out[layer] - part
+        return out
+
     def _prefilled(self, doc: Document) -> _Prefilled:
         self.warm_up()
-        key = (self.model.name, str(self.model.device), self._layout.key, self.head_selection.deepest, doc.content_hash)  # type: ignore[union-attr]
+        m = self.model
+        key = (m.name, str(m.device), str(m.dtype), self.prompt_key, self.head_selection.deepest, doc.content_hash)
         return self._store.get_or_create(key, lambda: self._prefill(doc))
 
     def _count(self, **increments: int) -> None:
@@ -285,13 +364,13 @@ class AttentionRetriever:
         from transformers import DynamicCache
 
         loaded = self.model
-        tokens = self._layout.document(doc.text)  # type: ignore[union-attr]
+        tokens = self._document_tokens(doc)
         longest_query = 64  # room the query part needs; checked exactly at query time
         if len(tokens.ids) + longest_query > self.window:
             raise ValueError(
                 f"document {doc.id or ''} is {len(tokens.ids)} tokens; with the query it exceeds the model window "
                 f"of {self.window} tokens ({loaded.name}). Split it, raise model.max_tokens if the model allows, "
-                "or use a model with a longer window; the cascading KV cache (cascade.enabled) will lift this limit."
+                "or set cascade.enabled to 'auto' or true to read it through the cascading KV cache."
             )
         cache = DynamicCache(config=loaded.model.config)
         ids = torch.tensor([tokens.ids], device=loaded.device)

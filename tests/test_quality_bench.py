@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-# `benchmarks/` is a top-level folder of the repository, not an installed package: make it importable under
-# plain `pytest` (which does not put the repository root on sys.path).
-_ROOT = str(Path(__file__).resolve().parents[1])
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-from benchmarks.baselines import bm25_scores  # noqa: E402
-from benchmarks.quality import (  # noqa: E402
+from benchmarks.baselines import bm25_scores  # the repository root is on pytest's pythonpath (pyproject)
+from benchmarks.quality import (
     METHODS,
     README_END,
     README_START,
@@ -27,7 +20,7 @@ from benchmarks.quality import (  # noqa: E402
     question_metrics,
     update_readme_section,
 )
-from shared_core.datasets import GoldSpan, LabelledExample  # noqa: E402
+from shared_core.datasets import GoldSpan, LabelledExample
 
 
 def test_readme_section_added_when_missing(tmp_path: Path) -> None:

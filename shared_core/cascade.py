@@ -1,0 +1,714 @@
+"""Cascading KV cache (Willette et al., ICLR 2025) for documents longer than the model window or a memory budget.
+
+Per attention layer the cache keeps S *sink* tokens (the first S tokens, always kept) and N *sub-caches* of W
+slots. Sub-cache 0 accepts every token; a full sub-cache passes its oldest token on to the next one; sub-cache
+i >= 1 accepts every second token that reaches it, so it holds every 2^i-th token of the stream. A token that
+reaches sub-cache i on a non-accepting turn competes with the newest token there and the one with the lower
+exponential moving average (EMA) of received attention is dropped. The oldest token of the last sub-cache is
+dropped when it is full: that is the cache's horizon.
+
+Which *slot* a token moves to depends only on token counts, never on attention, so all layers (and heads) keep
+the same number of tokens in the same order and one attention mask serves every layer. Which *token* fills a
+slot is chosen per layer and per key head from that head's EMA. A commit of c tokens is therefore a handful of
+vectorised tensor ops per sub-cache (pairwise `torch.where` on EMA), not a per-token loop.
+
+Positions. transformers rotates keys (RoPE) before `Cache.update`, at the positions the caller gives. Keys are
+stored *without* rotary position: a committed chunk is un-rotated with the model's own cos/sin (inverse of
+``k*cos + rotate_half(k)*sin`` is ``(k'*cos - rotate_half(k')*sin) / (cos^2 + sin^2)``, exact also for scaled
+RoPE variants whose cos/sin carry an attention factor). When the cache is read, the kept keys are rotated to
+the contiguous positions ``0..K-1`` (sinks first, then the sub-caches from oldest to newest); the caller gives
+the next chunk ``position_ids = K + arange(chunk)`` (which is also transformers' default, because
+`get_seq_length()` returns K). Partial rotary (cos narrower than the head) rotates only the leading dims.
+Supported: RoPE in the ``rotate_half`` layout (Llama, Qwen, Mistral, Gemma, Phi ...); models without a
+``rotary_emb`` are refused with a ValueError.
+
+Sliding-window layers (Gemma 3's local layers): they keep what the model itself keeps, the last
+``sliding_window - 1`` tokens, also stored un-rotated, and are re-positioned to end right before the next
+chunk (virtual positions ``K - K_s .. K-1``). Relative distances inside the window are thus exact, and the
+sliding mask that transformers builds from `get_mask_sizes` lines up. Other layer kinds (linear attention,
+chunked attention, shared-KV layers) are refused.
+
+EMA. After each chunk's forward, an observer (`shared_core.capture` hook, see `cascade_scoring`) reduces a few
+sampled rows of the chunk (``ema_rows``) to the attention mass each key received, per key head, and hands it
+to the layer; `commit` folds it in: ``ema = decay * ema + (1 - decay) * received`` for kept slots, ``received``
+for the chunk's own tokens. Cost: ``ema_rows`` softmax rows per layer per chunk, about ``ema_rows / stride`` of
+the chunk's attention.
+
+Memory. Per layer the cache holds ``S + N*W`` slots (un-rotated keys, a rotated view, values, EMA, source
+position) plus the pending chunk; nothing grows with the document. `estimate_cascade_bytes` is the working-set
+estimate that `check_budget` compares with ``memory_budget`` (a budget too small for one stride is a ValueError,
+never an out-of-memory crash).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, field_validator
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+from .section import ConfigSection as _Section
+
+logger = logging.getLogger(__name__)
+
+RotaryFn = Callable[[int, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""(layer_idx, positions [1, n] long) -> (cos, sin), each [1, n, rot_dim] float32, in the model's RoPE layout."""
+
+_FULL_TYPES = {"full_attention", "attention", None}
+_SLIDING_TYPES = {"sliding_attention"}
+
+
+class CascadeConfig(_Section):
+    """Cascading KV cache: when it is used and its shape (sinks, sub-caches, slots, prefill stride, EMA)."""
+
+    enabled: Literal["auto"] | bool = Field(
+        "auto",
+        description="'auto' = on when the prompt exceeds the model window (model.max_tokens or "
+        "max_position_embeddings) or the memory budget; true = always; false = never (long documents are an error).",
+    )
+    sink_tokens: int = Field(64, ge=0, description="First tokens of the prompt that are always kept (attention sinks).")
+    cascades: int = Field(4, ge=1, le=16, description="Number of sub-caches; sub-cache i keeps every 2^i-th token.")
+    window: int = Field(1024, gt=0, description="Slots per sub-cache (per layer, per key head).")
+    stride: int = Field(1024, gt=0, description="Prefill chunk: document tokens read per forward pass.")
+    ema_decay: float = Field(
+        0.9, gt=0.0, lt=1.0, description="Per-chunk decay of the exponential moving average of received attention."
+    )
+    ema_rows: int = Field(
+        64, gt=0, description="Rows of each chunk sampled to estimate the attention every cached key receives."
+    )
+    scoring: Literal["resident", "end"] = Field(
+        "resident",
+        description="'resident' = the query is run against every chunk while it is in the cache, so every token is "
+        "scored (costs one short query pass per chunk); 'end' = the query only sees what the cache kept at the end "
+        "(tokens evicted earlier score 0; a baseline).",
+    )
+    memory_budget: str | int | None = Field(
+        None,
+        description="Bytes (int) or a size such as '2GB' / '512MiB' for the KV cache plus one chunk's working memory "
+        "(model weights excluded); None = no budget.",
+    )
+
+    @field_validator("memory_budget")
+    @classmethod
+    def _budget_parses(cls, v: Any) -> Any:
+        parse_bytes(v)
+        return v
+
+    @property
+    def capacity(self) -> int:
+        """Slots per layer: sinks plus all sub-caches."""
+        return self.sink_tokens + self.cascades * self.window
+
+    @property
+    def budget_bytes(self) -> int | None:
+        """`memory_budget` in bytes (None = unbounded)."""
+        return parse_bytes(self.memory_budget)
+
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+_UNITS.update({"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40})
+
+
+def parse_bytes(value: str | int | None) -> int | None:
+    """'2GB', '512MiB', '1e9' or an int -> bytes; None -> None; anything else (or <= 0) is a ValueError."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"cascade.memory_budget must be bytes or a size like '2GB', got {value!r}")
+    if isinstance(value, int):
+        n = value
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][0-9]+)?)\s*([A-Za-z]*)\s*", str(value))
+        unit = m.group(2).upper() if m else None
+        if m is None or unit not in _UNITS:
+            raise ValueError(f"cascade.memory_budget: cannot read {value!r} (use bytes or e.g. '2GB', '512MiB')")
+        n = int(float(m.group(1)) * _UNITS[unit])
+    if n <= 0:
+        raise ValueError(f"cascade.memory_budget must be positive, got {value!r}")
+    return n
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Memory estimates and the decision to use the cascade
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The few model dimensions the memory estimates need."""
+
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    hidden_size: int
+    intermediate_size: int
+    max_positions: int
+
+    @classmethod
+    def of(cls, model: Any) -> ModelShape:
+        """Read them from a transformers model (its text config)."""
+        cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        heads = cfg.num_attention_heads
+        hidden = cfg.hidden_size
+        return cls(
+            num_layers=cfg.num_hidden_layers,
+            num_heads=heads,
+            num_kv_heads=getattr(cfg, "num_key_value_heads", None) or heads,
+            head_dim=getattr(cfg, "head_dim", None) or hidden // heads,
+            hidden_size=hidden,
+            intermediate_size=getattr(cfg, "intermediate_size", None) or 4 * hidden,
+            max_positions=getattr(cfg, "max_position_embeddings", None) or 0,
+        )
+
+
+def _activation_bytes(shape: ModelShape, tokens: int, kv: int) -> int:
+    """Transient memory of one decoder layer over `tokens` new tokens attending `kv` keys (fp32, conservative)."""
+    hidden = tokens * (4 * shape.hidden_size + 3 * shape.intermediate_size) * 4
+    scores = shape.num_heads * tokens * kv * 4  # an unfused (math) SDPA materialises one layer's score block
+    return hidden + scores
+
+
+def estimate_cascade_bytes(
+    shape: ModelShape, config: CascadeConfig, layers_used: int, query_tokens: int, dtype_bytes: int
+) -> int:
+    """Working set of a cascade prefill: bounded caches + one chunk (+ the query pass); independent of doc length."""
+    cap, stride = config.capacity, config.stride
+    per_slot = shape.num_kv_heads * (3 * shape.head_dim * dtype_bytes + 4 + 8)  # keys, view, values, ema, pos
+    pending = 2 * shape.num_kv_heads * stride * shape.head_dim * dtype_bytes
+    cache = layers_used * (cap * per_slot + pending)
+    kv = cap + stride + query_tokens
+    returned = 2 * shape.num_kv_heads * kv * shape.head_dim * dtype_bytes  # the concatenated keys/values of a layer
+    return cache + returned + _activation_bytes(shape, stride + query_tokens, kv)
+
+
+def estimate_full_bytes(shape: ModelShape, n_tokens: int, layers_used: int, dtype_bytes: int) -> int:
+    """Working set of one full-attention prefill of `n_tokens` (KV cache + a layer's activations)."""
+    cache = layers_used * 2 * shape.num_kv_heads * n_tokens * shape.head_dim * dtype_bytes
+    return cache + _activation_bytes(shape, n_tokens, n_tokens)
+
+
+def check_budget(
+    shape: ModelShape, config: CascadeConfig, layers_used: int, query_tokens: int, dtype_bytes: int
+) -> int:
+    """Raise ValueError when one stride of the cascade does not fit `memory_budget`; return the estimate."""
+    need = estimate_cascade_bytes(shape, config, layers_used, query_tokens, dtype_bytes)
+    budget = config.budget_bytes
+    if budget is not None and need > budget:
+        raise ValueError(
+            f"cascade.memory_budget={config.memory_budget!r} ({budget} bytes) is too small for one prefill stride: "
+            f"~{need} bytes are needed with sink_tokens={config.sink_tokens}, cascades={config.cascades}, "
+            f"window={config.window}, stride={config.stride}; lower stride/window/cascades or raise the budget"
+        )
+    return need
+
+
+def cascade_needed(
+    n_tokens: int,
+    config: CascadeConfig,
+    shape: ModelShape,
+    *,
+    max_tokens: int | None = None,
+    layers_used: int | None = None,
+    dtype_bytes: int = 4,
+) -> bool:
+    """Whether a prompt of `n_tokens` must go through the cascade (config.enabled, window, budget)."""
+    if config.enabled is not True and config.enabled is not False:  # "auto"
+        limit = max_tokens or shape.max_positions or None
+        if limit is not None and n_tokens > limit:
+            return True
+        budget = config.budget_bytes
+        used = layers_used or shape.num_layers
+        return budget is not None and estimate_full_bytes(shape, n_tokens, used, dtype_bytes) > budget
+    return bool(config.enabled)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# RoPE helpers
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """The ``rotate_half`` of Llama-style RoPE: (x1, x2) -> (-x2, x1) over the last dim."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+    """Rotate x [B,H,n,d] by cos/sin [1|B,n,r] (r <= d: partial rotary), or undo that rotation; fp32 math."""
+    cos, sin = cos[:, None].float(), sin[:, None].float()
+    r = cos.shape[-1]
+    xf = x.float()
+    rot, rest = xf[..., :r], xf[..., r:]
+    if inverse:
+        out = (rot * cos - rotate_half(rot) * sin) / (cos * cos + sin * sin)
+    else:
+        out = rot * cos + rotate_half(rot) * sin
+    if rest.shape[-1]:
+        out = torch.cat((out, rest), dim=-1)
+    return out.to(x.dtype)
+
+
+def model_rotary(model: Any) -> RotaryFn:
+    """The model's own rotary embedding as a `RotaryFn` (per layer type where the model has several)."""
+    base = getattr(model, "base_model", model)
+    rotary = getattr(base, "rotary_emb", None)
+    if rotary is None:
+        raise ValueError(
+            f"the cascading KV cache needs a RoPE model with a `rotary_emb` module; {type(model).__name__} has none"
+        )
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    layer_types = getattr(cfg, "layer_types", None)
+    takes_type = "layer_type" in inspect.signature(rotary.forward).parameters
+
+    def rope(layer_idx: int, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        probe = torch.empty(0, dtype=torch.float32, device=positions.device)
+        if takes_type and layer_types is not None:
+            return rotary(probe, positions, layer_types[layer_idx])
+        return rotary(probe, positions)
+
+    return rope
+
+
+def layer_kinds(model: Any) -> tuple[list[str], list[int | None]]:
+    """Per layer: 'full' or 'sliding' and the sliding window; unsupported layer kinds are a ValueError."""
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    n = cfg.num_hidden_layers
+    types = getattr(cfg, "layer_types", None) or [None] * n
+    window = getattr(cfg, "sliding_window", None)
+    kinds: list[str] = []
+    windows: list[int | None] = []
+    for t in types[:n]:
+        if t in _SLIDING_TYPES or (t is None and window is not None and getattr(cfg, "use_sliding_window", True)):
+            if not window:
+                raise ValueError(f"layer type {t!r} without a sliding_window in the model config")
+            kinds.append("sliding")
+            windows.append(int(window))
+        elif t in _FULL_TYPES:
+            kinds.append("full")
+            windows.append(None)
+        else:
+            raise ValueError(f"the cascading KV cache does not support layer type {t!r}")
+    return kinds, windows
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Slot plan: where tokens go during one commit (layer-independent, integers only)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _StagePlan:
+    fill: int  # slots filled before the commit
+    merge_first: bool  # the first arrival competes with the newest slot (non-accepting turn)
+    winners: int  # new slots appended (pair winners, last one maybe unpaired)
+    overflow: int  # oldest slots passed on (or dropped by the last sub-cache)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    kept_before: int
+    n_new: int
+    to_sinks: int
+    stages: tuple[_StagePlan, ...]
+    kept_after: int
+    seen_before: int
+
+
+class _Structure:
+    """Counts of the cascade (identical for every layer): sink fill, sub-cache fills, arrival counters."""
+
+    def __init__(self, config: CascadeConfig) -> None:
+        self.config = config
+        self.sinks = 0
+        self.fill = [0] * config.cascades
+        self.arrivals = [0] * config.cascades
+        self.seen = 0
+
+    @property
+    def kept(self) -> int:
+        return self.sinks + sum(self.fill)
+
+    def plan(self, n_new: int) -> _Plan:
+        """Advance the counters by `n_new` tokens and return where every slot goes."""
+        cfg = self.config
+        kept_before, seen_before = self.kept, self.seen
+        to_sinks = min(cfg.sink_tokens - self.sinks, n_new)
+        self.sinks += to_sinks
+        stream = n_new - to_sinks
+        stages = []
+        for i in range(cfg.cascades):
+            fill = self.fill[i]
+            merge = i > 0 and stream > 0 and self.arrivals[i] % 2 == 1
+            rest = stream - int(merge)
+            winners = rest if i == 0 else (rest + 1) // 2
+            self.arrivals[i] += stream
+            overflow = max(0, fill + winners - cfg.window)
+            self.fill[i] = fill + winners - overflow
+            stages.append(_StagePlan(fill, merge, winners, overflow))
+            stream = overflow
+        self.seen += n_new
+        return _Plan(kept_before, n_new, to_sinks, tuple(stages), self.kept, seen_before)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Layers
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Slots:
+    """Keys (un-rotated), values, EMA [B,H,n] and source token index [B,H,n] of a run of slots."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    ema: torch.Tensor
+    pos: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.k.shape[-2]
+
+    def slice(self, a: int, b: int | None = None) -> _Slots:
+        return _Slots(self.k[:, :, a:b], self.v[:, :, a:b], self.ema[:, :, a:b], self.pos[:, :, a:b])
+
+    @staticmethod
+    def cat(parts: list[_Slots]) -> _Slots:
+        parts = [p for p in parts if len(p)] or parts[:1]
+        if len(parts) == 1:
+            return parts[0]
+        return _Slots(
+            torch.cat([p.k for p in parts], dim=2),
+            torch.cat([p.v for p in parts], dim=2),
+            torch.cat([p.ema for p in parts], dim=2),
+            torch.cat([p.pos for p in parts], dim=2),
+        )
+
+    def pair_winners(self) -> _Slots:
+        """Consecutive pairs (accepted, challenger) -> the higher-EMA one per head; an odd last one stays."""
+        n = len(self)
+        half = n // 2
+        even = self.slice(0, 2 * half)
+        b, h = self.k.shape[:2]
+
+        def pairs(t: torch.Tensor) -> torch.Tensor:
+            return t.reshape(b, h, half, 2, *t.shape[3:])
+
+        k, v, e, p = pairs(even.k), pairs(even.v), pairs(even.ema), pairs(even.pos)
+        take2 = e[..., 1] > e[..., 0]
+        win = _Slots(
+            torch.where(take2[..., None], k[:, :, :, 1], k[:, :, :, 0]),
+            torch.where(take2[..., None], v[:, :, :, 1], v[:, :, :, 0]),
+            torch.where(take2, e[..., 1], e[..., 0]),
+            torch.where(take2, p[..., 1], p[..., 0]),
+        )
+        return _Slots.cat([win, self.slice(2 * half)]) if n % 2 else win
+
+    def challenge_newest(self, challenger: _Slots) -> _Slots:
+        """The newest slot is replaced, per head, by a one-slot challenger with a higher EMA."""
+        newest = self.slice(len(self) - 1)
+        take = challenger.ema > newest.ema
+        merged = _Slots(
+            torch.where(take[..., None], challenger.k, newest.k),
+            torch.where(take[..., None], challenger.v, newest.v),
+            torch.where(take, challenger.ema, newest.ema),
+            torch.where(take, challenger.pos, newest.pos),
+        )
+        return _Slots.cat([self.slice(0, len(self) - 1), merged])
+
+
+class _CascadeLayerBase(CacheLayerMixin):
+    """Shared parts of the full and sliding cascade layers (pending chunk, rotated view, received attention)."""
+
+    is_compileable = False
+    is_croppable = False
+    is_sliding = False
+
+    def __init__(self, owner: CascadingCache, layer_idx: int) -> None:
+        super().__init__()
+        self.owner = owner
+        self.layer_idx = layer_idx
+        self.pending_k: torch.Tensor | None = None  # rotated at positions K..K+c-1, as the model gave them
+        self.pending_v: torch.Tensor | None = None
+        self.received: torch.Tensor | None = None  # [B,H,kv] attention mass received during the pending chunk
+        self._view: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.dtype, self.device = key_states.dtype, key_states.device
+        b, h, _, d = key_states.shape
+        self.keys = key_states.new_zeros(b, h, 0, d)
+        self.values = value_states.new_zeros(b, h, 0, value_states.shape[-1])
+        self.is_initialized = True
+
+    # -- what the model reads --------------------------------------------------------------------------------
+    def _kept_view(self) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return kept (re-positioned) + [pending chunk when frozen] + new keys/values; stash a doc chunk."""
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        if self._view is None:
+            self._view = self._kept_view()
+        kk, vv = self._view
+        if self.owner.frozen:
+            parts_k = [kk, self.pending_k, key_states] if self.pending_k is not None else [kk, key_states]
+            parts_v = [vv, self.pending_v, value_states] if self.pending_v is not None else [vv, value_states]
+            return torch.cat(parts_k, dim=2), torch.cat(parts_v, dim=2)
+        if self.pending_k is not None:
+            raise RuntimeError("CascadingCache: commit() the previous chunk before reading the next one")
+        self.pending_k, self.pending_v = key_states, value_states
+        self.owner._note_pending(key_states.shape[-2])
+        return torch.cat([kk, key_states], dim=2), torch.cat([vv, value_states], dim=2)
+
+    def record_received(self, mass: torch.Tensor) -> None:
+        """Attention mass [B, H_kv, kv] that this layer's keys received from the pending chunk's sampled rows."""
+        if self.owner.frozen:
+            return
+        self.received = mass.float()
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def _unrotated_pending(self, plan: _Plan) -> torch.Tensor:
+        assert self.pending_k is not None
+        cos, sin = self.owner.rope(self.layer_idx, plan.kept_before, plan.n_new, self.pending_k.device)
+        return apply_rope(self.pending_k, cos, sin, inverse=True)
+
+    def _pending_slots(self, plan: _Plan, k_un: torch.Tensor, received_new: torch.Tensor) -> _Slots:
+        assert self.pending_v is not None
+        b, h, c, _ = k_un.shape
+        pos = torch.arange(plan.seen_before, plan.seen_before + c, device=k_un.device).expand(b, h, c)
+        return _Slots(k_un, self.pending_v, received_new, pos)
+
+    def _clear_pending(self) -> None:
+        self.pending_k = self.pending_v = self.received = None
+        self._view = None
+
+    def reset(self) -> None:
+        raise NotImplementedError("CascadingCache is single-use: build a new one per document")
+
+
+class CascadeLayer(_CascadeLayerBase):
+    """A full-attention layer's cascade: sinks + N sub-caches, EMA-based selection, keys without RoPE."""
+
+    def __init__(self, owner: CascadingCache, layer_idx: int) -> None:
+        super().__init__(owner, layer_idx)
+        self.sinks: _Slots | None = None
+        self.stages: list[_Slots] = []
+
+    def ordered_slots(self) -> _Slots | None:
+        """All kept slots, oldest first: sinks, then sub-caches N-1 .. 0 (the order of positions 0..K-1)."""
+        if self.sinks is None:
+            return None
+        return _Slots.cat([self.sinks, *reversed(self.stages)])
+
+    def get_seq_length(self) -> int:
+        return self.owner.get_seq_length()
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.owner.get_seq_length() + query_length, 0
+
+    def _kept_view(self) -> tuple[torch.Tensor, torch.Tensor]:
+        slots = self.ordered_slots()
+        if slots is None or len(slots) == 0:
+            return self.keys, self.values
+        cos, sin = self.owner.rope(self.layer_idx, 0, len(slots), slots.k.device)
+        return apply_rope(slots.k, cos, sin), slots.v
+
+    def commit(self, plan: _Plan) -> None:
+        """Fold the pending chunk into sinks and sub-caches following `plan`; update EMAs."""
+        if self.pending_k is None:
+            return
+        k_un = self._unrotated_pending(plan)
+        b, h, c, _ = k_un.shape
+        kept = plan.kept_before
+        recv = self.received
+        if recv is None:
+            recv = k_un.new_zeros(b, h, kept + c, dtype=torch.float32)
+        new = self._pending_slots(plan, k_un, recv[:, :, kept : kept + c])
+        decay = self.owner.config.ema_decay
+        if self.sinks is None:
+            empty = new.slice(0, 0)
+            self.sinks = empty
+            self.stages = [empty for _ in plan.stages]
+        # EMA of kept slots, in view order: sinks, stage N-1 .. stage 0
+        offset = len(self.sinks)
+        for i in reversed(range(len(self.stages))):
+            st = self.stages[i]
+            if len(st):
+                st.ema = decay * st.ema + (1.0 - decay) * recv[:, :, offset : offset + len(st)]
+            offset += len(st)
+        self.sinks = _Slots.cat([self.sinks, new.slice(0, plan.to_sinks)])
+        stream = new.slice(plan.to_sinks)
+        for i, sp in enumerate(plan.stages):
+            st = self.stages[i]
+            if sp.merge_first:
+                st = st.challenge_newest(stream.slice(0, 1))
+                stream = stream.slice(1)
+            arrivals = stream if i == 0 else stream.pair_winners()
+            combined = _Slots.cat([st, arrivals])
+            stream = combined.slice(0, sp.overflow)
+            self.stages[i] = combined.slice(sp.overflow)
+        self._clear_pending()
+
+    def kept_positions(self) -> torch.Tensor:
+        """Source token index [B, H_kv, K] of every kept slot, in position order."""
+        slots = self.ordered_slots()
+        if slots is None:
+            return torch.zeros(1, 1, 0, dtype=torch.long)
+        return slots.pos
+
+
+class SlidingCascadeLayer(_CascadeLayerBase):
+    """A sliding-window layer: keeps the model's own window (last `sliding_window - 1` tokens), re-positioned."""
+
+    is_sliding = True
+
+    def __init__(self, owner: CascadingCache, layer_idx: int, sliding_window: int) -> None:
+        super().__init__(owner, layer_idx)
+        self.sliding_window = sliding_window
+        self.slots: _Slots | None = None
+
+    def _kept_len(self) -> int:
+        return min(self.owner.structure.seen, self.sliding_window - 1)
+
+    def get_seq_length(self) -> int:
+        return self.owner.get_seq_length()
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        kept = self._kept_len()
+        pending = self.owner.pending_len if self.owner.frozen else 0
+        return kept + pending + query_length, self.owner.structure.kept - kept
+
+    def _kept_view(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.slots is None or len(self.slots) == 0:
+            return self.keys, self.values
+        n = len(self.slots)
+        cos, sin = self.owner.rope(self.layer_idx, self.owner.structure.kept - n, n, self.slots.k.device)
+        return apply_rope(self.slots.k, cos, sin), self.slots.v
+
+    def commit(self, plan: _Plan) -> None:
+        """Append the pending chunk and keep the last `sliding_window - 1` tokens."""
+        if self.pending_k is None:
+            return
+        k_un = self._unrotated_pending(plan)
+        b, h, c, _ = k_un.shape
+        new = self._pending_slots(plan, k_un, k_un.new_zeros(b, h, c, dtype=torch.float32))
+        combined = new if self.slots is None else _Slots.cat([self.slots, new])
+        self.slots = combined.slice(max(0, len(combined) - (self.sliding_window - 1)))
+        self._clear_pending()
+
+    def kept_positions(self) -> torch.Tensor:
+        """Source token index [B, H_kv, K_s] of the kept window."""
+        if self.slots is None:
+            return torch.zeros(1, 1, 0, dtype=torch.long)
+        return self.slots.pos
+
+
+class CascadingCache(Cache):
+    """A transformers `Cache` holding a bounded cascade per layer; read a document with strided chunks.
+
+    Protocol per chunk: forward the chunk (position_ids ``K + arange(c)``, K = `get_seq_length()`); the cache
+    returns kept + chunk keys and stashes the chunk. Optionally, inside ``with cache.frozen_view():``, forward
+    query tokens (positions ``K + c + arange(q)``): they see kept + chunk + themselves and are not stored.
+    Then `commit()` folds the chunk in. Batch size 1 is the supported case (one document per cache).
+    """
+
+    def __init__(
+        self,
+        config: CascadeConfig,
+        rotary: RotaryFn,
+        kinds: list[str],
+        sliding_windows: list[int | None] | None = None,
+    ) -> None:
+        self.config = config
+        self.structure = _Structure(config)
+        self.rotary = rotary
+        self.frozen = False
+        self.pending_len = 0
+        self._rope_cache: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+        windows = sliding_windows or [None] * len(kinds)
+        layers: list[Any] = []
+        for i, (kind, win) in enumerate(zip(kinds, windows, strict=True)):
+            if kind == "full":
+                layers.append(CascadeLayer(self, i))
+            elif kind == "sliding" and win:
+                layers.append(SlidingCascadeLayer(self, i, win))
+            else:
+                raise ValueError(f"layer {i}: unsupported kind {kind!r} for the cascading KV cache")
+        self._layer_kind_key = [("sliding" if k == "sliding" else "full", i) for i, k in enumerate(kinds)]
+        super().__init__(layers=layers)
+
+    @classmethod
+    def for_model(cls, model: Any, config: CascadeConfig, num_layers: int | None = None) -> CascadingCache:
+        """A cache for `model`'s first `num_layers` layers (all by default), using its own rotary embedding."""
+        kinds, windows = layer_kinds(model)
+        n = num_layers if num_layers is not None else len(kinds)
+        return cls(config, model_rotary(model), kinds[:n], windows[:n])
+
+    # -- the Cache interface the model uses ---------------------------------------------------------------------
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        """Virtual position of the next token: kept slots (+ the pending chunk inside `frozen_view`)."""
+        return self.structure.kept + (self.pending_len if self.frozen else 0)
+
+    def get_mask_sizes(self, query_length: int, layer_idx: int) -> tuple[int, int]:
+        if layer_idx >= len(self.layers):
+            return self.get_seq_length() + query_length, 0
+        return self.layers[layer_idx].get_mask_sizes(query_length)
+
+    def get_max_length(self, layer_idx: int | None = None) -> int:
+        return self.config.capacity
+
+    # -- cascade protocol ---------------------------------------------------------------------------------------
+    @property
+    def kept(self) -> int:
+        """Tokens every full-attention layer holds now (sinks + sub-caches)."""
+        return self.structure.kept
+
+    @property
+    def seen(self) -> int:
+        """Tokens committed so far."""
+        return self.structure.seen
+
+    def _note_pending(self, n: int) -> None:
+        if self.pending_len and n != self.pending_len:
+            raise RuntimeError(f"CascadingCache: layers saw different chunk lengths ({self.pending_len} vs {n})")
+        self.pending_len = n
+
+    @contextlib.contextmanager
+    def frozen_view(self) -> Iterator[None]:
+        """Forwards inside see kept + pending chunk and store nothing (query passes)."""
+        self.frozen = True
+        try:
+            yield
+        finally:
+            self.frozen = False
+
+    def commit(self) -> None:
+        """Fold the pending chunk into every layer (one layer-independent slot plan, per-layer EMA choices)."""
+        if not self.pending_len:
+            return
+        plan = self.structure.plan(self.pending_len)
+        for layer in self.layers:
+            layer.commit(plan)
+        self.pending_len = 0
+        self._rope_cache.clear()
+
+    def rope(self, layer_idx: int, start: int, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin for positions start..start+length-1 of this layer's kind (memoised until the next commit)."""
+        key = (self._layer_kind_key[layer_idx][0], start, length, str(device))
+        hit = self._rope_cache.get(key)
+        if hit is None:
+            positions = torch.arange(start, start + length, device=device)[None]
+            cos, sin = self.rotary(layer_idx, positions)
+            hit = self._rope_cache[key] = (cos.float(), sin.float())
+        return hit
