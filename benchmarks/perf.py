@@ -151,6 +151,16 @@ def machine() -> str:
     return f"{cpu} ({mp.cpu_count()} cores){gpu}"
 
 
+def _cell(m: dict[str, dict[str, Any]], name: str, key: str, fmt: str = "{:.2f}") -> str:
+    return fmt.format(m[name][key]) if name in m else "—"
+
+
+def _ratio(m: dict[str, dict[str, Any]], a: str, b: str) -> str:
+    if a in m and b in m and m[b]["seconds"]:
+        return f"{m[a]['seconds'] / m[b]['seconds']:.3f}"
+    return "—"
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     """Markdown table: one row per length, time and memory of each method, and the ratios."""
     by_len: dict[int, dict[str, dict[str, Any]]] = {}
@@ -163,20 +173,13 @@ def table(rows: list[dict[str, Any]]) -> str:
     lines = [head, "|" + "---|" * 11]
     for target in sorted(by_len):
         m = by_len[target]
-
-        def g(name: str, key: str, fmt: str = "{:.2f}", _m: dict[str, dict[str, Any]] = m) -> str:
-            return fmt.format(_m[name][key]) if name in _m else "—"
-
-        ratio = lambda a, b: (  # noqa: E731
-            f"{m[a]['seconds'] / m[b]['seconds']:.3f}" if a in m and b in m and m[b]["seconds"] else "—"
-        )
         tokens = next(iter(m.values()))["tokens"]
         lines.append(
-            f"| {tokens} | {g('bare_prefill', 'seconds')} | {g('first_query', 'seconds')} | "
-            f"{g('next_query', 'seconds')} | {ratio('next_query', 'first_query')} | "
-            f"{ratio('first_query', 'bare_prefill')} | {g('first_query', 'peak_mb', '{:.0f}')} | "
-            f"{g('bare_prefill', 'peak_mb', '{:.0f}')} | {g('naive_eager', 'peak_mb', '{:.0f}')} | "
-            f"{g('dense', 'seconds', '{:.3f}')} | {g('bm25', 'seconds', '{:.3f}')} |"
+            f"| {tokens} | {_cell(m, 'bare_prefill', 'seconds')} | {_cell(m, 'first_query', 'seconds')} | "
+            f"{_cell(m, 'next_query', 'seconds')} | {_ratio(m, 'next_query', 'first_query')} | "
+            f"{_ratio(m, 'first_query', 'bare_prefill')} | {_cell(m, 'first_query', 'peak_mb', '{:.0f}')} | "
+            f"{_cell(m, 'bare_prefill', 'peak_mb', '{:.0f}')} | {_cell(m, 'naive_eager', 'peak_mb', '{:.0f}')} | "
+            f"{_cell(m, 'dense', 'seconds', '{:.3f}')} | {_cell(m, 'bm25', 'seconds', '{:.3f}')} |"
         )
     return "\n".join(lines)
 
@@ -213,8 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    print(f"{meta['date']}, commit {commit}, {meta['machine']}, device {args.device}\n")  # noqa: T201
-    print(table(rows))  # noqa: T201
+    print(f"{meta['date']}, commit {commit}, {meta['machine']}, device {args.device}\n")
+    print(table(rows))
     return 0
 
 

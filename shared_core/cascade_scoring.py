@@ -40,6 +40,8 @@ import torch
 
 from . import capture
 from .cascade import CascadeConfig, CascadingCache, ModelShape, check_budget
+from .heads import HeadSelection
+from .scoring import RowObserver
 
 logger = logging.getLogger(__name__)
 
@@ -86,32 +88,6 @@ class EmaObserver:
         b, hq, kv = probs.shape
         hkv = key.shape[1]
         layer.record_received(probs.view(b, hkv, hq // hkv, kv).sum(dim=2))
-
-
-class QueryRowObserver:
-    """Keeps, per scoring layer, the attention of the query rows averaged over those rows: [Hq, kv]."""
-
-    def __init__(self, layers: frozenset[int], rows: torch.Tensor) -> None:
-        self.layers = layers
-        self.deepest = max(layers)
-        self.rows = rows
-        self.captured: dict[int, torch.Tensor] = {}
-
-    def observe(
-        self,
-        layer_idx: int,
-        module: torch.nn.Module,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        scaling: float,
-        softcap: float | None,
-    ) -> None:
-        """Softmax of the query rows only (never the full matrix), mean over rows."""
-        rows = self.rows.to(query.device)
-        self.captured[layer_idx] = capture.query_row_probs(query, key, attention_mask, scaling, rows, softcap)[0].mean(
-            dim=1
-        )
 
 
 @dataclass
@@ -202,7 +178,7 @@ def cascade_token_scores(
     cache = CascadingCache.for_model(model, config, num_layers=deepest + 1)
     n = int(doc_ids.numel())
     out = torch.zeros(len(checked), len(picked), shape.num_heads, n, dtype=torch.float32)
-    score_layers = frozenset(picked)
+    selection = HeadSelection(dict.fromkeys(picked), "cascade")
     ema = EmaObserver(cache, deepest, config.ema_rows)
     doc_ids = doc_ids.to(device)
     q_dev = [(ids.to(device)[None], rows.to(device)) for ids, rows in checked]
@@ -215,7 +191,7 @@ def cascade_token_scores(
         if config.scoring == "resident":
             with cache.frozen_view():
                 for j, (ids, rows) in enumerate(q_dev):
-                    obs = QueryRowObserver(score_layers, rows)
+                    obs = RowObserver(selection, rows)
                     q_pos = torch.arange(kept + end - start, kept + end - start + ids.shape[1], device=device)[None]
                     _forward(model, ids, q_pos, cache, obs)
                     chunk = []
@@ -248,7 +224,7 @@ def _score_end(
     kept = cache.get_seq_length()
     with cache.frozen_view():
         for j, (ids, rows) in enumerate(queries):
-            obs = QueryRowObserver(frozenset(picked), rows)
+            obs = RowObserver(HeadSelection(dict.fromkeys(picked), "cascade"), rows)
             _forward(model, ids, torch.arange(kept, kept + ids.shape[1], device=ids.device)[None], cache, obs)
             for i, layer in enumerate(picked):
                 probs = obs.captured[layer].float().cpu()

@@ -192,23 +192,25 @@ class EntityIndex:
         spans = list(_chunks(text, units, limit))
         raw: list[_RawMention] = []
         docs = list(nlp.pipe((text[a:b] for a, b in spans), disable=disable))
-
-        def add(span: Any, label: str, offset: int) -> None:
-            start, end = offset + span.start_char, offset + span.end_char
-            position = bisect_right(starts, start) - 1
-            if position < 0 or start >= units[position].end:
-                return  # entity in text that belongs to no unit
-            key = normalise_entity(span.text)
-            if key:
-                raw.append(_RawMention(key, label, span.text, position, start, end))
-
-        for (offset, _end), doc in zip(spans, docs, strict=True):
-            for ent in doc.ents:
-                if (ent.label_ not in allowed) if allowed is not None else (ent.label_ in EXCLUDED_LABELS):
-                    continue
-                add(ent, ent.label_, offset)
-        if match_names and raw:
-            _add_missed_names(nlp, docs, spans, raw, add)
+        tagged = [
+            [
+                (ent, ent.label_)
+                for ent in doc.ents
+                if not ((ent.label_ not in allowed) if allowed is not None else (ent.label_ in EXCLUDED_LABELS))
+            ]
+            for doc in docs
+        ]
+        if match_names:
+            tagged = _with_missed_names(nlp, docs, tagged)
+        for (offset, _end), found in zip(spans, tagged, strict=True):
+            for span, label in found:
+                start, end = offset + span.start_char, offset + span.end_char
+                position = bisect_right(starts, start) - 1
+                if position < 0 or start >= units[position].end:
+                    continue  # entity in text that belongs to no unit
+                key = normalise_entity(span.text)
+                if key:
+                    raw.append(_RawMention(key, label, span.text, position, start, end))
         return cls._from_raw(raw)
 
     @classmethod
@@ -342,22 +344,26 @@ class Expansion:
     entity_score: float
 
 
-def _add_missed_names(nlp: Any, docs: list[Any], spans: list[tuple[int, int]], raw: list[Any], add: Any) -> None:
-    """Add the exact occurrences of names NER found elsewhere, where NER did not tag them (longest match wins)."""
+def _with_missed_names(nlp: Any, docs: list[Any], tagged: list[list[tuple[Any, str]]]) -> list[list[tuple[Any, str]]]:
+    """Add the exact occurrences of names NER tagged somewhere; overlapping spans keep the longest."""
     from spacy.matcher import PhraseMatcher
     from spacy.util import filter_spans
 
     label_of: dict[str, str] = {}
-    for m in raw:
-        label_of.setdefault(m.text, m.label)
+    for found in tagged:
+        for span, label in found:
+            label_of.setdefault(span.text, label)
+    if not label_of:
+        return tagged
     matcher = PhraseMatcher(nlp.vocab, attr="ORTH")
     matcher.add("NAME", [nlp.make_doc(name) for name in label_of])
-    for (offset, _end), doc in zip(spans, docs, strict=True):
-        tagged = {i for ent in doc.ents for i in range(ent.start, ent.end)}
-        found = filter_spans([doc[a:b] for _, a, b in matcher(doc)])
-        for span in found:
-            if not tagged.intersection(range(span.start, span.end)):
-                add(span, label_of[span.text], offset)
+    out = []
+    for doc, found in zip(docs, tagged, strict=True):
+        labels = {(span.start, span.end): label for span, label in found}
+        matched = [doc[a:b] for _, a, b in matcher(doc)]
+        kept = filter_spans([span for span, _ in found] + matched)
+        out.append([(span, labels.get((span.start, span.end), label_of[span.text])) for span in kept])
+    return out
 
 
 def entity_scores(index: EntityIndex, fused: np.ndarray) -> dict[str, float]:

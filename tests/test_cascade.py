@@ -23,7 +23,9 @@ from shared_core.cascade import (
     check_budget,
     parse_bytes,
 )
-from shared_core.cascade_scoring import QueryRowObserver, cascade_token_scores
+from shared_core.cascade_scoring import cascade_token_scores
+from shared_core.heads import HeadSelection
+from shared_core.scoring import RowObserver
 
 H, D = 2, 8
 
@@ -207,7 +209,7 @@ def _tiny(kind: str) -> torch.nn.Module:
 
 
 def _full_reference(model, doc: torch.Tensor, query: torch.Tensor, rows: torch.Tensor, layers: set[int]):
-    obs = QueryRowObserver(frozenset(layers), rows + doc.numel())
+    obs = RowObserver(HeadSelection(dict.fromkeys(layers), "test"), rows + doc.numel())
     with capture.observing(obs), torch.no_grad():
         try:
             model.base_model(input_ids=torch.cat([doc, query])[None])

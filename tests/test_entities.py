@@ -196,7 +196,7 @@ def test_exclude_set_is_respected(nlp: Any) -> None:
     text, units = make_doc([MILK_STORY])
     index = EntityIndex.build(text, units, nlp)
     fused = np.linspace(1.0, 0.0, len(units))
-    result = expand(index, fused, units, EntitiesConfig(), exclude={0, 8})
+    result = expand(index, fused, units, EntitiesConfig(min_entity_score=0.0), exclude={0, 8})
     assert {e.unit_index for e in result} == {7}
 
 
@@ -236,7 +236,7 @@ def test_proximity_order_keeps_the_mentions_nearest_the_best_one(nlp: Any) -> No
     fused[5] = 1.0
     config = EntitiesConfig(order="proximity", max_expansions=4)
     assert [e.unit_index for e in expand(index, fused, units, config, exclude={5})] == [4, 6, 3, 7]
-    document_order = expand(index, fused, units, EntitiesConfig(max_expansions=4), exclude={5})
+    document_order = expand(index, fused, units, EntitiesConfig(order="document", max_expansions=4), exclude={5})
     assert [e.unit_index for e in document_order] == [0, 1, 2, 3]
 
 
@@ -246,9 +246,9 @@ def test_neighbours_pull_in_the_pronoun_sentence(nlp: Any) -> None:
     index = EntityIndex.build(text, units, nlp)
     assert index.entities_of(2) == []
     fused = np.array([0.1, 1.0, 0.0, 0.2, 0.3])
-    without = expand(index, fused, units, EntitiesConfig(), exclude={1})
+    without = expand(index, fused, units, EntitiesConfig(min_entity_score=0.0), exclude={1})
     assert 2 not in {e.unit_index for e in without}
-    with_neighbours = expand(index, fused, units, EntitiesConfig(neighbours=True), exclude={1})
+    with_neighbours = expand(index, fused, units, EntitiesConfig(neighbours=True, min_entity_score=0.0), exclude={1})
     assert with_neighbours[0] == Expansion(2, "mary", 1.0)
     # a following unit that names an entity of its own is not a neighbour: John's sentence comes in only via John
     assert [e.entity for e in with_neighbours if e.unit_index == 4] == ["john"]
@@ -369,3 +369,29 @@ def test_neighbours_measurement_on_pronominalised_babi_qa2(nlp: Any, shared_data
     best = result["+entities+neighbours/proximity"]["recall@5"]
     assert best > result["+entities/proximity"]["recall@5"]
     assert best > result["+entities/document"]["recall@5"] > result["dense"]["recall@5"]
+
+
+def test_specificity_prefers_the_rare_bridge_entity(nlp: Any) -> None:
+    story = [
+        "Osprey sensors were built by Odile Brannigan.",
+        *[f"Osprey sales rose in region {n}." for n in range(1, 7)],
+        "Odile Brannigan's group works in Pellingford.",
+    ]
+    text, units = make_doc([story])
+    index = EntityIndex.build(text, units, nlp)
+    fused = np.zeros(len(units))
+    fused[0] = 1.0
+    cfg = EntitiesConfig(top_entities=1, max_expansions=1)
+    assert [e.unit_index for e in expand(index, fused, units, cfg, exclude={0})] == [7]
+    plain = EntitiesConfig(top_entities=1, max_expansions=1, specificity=False)
+    assert expand(index, fused, units, plain, exclude={0})[0].entity == "osprey"  # first mentioned wins the tie
+    # an entity named in the query is not a bridge
+    assert expand(index, fused, units, plain, exclude={0}, query="Who built the Osprey sensors?")[0].unit_index == 7
+
+
+def test_names_missed_by_ner_are_matched(nlp: Any) -> None:
+    text, units = make_doc([["The first prototype was built by Odile Brannigan.", "Odile Brannigan's group works."]])
+    with_matching = EntityIndex.build(text, units, nlp)
+    assert with_matching.units_of("odile brannigan") == [0, 1]
+    mentions = with_matching.mentions_in(1)
+    assert [text[m.start : m.end] for m in mentions] == ["Odile Brannigan"]

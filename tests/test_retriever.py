@@ -170,10 +170,30 @@ def test_bad_input(retriever: AttentionRetriever, query, documents, top_k, error
         retriever.retrieve(query, documents, top_k=top_k)
 
 
-def test_document_past_the_window_is_a_clear_error() -> None:
-    r = AttentionRetriever({"model": {"max_tokens": 128}})
+def test_document_past_the_window_is_a_clear_error_without_cascade() -> None:
+    r = AttentionRetriever({"model": {"max_tokens": 128}, "cascade": {"enabled": False}})
     with pytest.raises(ValueError, match=r"exceeds the model window of 128 tokens.*cascade"):
         r.retrieve("Where is the milk?", [STORY * 4])
+
+
+SMALL_CASCADE = {"sink_tokens": 8, "cascades": 2, "window": 32, "stride": 64}
+
+
+def test_document_past_the_window_goes_through_the_cascade() -> None:
+    doc = "\n\n".join([STORY] * 6)
+    r = AttentionRetriever({"model": {"max_tokens": 160}, "cascade": SMALL_CASCADE})
+    hits = r.retrieve("Who picked up the apple?", [doc], top_k=6)
+    _assert_exact(hits, [doc])
+    assert r.stats["cascade_passes"] == 1 and r.stats["prefills"] == 0
+    assert any(h.text == "Bill picked up the apple." for h in hits[:3])
+    units = r.score_units("Who picked up the apple?", doc)
+    assert len(units) == len(r.units(doc)) and all(np.isfinite(h.scores["attention"]) for h in units)
+
+
+def test_cascade_memory_budget_too_small_is_a_clear_error() -> None:
+    r = AttentionRetriever({"cascade": {"enabled": True, "memory_budget": "1KB", **SMALL_CASCADE}})
+    with pytest.raises(ValueError, match="budget"):
+        r.retrieve("Where is the milk?", [STORY])
 
 
 def test_head_list_restricts_capture_to_its_layers() -> None:

@@ -44,7 +44,9 @@ def test_fusion_weights_change_rankings_as_configured(views_only: AttentionRetri
     units = views_only.score_units("Who grabbed the apple?", CHAIN)
     by_dense = max(units, key=lambda h: h.scores["dense"]).text
     by_attention = max(units, key=lambda h: h.scores["attention"]).text
-    only_dense = AttentionRetriever({"entities": {"enabled": False}, "fusion": {"weights": {"attention": 0, "dense": 1}}})
+    only_dense = AttentionRetriever(
+        {"entities": {"enabled": False}, "fusion": {"weights": {"attention": 0, "dense": 1}}}
+    )
     only_att = AttentionRetriever({"entities": {"enabled": False}, "fusion": {"weights": {"attention": 1, "dense": 0}}})
     assert only_dense.retrieve("Who grabbed the apple?", [CHAIN], top_k=1)[0].text == by_dense
     assert only_att.retrieve("Who grabbed the apple?", [CHAIN], top_k=1)[0].text == by_attention
