@@ -81,8 +81,11 @@ def test_question_metrics_without_lexical_gap() -> None:
 
 
 def test_method_registry() -> None:
-    assert {"bm25", "dense", "attention", "attention-nocal"} <= set(METHODS)
-    assert METHODS["attention-nocal"].override == {"attention": {"calibration": False}}
+    assert {"bm25", "dense", "attention", "attention-nocal", "qr-heads", "fused", "fused+entities"} <= set(METHODS)
+    nocal = METHODS["attention-nocal"].override
+    assert isinstance(nocal, dict) and nocal["attention"] == {"heads": "all", "calibration": False}
+    assert nocal["dense"] == {"enabled": False} and nocal["entities"] == {"enabled": False}
+    assert METHODS["fused+entities"].override == {}  # the default configuration
 
 
 def test_bm25_scores_rank_lexical_match_first() -> None:
