@@ -30,7 +30,8 @@ class AttentionRanker:
     best first, cut to `top_k`. `"sentence"`/`"paragraph"` return the `top_k` best units across the
     documents as new `Document`s whose `meta` is the source's meta plus `source_id`, `start`, `end`
     (char offsets in the source content) and `reasons`. `score_threshold` drops results scoring below it
-    (document scores are raw attention scores; unit scores are normalised to [0, 1] per document).
+    (document scores are in [0, 1], relative to the documents ranked together; unit scores are in [0, 1]
+    within their document, scaled by their document's score when several documents are given).
     Documents without text (`content` None or blank) cannot be scored: they are passed through after
     the ranked results with `score=None` and do not count against `top_k`.
 

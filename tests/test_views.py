@@ -12,9 +12,11 @@ from shared_core.cli import main
 
 # "Where is the milk?" needs "Sandra got the milk" and Sandra's move, which shares no word with the query.
 CHAIN = (
-    "Daniel travelled to the office. John went to the bedroom. Mary moved to the bathroom.\n\n"
     "Sandra went to the garden. Bill journeyed to the hallway. Fred went back to the kitchen.\n\n"
+    "Daniel travelled to the office. John went to the bedroom. Mary moved to the bathroom.\n\n"
     "Jeff travelled to the cinema. Julie moved to the school. Daniel picked up the football there.\n\n"
+    "Anna went to the library. Peter grabbed the box there. Lucy moved to the cellar.\n\n"
+    "Tom took the cup there. Kate journeyed to the market. Omar picked up the hat there.\n\n"
     "Sandra got the milk there. John journeyed to the park. Mary went back to the office. "
     "Bill grabbed the apple there. Fred moved to the bedroom."
 )
@@ -100,5 +102,5 @@ def test_explain_cli_writes_html_and_json(tmp_path, capsys) -> None:
     payload = json.loads(data.read_text())
     assert payload["query"] == QUERY
     units = payload["documents"][0]["units"]
-    assert len(units) == 14 and all(CHAIN[u["start"] : u["end"]] for u in units)
+    assert len(units) == 20 and all(CHAIN[u["start"] : u["end"]] for u in units)
     assert payload["hits"][0]["text"] == "Sandra got the milk there."
