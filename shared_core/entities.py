@@ -45,7 +45,9 @@ class EntitiesConfig(_Section):
         description="NER labels that count as entities; None = every label except numeric and date/time ones "
         f"({', '.join(sorted(EXCLUDED_LABELS))}).",
     )
-    top_entities: int = Field(3, ge=0, description="How many of the best-scoring entities expand the result.")
+    top_entities: int = Field(
+        1, ge=0, description="How many of the best-ranked entities expand the result (1 measured best, README)."
+    )
     min_entity_score: float = Field(
         0.5, description="Entities whose score (best fused score of a unit mentioning them) is below this never expand."
     )
@@ -59,7 +61,7 @@ class EntitiesConfig(_Section):
     )
     max_expansions: int = Field(10, ge=0, description="Most units added by entity expansion per document.")
     direct_hits: int = Field(
-        2,
+        3,
         ge=0,
         description="Units ranked by their own fused score before the entity expansions; expansions come next, "
         "then every other unit by score (an expansion whose own score is higher keeps its own place).",

@@ -182,10 +182,12 @@ def test_entity_scores_and_ordering(nlp: Any) -> None:
     fused = np.zeros(len(units))
     fused[0], fused[7], fused[8] = 0.9, 0.6, 0.1  # milk, John, garden
     assert entity_scores(index, fused) == {"sandra": 0.9, "john": 0.6}
-    result = expand(index, fused, units, EntitiesConfig(), exclude=set())
+    result = expand(index, fused, units, EntitiesConfig(top_entities=3), exclude=set())
     assert [(e.unit_index, e.entity) for e in result] == [(0, "sandra"), (8, "sandra"), (7, "john")]
     assert expand(index, fused, units, EntitiesConfig(top_entities=1), exclude=set())[-1].entity == "sandra"
-    assert [e.entity for e in expand(index, fused, units, EntitiesConfig(min_entity_score=0.7), set())] == [
+    assert [
+        e.entity for e in expand(index, fused, units, EntitiesConfig(top_entities=3, min_entity_score=0.7), set())
+    ] == [
         "sandra",
         "sandra",
     ]
@@ -196,7 +198,7 @@ def test_exclude_set_is_respected(nlp: Any) -> None:
     text, units = make_doc([MILK_STORY])
     index = EntityIndex.build(text, units, nlp)
     fused = np.linspace(1.0, 0.0, len(units))
-    result = expand(index, fused, units, EntitiesConfig(min_entity_score=0.0), exclude={0, 8})
+    result = expand(index, fused, units, EntitiesConfig(top_entities=3, min_entity_score=0.0), exclude={0, 8})
     assert {e.unit_index for e in result} == {7}
 
 
@@ -248,7 +250,8 @@ def test_neighbours_pull_in_the_pronoun_sentence(nlp: Any) -> None:
     fused = np.array([0.1, 1.0, 0.0, 0.2, 0.3])
     without = expand(index, fused, units, EntitiesConfig(min_entity_score=0.0), exclude={1})
     assert 2 not in {e.unit_index for e in without}
-    with_neighbours = expand(index, fused, units, EntitiesConfig(neighbours=True, min_entity_score=0.0), exclude={1})
+    cfg = EntitiesConfig(neighbours=True, top_entities=3, min_entity_score=0.0)
+    with_neighbours = expand(index, fused, units, cfg, exclude={1})
     assert with_neighbours[0] == Expansion(2, "mary", 1.0)
     # a following unit that names an entity of its own is not a neighbour: John's sentence comes in only via John
     assert [e.entity for e in with_neighbours if e.unit_index == 4] == ["john"]
