@@ -61,7 +61,7 @@ class EntitiesConfig(_Section):
     )
     max_expansions: int = Field(10, ge=0, description="Most units added by entity expansion per document.")
     direct_hits: int = Field(
-        3,
+        2,
         ge=0,
         description="Units ranked by their own fused score before the entity expansions; expansions come next, "
         "then every other unit by score (an expansion whose own score is higher keeps its own place).",
