@@ -174,7 +174,10 @@ class AttentionRetriever:
         """One score per document for reranking whole documents, relative to the documents given together."""
         _check_query(query)
         docs = _coerce_documents(documents)
-        views = [self._views(query, d, self._analysis(d).units, self._analysis(d).embeddings) for d in docs]
+        views = []
+        for d in docs:
+            analysis = self._analysis(d)
+            views.append(self._views(query, d, analysis.units, analysis.embeddings))
         return ranking.document_scores(views, self.config.fusion)
 
     def entity_index(self, document: str | Document) -> EntityIndex | None:
