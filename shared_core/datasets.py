@@ -497,13 +497,19 @@ def _story_filler(
         for thing in sorted(query_things):
             mapping[thing] = place_pool[int(rng.integers(len(place_pool)))]
         texts = [_ensure_period(_rename(f.text, mapping)) for f in other.facts]
-        for block in _blocks(texts):
-            if words >= budget:
-                break
-            sentences = [texts[i] for i in block]
-            pieces.append(_Piece(sentences, [None] * len(sentences)))
-            words += sum(word_count(s) for s in sentences)
+        words = _add_filler_blocks(pieces, texts, words, budget)
     return pieces
+
+
+def _add_filler_blocks(pieces: list[_Piece], texts: list[str], words: int, budget: int) -> int:
+    """Append ``texts`` as filler pieces (a pronoun sentence kept with the one before) until ``budget`` words."""
+    for block in _blocks(texts):
+        if words >= budget:
+            break
+        sentences = [texts[i] for i in block]
+        pieces.append(_Piece(sentences, [None] * len(sentences)))
+        words += sum(word_count(s) for s in sentences)
+    return words
 
 
 def _hotpot_filler(
@@ -519,12 +525,7 @@ def _hotpot_filler(
         if not para or any(_words_lower(s) & banned for s in para):
             continue
         texts = [_ensure_period(s) for s in para]
-        for block in _blocks(texts):
-            if words >= budget:
-                break
-            sentences = [texts[i] for i in block]
-            pieces.append(_Piece(sentences, [None] * len(sentences)))
-            words += sum(word_count(s) for s in sentences)
+        words = _add_filler_blocks(pieces, texts, words, budget)
         pieces[-1].paragraph_end = True
     return pieces
 
