@@ -19,12 +19,13 @@ import argparse
 import json
 import logging
 import multiprocessing as mp
-import platform
 import resource
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
+
+from benchmarks.quality import machine_description
 
 logger = logging.getLogger("benchmarks.perf")
 
@@ -135,22 +136,6 @@ def naive_gb(n_tokens: int, layers: int = 30, heads: int = 9) -> float:
     return layers * heads * n_tokens * n_tokens * 4 / 2**30
 
 
-def machine() -> str:
-    """CPU model (and GPU name when CUDA is present) of this run."""
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = f" + {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return f"{cpu} ({mp.cpu_count()} cores){gpu}"
-
-
 def _cell(m: dict[str, dict[str, Any]], name: str, key: str, fmt: str = "{:.2f}") -> str:
     return fmt.format(m[name][key]) if name in m else "—"
 
@@ -212,7 +197,12 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(res)
                 logger.info("  %.2f s, %.0f MB", res["seconds"], res["peak_mb"])
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    meta = {"date": time.strftime("%Y-%m-%d"), "commit": commit, "machine": machine(), "device": args.device}
+    meta = {
+        "date": time.strftime("%Y-%m-%d"),
+        "commit": commit,
+        "machine": machine_description(),
+        "device": args.device,
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
