@@ -2,21 +2,24 @@
 
 For every (document size, depth, story) the story's facts (all of them up to the question, in order; the gold
 units are its supporting facts) are inserted at 10/50/90 % depth of HotpotQA paragraphs; units are sentences.
-Each method scores every unit (N/A-calibrated attention, mean over the second half of the layers and all heads,
-mean over the unit's tokens) and we report hit@5 (a supporting fact in the top 5), recall@5, time and peak memory
-per document:
+Each method scores every unit (N/A-calibrated attention of the retriever's heads: the shipped QR-head set of the
+model by default, `--heads all` for every head of the second half of the layers; mean over the unit's tokens) and
+we report hit@5 (a supporting fact in the top 5), recall@5, time and peak memory per document:
 
 - cascade      sinks + N sub-caches of W slots, resident scoring (the query sees every chunk while it is resident)
 - cascade_end  the same cache, query only at the end (baseline for the scoring decision)
 - streaming    StreamingLLM: sinks + the last N*W tokens, query at the end
-- truncate     the first S + N*W tokens read with full attention, the rest unscored
+- truncate     plain truncation: the first tokens that fit the model window (with the query) read with full
+               attention, the rest unscored
 - full         reference: the whole prompt with full attention (only where it fits the model window)
 
-Every method holds the same number of KV slots (S + N*W). Peak memory is the RSS high-water mark above the level
-before the document (CPU, sampled every 5 ms) or the CUDA allocator's peak.
+cascade, cascade_end and streaming hold the same number of KV slots (S + N*W). Peak memory is the RSS high-water
+mark above the level before the document (CPU: the kernel's VmHWM, reset per document) or the CUDA allocator's
+peak.
 
-    python benchmarks/cascade_needle.py --quick            # a few minutes on 2 CPU cores
-    python benchmarks/cascade_needle.py                    # 8k/32k/100k tokens, paper-size cache (GPU advised)
+    python -m benchmarks.cascade_needle --quick             # a few minutes on 2 CPU cores
+    python -m benchmarks.cascade_needle                     # 8k/32k/100k tokens, paper-size cache (GPU advised)
+    python -m benchmarks.cascade_needle --window 256 --stride 512 --stories 1   # the CPU-sized run in the README
 """
 
 from __future__ import annotations
@@ -38,10 +41,12 @@ import numpy as np
 import psutil
 import torch
 
+from benchmarks.report import provenance_line, run_metadata, update_readme_section
 from shared_core.cascade import CascadeConfig
 from shared_core.cascade_scoring import cascade_token_scores
-from shared_core.config import ModelConfig
-from shared_core.model_loading import load_model
+from shared_core.config import AttentionConfig, ModelConfig
+from shared_core.heads import HeadSelection, select_heads
+from shared_core.model_loading import load_model, model_id
 from shared_core.prompt import PromptLayout
 
 logger = logging.getLogger("cascade_needle")
@@ -146,13 +151,40 @@ def pin_malloc() -> None:
         libc.mallopt(-3, 256 * 1024)  # M_MMAP_THRESHOLD
 
 
+def _vm_hwm() -> int | None:
+    """This process's peak RSS in bytes since the last reset (Linux /proc), or None where it cannot be read."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _reset_hwm() -> bool:
+    """Reset the kernel's peak-RSS mark to the current RSS (Linux >= 4.0); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")
+    except OSError:
+        return False
+    return _vm_hwm() is not None
+
+
 class PeakMemory:
-    """Peak RSS (sampled) or CUDA peak allocation above the level at entry, in bytes."""
+    """Peak RSS or CUDA peak allocation above the level at entry, in bytes.
+
+    On Linux the kernel's own high-water mark is reset and read (exact, no cost); elsewhere a thread samples the
+    RSS every 5 ms (which takes some of the GIL from the measured code).
+    """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.peak = 0
         self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
@@ -166,8 +198,9 @@ class PeakMemory:
         self._proc = psutil.Process()
         self._base = self._proc.memory_info().rss
         self._high = self._base
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
+        if not _reset_hwm():
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
         return self
 
     def _sample(self) -> None:
@@ -180,25 +213,25 @@ class PeakMemory:
             torch.cuda.synchronize(self.device)
             self.peak = torch.cuda.max_memory_allocated(self.device) - self._base
             return
-        self._stop.set()
-        self._thread.join()
-        self._high = max(self._high, self._proc.memory_info().rss)
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+        self._high = max(self._high, self._proc.memory_info().rss, _vm_hwm() or 0)
         self.peak = self._high - self._base
 
 
-def method_config(method: str, base: CascadeConfig, n_tokens: int) -> CascadeConfig:
-    """The cache each method uses; all hold base.capacity slots."""
+def method_config(method: str, base: CascadeConfig, n_tokens: int, window: int) -> CascadeConfig:
+    """The cache each method uses: the bounded ones hold base.capacity slots, truncate the model `window`."""
     if method == "cascade":
         return base
-    if method == "full":
-        return base.model_copy(update={"sink_tokens": 0, "cascades": 1, "window": n_tokens, "stride": n_tokens})
+    if method == "full":  # one window holding every token: nothing is evicted, prefill in the same strides
+        return base.model_copy(update={"sink_tokens": 0, "cascades": 1, "window": n_tokens, "scoring": "end"})
     if method == "cascade_end":
         return base.model_copy(update={"scoring": "end"})
     if method == "streaming":
         return base.model_copy(update={"cascades": 1, "window": base.cascades * base.window, "scoring": "end"})
-    # truncate: one full-attention chunk over the first `capacity` tokens
-    cap = base.capacity
-    return base.model_copy(update={"sink_tokens": 0, "cascades": 1, "window": cap, "stride": cap, "scoring": "end"})
+    # truncate: full attention over the first `window` tokens (read in the same strides)
+    return base.model_copy(update={"sink_tokens": 0, "cascades": 1, "window": window, "scoring": "end"})
 
 
 def unit_scores(token: np.ndarray, scored: np.ndarray, offsets: np.ndarray, units: list[tuple[int, int]]) -> np.ndarray:
@@ -219,19 +252,30 @@ def layout_limit(model: Any) -> int:
     return int(getattr(cfg, "max_position_embeddings", 0) or 2048)
 
 
+def head_mask(selection: HeadSelection, num_heads: int) -> torch.Tensor:
+    """[layers, heads] boolean mask of the selected heads, layers in `selection.layers` order."""
+    mask = torch.zeros(len(selection.layers), num_heads, dtype=torch.bool)
+    for i, layer in enumerate(selection.layers):
+        heads = selection.per_layer[layer]
+        mask[i, list(heads) if heads is not None else slice(None)] = True
+    return mask
+
+
 def run_one(
-    model: Any, layout: PromptLayout, doc: NeedleDoc, method: str, base: CascadeConfig, layers: list[int]
+    model: Any, layout: PromptLayout, doc: NeedleDoc, method: str, base: CascadeConfig, selection: HeadSelection
 ) -> dict[str, Any] | None:
     """Score one document with one method; returns the metrics row."""
     dt = layout.document(doc.text)
     q = layout.query(doc.question, "query")
     na = layout.query("N/A", "query")
     ids = torch.tensor(dt.ids)
-    cfg = method_config(method, base, len(dt.ids))
-    if method == "full" and len(dt.ids) + len(q.ids) > layout_limit(model):
+    window = layout_limit(model) - max(len(q.ids), len(na.ids))
+    cfg = method_config(method, base, len(dt.ids), window)
+    if method == "full" and len(dt.ids) > window:
         return None
     if method == "truncate":
-        ids = ids[: cfg.capacity]
+        ids = ids[:window]
+    layers = selection.layers
     queries = [(torch.tensor(q.ids), torch.tensor(q.rows)), (torch.tensor(na.ids), torch.tensor(na.rows))]
     device = next(model.parameters()).device
     with PeakMemory(device) as mem:
@@ -241,9 +285,9 @@ def run_one(
     n_doc = len(dt.offsets)
     raw = torch.zeros(2, len(layers), res.scores.shape[2], len(dt.ids))
     raw[..., : res.scores.shape[-1]] = res.scores
-    doc_part = raw[..., dt.doc_start : dt.doc_start + n_doc]
-    scored = (doc_part[0].sum(dim=(0, 1)) > 0).numpy()
-    token = (doc_part[0] - doc_part[1]).mean(dim=(0, 1)).numpy()
+    doc_part = raw[..., dt.doc_start : dt.doc_start + n_doc][:, head_mask(selection, raw.shape[2])]  # [2, heads, n]
+    scored = (doc_part[0].sum(dim=0) > 0).numpy()
+    token = (doc_part[0] - doc_part[1]).mean(dim=0).numpy()
     scores = unit_scores(token, scored, dt.offsets, doc.units)
     ranking = np.argsort(-scores, kind="stable")
     top5 = set(ranking[:5].tolist())
@@ -270,10 +314,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--depths", type=float, nargs="*", default=[0.1, 0.5, 0.9])
     ap.add_argument("--stories", type=int, default=None, help="stories per (size, depth)")
     ap.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--heads", default="auto", help="'auto' (the model's shipped QR heads), 'all', or a head-set file")
+    ap.add_argument("--sinks", type=int, default=None, help="sink tokens S (default 64; 16 with --quick)")
+    ap.add_argument("--cascades", type=int, default=None, help="sub-caches N (default 4)")
+    ap.add_argument("--window", type=int, default=None, help="slots per sub-cache W (default 1024; 64 with --quick)")
+    ap.add_argument("--stride", type=int, default=None, help="prefill chunk (default 1024; 256 with --quick)")
     ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--max-seconds", type=float, default=None, help="stop starting new documents after this")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    ap.add_argument("--readme", default=None, help="README whose cascade section is rewritten with the table")
+    ap.add_argument(
+        "--append", action="store_true", help="add these rows to those already in --out (same cache settings)"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all, at most 16)")
     args = ap.parse_args(argv)
@@ -289,18 +342,24 @@ def main(argv: list[str] | None = None) -> int:
         sizes = args.sizes or [8000, 32000, 100000]
         base = CascadeConfig(sink_tokens=64, cascades=4, window=1024, stride=1024)
         n_stories = args.stories or 3
+    overrides = {"sink_tokens": args.sinks, "cascades": args.cascades, "window": args.window, "stride": args.stride}
+    base = CascadeConfig.model_validate({**base.model_dump(), **{k: v for k, v in overrides.items() if v is not None}})
     babi = args.data / "babi" / "qa2_two-supporting-facts_test.txt"
     hotpot = args.data / "hotpotqa" / "hotpot_dev_distractor_100.json"
     if not babi.is_file() or not hotpot.is_file():
         logger.error("shared data not found under %s (need babi/ and hotpotqa/)", args.data)
         return 2
-    loaded = load_model(ModelConfig(device=args.device))
+    model_config = ModelConfig(device=args.device)
+    loaded = load_model(model_config)
     model, tok = loaded.model, loaded.tokenizer
-    layout = PromptLayout(tok, "auto", ModelConfig().instruction)
-    layers = list(range(loaded.num_layers // 2, loaded.num_layers))
+    layout = PromptLayout(tok, "auto", model_config.instruction)
+    selection = select_heads(
+        AttentionConfig(heads=args.heads), loaded.num_layers, loaded.num_heads, model_id(model_config)
+    )
     warm = torch.tensor(layout.document("Warm-up text. " * 40).ids)
     q0 = layout.query("warm up", "query")
-    cascade_token_scores(model, warm, [(torch.tensor(q0.ids), torch.tensor(q0.rows))], layers, base)  # first-call costs
+    warm_queries = [(torch.tensor(q0.ids), torch.tensor(q0.rows))]
+    cascade_token_scores(model, warm, warm_queries, selection.layers, base)  # first-call costs
     stories = load_stories(babi, n_stories, args.seed)
     filler = load_filler(hotpot)
     rows: list[dict[str, Any]] = []
@@ -314,29 +373,50 @@ def main(argv: list[str] | None = None) -> int:
                     break
                 doc = build_doc(story, filler, size, depth, tok, seed=args.seed * 1000 + si)
                 for method in args.methods:
-                    row = run_one(model, layout, doc, method, base, layers)
+                    row = run_one(model, layout, doc, method, base, selection)
                     if row is None:
                         continue
                     row.update(size=size, depth=depth, story=si)
                     logger.info("%s", row)
                     rows.append(row)
+    if args.append and args.out is not None and args.out.is_file():
+        earlier = json.loads(args.out.read_text(encoding="utf-8"))
+        if earlier.get("cache") != base.model_dump(mode="json") or earlier.get("heads") != selection.source:
+            logger.error("%s was measured with another cache or head set; not appending", args.out)
+            return 2
+        rows = earlier["rows"] + rows
     summary = summarise(rows)
     result = {
+        "meta": {**run_metadata(), "device": str(loaded.device)},
         "model": loaded.name,
         "device": str(loaded.device),
         "cache": base.model_dump(mode="json"),
         "capacity": base.capacity,
-        "layers": layers,
+        "heads": selection.source,
+        "layers": selection.layers,
         "stories": n_stories,
         "stopped_early": stopped_early,
         "rows": rows,
         "summary": summary,
     }
-    text = json.dumps(result, indent=1)
     if args.out is not None:
-        args.out.write_text(text, encoding="utf-8")
-    sys.stdout.write(text + "\n\n" + markdown(summary, base) + "\n")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    command = "python -m benchmarks.cascade_needle " + " ".join(argv if argv is not None else sys.argv[1:])
+    section = "\n\n".join(
+        [
+            provenance_line(result["meta"], str(loaded.device)),
+            f"Reproduce: `{command.strip()}`",
+            markdown(summary, base),
+        ]
+    )
+    if args.readme:
+        update_readme_section(args.readme, section, "cascade")
+    sys.stdout.write(section + "\n")
     return 0
+
+
+MEAN_KEYS = ("hit5", "recall5", "best_gold_rank", "seconds", "peak_mb")
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -355,7 +435,8 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "method": method,
                 "n": len(rs),
                 "prompt_tokens": int(np.mean([r["prompt_tokens"] for r in rs])),
-                **{k: float(np.mean([r[k] for r in rs])) for k in ("hit5", "recall5", "seconds", "peak_mb")},
+                "units": int(np.mean([r["units"] for r in rs])),
+                **{k: float(np.mean([r[k] for r in rs])) for k in MEAN_KEYS},
                 "scored_fraction": float(np.mean([r["scored_fraction"] for r in rs])),
             }
         )
@@ -366,15 +447,16 @@ def markdown(summary: list[dict[str, Any]], base: CascadeConfig) -> str:
     """The results table."""
     head = (
         f"Cache: S={base.sink_tokens}, N={base.cascades}, W={base.window}, stride={base.stride} "
-        f"({base.capacity} slots per layer for every method)\n\n"
-        "| tokens | depth | method | n | hit@5 | recall@5 | scored | s/doc | peak MB |\n"
-        "|---:|---:|---|---:|---:|---:|---:|---:|---:|"
+        f"({base.capacity} slots per layer for cascade and streaming; truncate reads the model window)\n\n"
+        "| tokens | depth | method | n | hit@5 | recall@5 | best gold rank | scored | s/doc | peak MB |\n"
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"
     )
     lines = [head]
     for r in summary:
         lines.append(
             f"| {r['prompt_tokens']} | {r['depth']:.0%} | {r['method']} | {r['n']} | {r['hit5']:.2f} | "
-            f"{r['recall5']:.2f} | {r['scored_fraction']:.2f} | {r['seconds']:.1f} | {r['peak_mb']:.0f} |"
+            f"{r['recall5']:.2f} | {r['best_gold_rank']:.0f} of {r['units']} | {r['scored_fraction']:.2f} | "
+            f"{r['seconds']:.1f} | {r['peak_mb']:.0f} |"
         )
     return "\n".join(lines)
 

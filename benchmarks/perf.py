@@ -20,12 +20,12 @@ import json
 import logging
 import multiprocessing as mp
 import resource
-import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.quality import machine_description
+from benchmarks.report import provenance_line, run_metadata, update_readme_section
 
 logger = logging.getLogger("benchmarks.perf")
 
@@ -180,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--naive-budget-gb", type=float, default=6.0, help="skip naive eager above this size")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per measurement")
     parser.add_argument("--out", default="benchmarks/results/perf.json")
+    parser.add_argument("--readme", default=None, help="README whose perf section is rewritten with the table")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     lengths = [600] if args.quick else [int(x) for x in args.tokens.split(",")]
@@ -196,18 +197,15 @@ def main(argv: list[str] | None = None) -> int:
                 res["target"] = n
                 rows.append(res)
                 logger.info("  %.2f s, %.0f MB", res["seconds"], res["peak_mb"])
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    meta = {
-        "date": time.strftime("%Y-%m-%d"),
-        "commit": commit,
-        "machine": machine_description(),
-        "device": args.device,
-    }
+    meta = {**run_metadata(), "device": args.device}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    print(f"{meta['date']}, commit {commit}, {meta['machine']}, device {args.device}\n")
-    print(table(rows))
+    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n", encoding="utf-8")
+    command = "python -m benchmarks.perf " + " ".join(argv if argv is not None else sys.argv[1:])
+    section = f"{provenance_line(meta, args.device)}\n\nReproduce: `{command.strip()}`\n\n{table(rows)}"
+    if args.readme:
+        update_readme_section(args.readme, section, "perf")
+    sys.stdout.write(section + "\n")
     return 0
 
 

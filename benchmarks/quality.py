@@ -14,13 +14,8 @@ the query ("no-overlap recall", the causal-hop case), with the number of questio
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import logging
-import os
-import platform
-import re
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -32,14 +27,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from benchmarks.baselines import bm25_scores
+from benchmarks.report import markers, provenance_line, run_metadata, update_readme_section
 from shared_core.datasets import LabelledExample, content_words, gold_units, load_examples, shared_data_dir
-from shared_core.metrics import ndcg_at_k, rank_by_score, recall_at_k
+from shared_core.metrics import tie_aware_metrics
 
 logger = logging.getLogger("benchmarks.quality")
 
-README_START = "<!-- quality:start -->"
-README_END = "<!-- quality:end -->"
-REPO_ROOT = Path(__file__).resolve().parents[1]
+README_START, README_END = markers("quality")
 
 DEFAULT_TASKS = ("babi-qa1", "babi-qa2", "babi-qa12", "babi-qa14", "hotpotqa")
 DEFAULT_WORDS = (1500, 6000)
@@ -63,7 +57,7 @@ class Method:
 
 
 # One line per method. Retriever overrides are merged into the base config (``--config`` or the defaults).
-_ATTENTION_ONLY = {"dense": {"enabled": False}, "entities": {"enabled": False}}
+_ATTENTION_ONLY = {"dense": {"enabled": False}, "lexical": {"enabled": False}, "entities": {"enabled": False}}
 METHODS: dict[str, Method] = {
     "bm25": Method("bm25"),
     "dense": Method("dense"),
@@ -76,8 +70,10 @@ METHODS: dict[str, Method] = {
     ),
     # attention alone with the shipped (detected) QR-head set of the model, as the default config reads it
     "qr-heads": Method("retriever", {**_ATTENTION_ONLY, "attention": {"heads": "auto"}}),
-    "fused": Method("retriever", {"entities": {"enabled": False}}),
+    "fused": Method("retriever", {"entities": {"enabled": False}}),  # attention + dense + lexical
     "fused+entities": Method("retriever", {}),  # the default configuration
+    # the default without the lexical view (attention + dense + entities): what the lexical view adds
+    "fused-lexical+entities": Method("retriever", {"lexical": {"enabled": False}}),
 }
 DEFAULT_METHODS = ("bm25", "dense", "attention", "qr-heads", "fused", "fused+entities")
 
@@ -116,15 +112,14 @@ def prepare(example: LabelledExample, segment: Callable[[str], list[tuple[int, i
 
 
 def question_metrics(scores: np.ndarray, prepared: Prepared) -> dict[str, float]:
-    """nDCG@10, Recall@5/10 and (when the question has lexical-gap gold) the no-overlap Recall@10."""
-    ranking = rank_by_score(scores)
-    out = {
-        "ndcg@10": ndcg_at_k(ranking, prepared.gold, 10),
-        "recall@5": recall_at_k(ranking, prepared.gold, 5),
-        "recall@10": recall_at_k(ranking, prepared.gold, 10),
-    }
+    """nDCG@10, Recall@5/10 and (when the question has lexical-gap gold) the no-overlap Recall@10.
+
+    Expected values under random tie-breaking: BM25 gives every sentence naming the query's person the same score,
+    and one shuffle of such ties would make a method lucky or unlucky.
+    """
+    out = tie_aware_metrics(scores, prepared.gold)
     if prepared.nooverlap_gold:
-        out["nooverlap_recall@10"] = recall_at_k(ranking, prepared.nooverlap_gold, 10)
+        out["nooverlap_recall@10"] = tie_aware_metrics(scores, prepared.nooverlap_gold, (), (10,))["recall@10"]
     return out
 
 
@@ -293,53 +288,6 @@ def _overall(rows: Sequence[dict[str, Any]], tasks: Sequence[str], w: int, m: st
 # Provenance, tables and the README section
 
 
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip()
-
-
-def machine_description() -> str:
-    """CPU model and core count, plus the GPU name when CUDA is available."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            names = [line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    parts = [f"{cpu} ({os.cpu_count()} cores)"]
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            parts.append(f"GPU {torch.cuda.get_device_name(0)}")
-    except ImportError:
-        pass
-    return ", ".join(parts)
-
-
-def run_metadata() -> dict[str, Any]:
-    """Date, git commit (short, ``+dirty`` when the tree has changes), machine and library versions of this run."""
-    commit = _git("rev-parse", "--short", "HEAD") or "uncommitted"
-    if _git("status", "--porcelain"):
-        commit += "+dirty"
-    versions: dict[str, str] = {"python": platform.python_version()}
-    for module in ("torch", "transformers", "sentence_transformers", "bm25s", "spacy"):
-        try:
-            versions[module] = __import__(module).__version__
-        except ImportError:
-            continue
-    return {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": commit,
-        "machine": machine_description(),
-        "versions": versions,
-    }
-
-
 def _fmt(value: float | None, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
@@ -353,10 +301,10 @@ def markdown_table(results: dict[str, Any]) -> str:
     lines.append("|---|---:|---:|" + "---:|" * len(methods))
     for task, w in groups:
         cells = {r["method"]: r for r in rows if r["task"] == task and r["words"] == w}
-        values = [cells[m]["ndcg@10"] for m in methods]
+        values = [cells[m]["ndcg@10"] if m in cells else None for m in methods]
         best = max((v for v in values if v is not None), default=None)
         shown = [f"**{_fmt(v)}**" if v is not None and v == best else _fmt(v) for v in values]
-        n = cells[methods[0]]["n"]
+        n = next(iter(cells.values()))["n"]
         lines.append(f"| {task} | {w} | {n} | " + " | ".join(shown) + " |")
     lines += [
         "",
@@ -377,30 +325,33 @@ def markdown_table(results: dict[str, Any]) -> str:
 
 
 def readme_section(results: dict[str, Any]) -> str:
-    """The README block: provenance line, the command that reproduces it, and the tables."""
-    meta, settings = results["meta"], results.get("settings", {})
-    return "\n".join(
-        [
-            f"_Run {meta['date']}, commit `{meta['commit']}`, on {meta['machine']}._",
-            "",
-            f"Reproduce: `{settings.get('command', 'python -m benchmarks.quality')}`",
-            "",
-            markdown_table(results),
-        ]
-    )
+    """The README block: per run (one, or several merged with --append) its provenance and command; the tables."""
+    runs = results.get("runs") or [{"meta": results["meta"], "settings": results.get("settings", {})}]
+    lines = []
+    for run in runs:
+        command = run["settings"].get("command", "python -m benchmarks.quality")
+        lines += [f"{provenance_line(run['meta'])} Reproduce: `{command}`", ""]
+    return "\n".join([*lines, markdown_table(results)])
 
 
-def update_readme_section(path: str | Path, body: str) -> None:
-    """Replace the text between the quality markers of ``path`` with ``body``; append the section if missing."""
-    path = Path(path)
-    text = path.read_text(encoding="utf-8") if path.exists() else ""
-    block = f"{README_START}\n{body.strip()}\n{README_END}"
-    pattern = re.compile(re.escape(README_START) + r".*?" + re.escape(README_END), re.DOTALL)
-    if pattern.search(text):
-        new = pattern.sub(lambda _: block, text, count=1)
-    else:
-        new = text.rstrip("\n") + ("\n\n" if text.strip() else "") + "## Retrieval quality\n\n" + block + "\n"
-    path.write_text(new, encoding="utf-8")
+def merge_results(earlier: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Add a run to earlier results: the new run's (task, length, method) rows and questions replace the old."""
+    groups = {(r["task"], r["words"], r["method"]) for r in new["results"]}
+    keep = [r for r in earlier["results"] if (r["task"], r["words"], r["method"]) not in groups]
+    questions = [q for q in earlier["per_question"] if (q["task"], q["words"], q["method"]) not in groups]
+    earlier_runs = earlier.get("runs") or [{"meta": earlier["meta"], "settings": earlier.get("settings", {})}]
+    rows = keep + new["results"]
+    tasks = {t: i for i, t in enumerate(dict.fromkeys(r["task"] for r in rows if r["task"] != "overall"))}
+    tasks["overall"] = len(tasks)
+    methods = {m: i for i, m in enumerate(METHODS)}
+    rows.sort(key=lambda r: (r["words"], tasks[r["task"]], methods.get(r["method"], len(methods))))
+    return {
+        "meta": new["meta"],
+        "settings": new["settings"],
+        "runs": [*earlier_runs, {"meta": new["meta"], "settings": new["settings"]}],
+        "results": rows,
+        "per_question": questions + new["per_question"],
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -428,6 +379,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", default=None, help="base RetrieverConfig YAML for the retriever methods")
     p.add_argument("--out", default="benchmarks/results/quality.json", help="JSON results path")
     p.add_argument("--readme", default=None, help="README to update between the quality markers")
+    p.add_argument("--append", action="store_true", help="merge into the results already in --out (other lengths)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.n is None:
@@ -457,6 +409,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = "python -m benchmarks.quality " + " ".join(argv if argv is not None else sys.argv[1:])
     results["settings"]["command"] = command.strip()
     out = Path(args.out)
+    if args.append and out.is_file():
+        results = merge_results(json.loads(out.read_text(encoding="utf-8")), results)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     logger.info("wrote %s", out)

@@ -12,6 +12,7 @@ from .cascade import CascadeConfig
 from .dense import DenseConfig
 from .entities import EntitiesConfig
 from .fusion import FusionConfig
+from .lexical import LexicalConfig
 from .section import ConfigSection as _Section
 
 
@@ -123,6 +124,7 @@ class RetrieverConfig(_Section):
     attention: AttentionConfig = Field(default_factory=AttentionConfig)
     units: UnitsConfig = Field(default_factory=UnitsConfig)
     dense: DenseConfig = Field(default_factory=DenseConfig)
+    lexical: LexicalConfig = Field(default_factory=LexicalConfig)
     fusion: FusionConfig = Field(default_factory=FusionConfig)
     entities: EntitiesConfig = Field(default_factory=EntitiesConfig)
     cascade: CascadeConfig = Field(default_factory=CascadeConfig)

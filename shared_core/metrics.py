@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["metrics_from_scores", "ndcg_at_k", "rank_by_score", "recall_at_k"]
+__all__ = ["expected_gains", "metrics_from_scores", "ndcg_at_k", "rank_by_score", "recall_at_k", "tie_aware_metrics"]
 
 
 def _check(gold: set[int], k: int) -> None:
@@ -56,4 +56,48 @@ def metrics_from_scores(
     ranking = rank_by_score(scores, seed=seed)
     out = {f"ndcg@{k}": ndcg_at_k(ranking, gold, k) for k in ndcg_ks}
     out.update({f"recall@{k}": recall_at_k(ranking, gold, k) for k in recall_ks})
+    return out
+
+
+def expected_gains(scores: Sequence[float] | np.ndarray, gold: set[int]) -> np.ndarray:
+    """Expected relevance at each rank when tied scores are ordered at random (McSherry & Najork, ECIR 2008).
+
+    A group of m tied units holding g gold units spreads g/m of a gain over each of its m positions; untied scores
+    give 0/1 gains. NaN scores rank last.
+    """
+    values = np.asarray(scores, dtype=np.float64)
+    if values.ndim != 1:
+        raise ValueError(f"scores must be one-dimensional, got shape {values.shape}")
+    keys = np.where(np.isnan(values), -np.inf, values)
+    order = np.argsort(-keys, kind="stable")
+    sorted_keys = keys[order]
+    relevant = np.array([int(i) in gold for i in order], dtype=np.float64)
+    gains = np.empty_like(relevant)
+    start = 0
+    while start < len(order):
+        end = start + 1
+        while end < len(order) and sorted_keys[end] == sorted_keys[start]:
+            end += 1
+        gains[start:end] = relevant[start:end].mean()
+        start = end
+    return gains
+
+
+def tie_aware_metrics(
+    scores: Sequence[float] | np.ndarray,
+    gold: set[int],
+    ndcg_ks: Iterable[int] = (10,),
+    recall_ks: Iterable[int] = (5, 10),
+) -> dict[str, float]:
+    """nDCG@k and Recall@k as expected values under random tie-breaking: exact, no luck of one shuffle."""
+    for k in (*ndcg_ks, *recall_ks):
+        _check(gold, k)
+    gains = expected_gains(scores, gold)
+    discounts = 1.0 / np.log2(np.arange(len(gains)) + 2)
+    out = {}
+    for k in ndcg_ks:
+        ideal = float(discounts[: min(len(gold), k)].sum())
+        out[f"ndcg@{k}"] = float((gains[:k] * discounts[:k]).sum()) / ideal
+    for k in recall_ks:
+        out[f"recall@{k}"] = float(gains[:k].sum()) / len(gold)
     return out

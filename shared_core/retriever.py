@@ -24,6 +24,7 @@ from .entities import EntityIndex, load_nlp
 from .explain import Explanation, build_explanation
 from .heads import HeadSelection, select_heads
 from .kv_store import KVStore
+from .lexical import LexicalIndex
 from .model_loading import LoadedModel, load_model, model_id
 from .prompt import DocumentTokens, PromptLayout
 from .segmentation import segment, units_from_spans
@@ -41,6 +42,7 @@ class _Analysis:
     units: tuple[Unit, ...]
     embeddings: np.ndarray | None
     entities: EntityIndex | None
+    lexical: LexicalIndex | None
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,9 @@ class AttentionRetriever:
         self._store: KVStore[_Prefilled] = KVStore(self.config.attention.kv_cache_size)
         self._analyses: KVStore[_Analysis] = KVStore(max(self.config.attention.kv_cache_size, 32))
         self._tokens: KVStore[DocumentTokens] = KVStore(max(self.config.attention.kv_cache_size, 32))
+        # scores of documents past the window, per (document, query, heads): a cascade pass cannot be reused for
+        # another query, but the same query on the same document (another top_k, another view mix) needs no new pass
+        self._cascade_results: KVStore[dict[int, torch.Tensor]] = KVStore(max(self.config.attention.kv_cache_size, 8))
         self._dense = DenseScorer(self.config.dense)
         self._init_lock = threading.Lock()
         self._stats_lock = threading.Lock()
@@ -163,11 +168,13 @@ class AttentionRetriever:
         return per_doc
 
     def score_spans(self, query: str, document: str | Document, spans: Sequence[tuple[int, int]]) -> list[float]:
-        """Fused score (attention, and dense when enabled) of caller-given char spans of `document`."""
+        """Fused score (attention, and dense and lexical when enabled) of caller-given char spans of `document`."""
         _check_query(query)
         doc = _coerce_document(document, 0)
         units = units_from_spans(doc.text, [tuple(s) for s in spans])  # type: ignore[misc]
-        views = self._views(query, doc, units, None)
+        lex = self.config.lexical
+        lexical = LexicalIndex.build([u.text for u in units], lex) if lex.enabled else None
+        views = self._views(query, doc, _Analysis(tuple(units), None, None, lexical))
         return [float(x) for x in ranking.fuse_views(views, self.config.fusion)]
 
     def score_documents(self, query: str, documents: Sequence[str | Document]) -> list[float]:
@@ -176,8 +183,7 @@ class AttentionRetriever:
         docs = _coerce_documents(documents)
         views = []
         for d in docs:
-            analysis = self._analysis(d)
-            views.append(self._views(query, d, analysis.units, analysis.embeddings))
+            views.append(self._views(query, d, self._analysis(d)))
         return ranking.document_scores(views, self.config.fusion)
 
     def entity_index(self, document: str | Document) -> EntityIndex | None:
@@ -193,19 +199,27 @@ class AttentionRetriever:
         self._store = other._store
         self._analyses = other._analyses
         self._tokens = other._tokens
+        self._cascade_results = other._cascade_results
 
     def clear_cache(self) -> None:
         """Drop every prefilled and analysed document."""
         self._store.clear()
         self._analyses.clear()
         self._tokens.clear()
+        self._cascade_results.clear()
 
     # ----------------------------------------------------------------- internals
     def _analysis(self, doc: Document) -> _Analysis:
         """Units, unit embeddings and entity index of a document, computed once and cached with it."""
         cfg = self.config
         entity_key = (cfg.entities.spacy_model, cfg.entities.labels, cfg.entities.match_names)
-        key = (doc.content_hash, cfg.units.model_dump_json(), cfg.dense.model_dump_json(), str(entity_key))
+        key = (
+            doc.content_hash,
+            cfg.units.model_dump_json(),
+            cfg.dense.model_dump_json(),
+            cfg.lexical.model_dump_json(),
+            str(entity_key),
+        )
 
         def build() -> _Analysis:
             u = cfg.units
@@ -217,23 +231,25 @@ class AttentionRetriever:
                 entities = EntityIndex.build(
                     doc.text, units, nlp, labels=cfg.entities.labels, match_names=cfg.entities.match_names
                 )
-            return _Analysis(units=tuple(units), embeddings=embeddings, entities=entities)
+            lexical = LexicalIndex.build([x.text for x in units], cfg.lexical) if cfg.lexical.enabled else None
+            return _Analysis(units=tuple(units), embeddings=embeddings, entities=entities, lexical=lexical)
 
         return self._analyses.get_or_create(key, build)
 
-    def _views(
-        self, query: str, doc: Document, units: Sequence[Unit], embeddings: np.ndarray | None
-    ) -> dict[str, np.ndarray]:
+    def _views(self, query: str, doc: Document, analysis: _Analysis) -> dict[str, np.ndarray]:
         """Raw per-unit score of each enabled view."""
+        units, embeddings = analysis.units, analysis.embeddings
         views = {"attention": self._attention_view(query, doc, list(units))}
         if self.config.dense.enabled:
             views["dense"] = self._dense.score(query, embeddings if embeddings is not None else [u.text for u in units])
+        if analysis.lexical is not None:
+            views["lexical"] = analysis.lexical.score(query)
         return views
 
     def _score_document(self, query: str, doc: Document, index: int) -> tuple[list[Hit], dict[str, np.ndarray]]:
         analysis = self._analysis(doc)
         units = analysis.units
-        views = self._views(query, doc, units, analysis.embeddings)
+        views = self._views(query, doc, analysis)
         ranked = ranking.rank_units(views, units, analysis.entities, self.config.fusion, self.config.entities, query)
         doc_id = doc.id if doc.id is not None else str(index)
         hits = []
@@ -286,7 +302,7 @@ class AttentionRetriever:
             raise ValueError("selection reaches past the deepest layer this retriever's cache holds")
         tokens = self._document_tokens(doc)
         if self._needs_cascade(tokens, query):
-            return tokens, self._cascade_scores(tokens, query, selection)
+            return tokens, self._cascade_scores(doc, tokens, query, selection)
         prefilled = self._prefilled(doc)
         per_layer = self._query_pass(prefilled, query, selection)
         if self.config.attention.calibration:
@@ -313,11 +329,32 @@ class AttentionRetriever:
             dtype_bytes=torch.finfo(m.dtype).bits // 8,
         )
 
-    def _cascade_scores(self, tokens: DocumentTokens, query: str, selection: HeadSelection) -> dict[int, torch.Tensor]:
+    def _cascade_scores(
+        self, doc: Document, tokens: DocumentTokens, query: str, selection: HeadSelection
+    ) -> dict[int, torch.Tensor]:
         """Resident scoring through the cascading cache: the query (and "N/A") run against every chunk.
 
-        One document pass per query: the KV store cannot hold a document longer than the window.
+        One document pass per new query: the KV store cannot hold a document longer than the window. The result is
+        kept per (document, query, heads, cascade and attention settings); callers get their own copy.
         """
+        m, att = self.model, self.config.attention
+        key = (
+            m.name,
+            str(m.device),
+            str(m.dtype),
+            self.prompt_key,
+            doc.content_hash,
+            query,
+            tuple(selection.per_layer.items()),
+            att.calibration,
+            att.query_rows,
+            self.config.cascade.model_dump_json(),
+        )
+        kept = self._cascade_results.get_or_create(key, lambda: self._cascade_pass(tokens, query, selection))
+        return {layer: scores.clone() for layer, scores in kept.items()}
+
+    def _cascade_pass(self, tokens: DocumentTokens, query: str, selection: HeadSelection) -> dict[int, torch.Tensor]:
+        """One strided pass of the document through the cascading cache for `query` (see `_cascade_scores`)."""
         layout, att, loaded = self._layout, self.config.attention, self.model
         queries = [query, CALIBRATION_QUERY] if att.calibration else [query]
         suffixes = [layout.query(q, att.query_rows) for q in queries]  # type: ignore[union-attr]

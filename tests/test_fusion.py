@@ -55,11 +55,18 @@ def test_swapping_weights_swaps_the_winner() -> None:
 
 
 def test_equal_weights_average_minmax_scores() -> None:
-    fused = fuse({"attention": ATTENTION, "dense": DENSE}, FusionConfig())
+    fused = fuse({"attention": ATTENTION, "dense": DENSE}, FusionConfig(weights={"attention": 1.0, "dense": 1.0}))
     np.testing.assert_allclose(fused, (minmax(ATTENTION) + minmax(DENSE)) / 2)
     assert fused.min() >= 0.0 and fused.max() <= 1.0
     # minmax: attention [1, .111, .556, 0], dense [0, 1, .375, .125] -> means [.5, .556, .465, .0625]
     assert list(np.argsort(-fused)) == [1, 0, 2, 3]
+
+
+def test_default_weights_are_the_weighted_mean_of_the_three_views() -> None:
+    lexical = np.array([0.0, 0.0, 2.0, 1.0])
+    fused = fuse({"attention": ATTENTION, "dense": DENSE, "lexical": lexical}, FusionConfig())
+    expected = (1.0 * minmax(ATTENTION) + 0.5 * minmax(DENSE) + 2.0 * minmax(lexical)) / 3.5
+    np.testing.assert_allclose(fused, expected)
 
 
 def test_weighted_fusion_is_invariant_to_each_views_scale() -> None:
@@ -69,7 +76,7 @@ def test_weighted_fusion_is_invariant_to_each_views_scale() -> None:
 
 
 def test_rrf_orders_by_reciprocal_ranks() -> None:
-    config = FusionConfig(method="rrf", rrf_k=60)
+    config = FusionConfig(method="rrf", rrf_k=60, weights={"attention": 1.0, "dense": 1.0})
     views = {"attention": ATTENTION, "dense": DENSE}
     fused = fuse(views, config)
     expected = sum(1.0 / (60 + ranks(v)) for v in views.values()) * 61 / 2

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from shared_core.metrics import metrics_from_scores, ndcg_at_k, rank_by_score, recall_at_k
+from shared_core.metrics import metrics_from_scores, ndcg_at_k, rank_by_score, recall_at_k, tie_aware_metrics
 
 
 def test_ndcg_perfect_and_worst() -> None:
@@ -75,3 +75,26 @@ def test_metrics_from_scores() -> None:
     assert out["recall@5"] == 1.0
     expected = (1 / math.log2(3) + 1 / math.log2(6)) / (1 + 1 / math.log2(3))
     assert out["ndcg@10"] == pytest.approx(expected)
+
+
+def test_tie_aware_metrics_equal_the_mean_over_every_tie_order() -> None:
+    import itertools
+
+    scores = np.array([0.5, 0.9, 0.5, 0.5, 0.1, 0.9])
+    gold = {2, 5}
+    perms = []
+    for top in itertools.permutations([1, 5]):
+        for mid in itertools.permutations([0, 2, 3]):
+            ranking = [*top, *mid, 4]
+            perms.append((ndcg_at_k(ranking, gold, 3), recall_at_k(ranking, gold, 2)))
+    got = tie_aware_metrics(scores, gold, ndcg_ks=(3,), recall_ks=(2,))
+    assert got["ndcg@3"] == pytest.approx(np.mean([p[0] for p in perms]))
+    assert got["recall@2"] == pytest.approx(np.mean([p[1] for p in perms]))
+
+
+def test_tie_aware_metrics_without_ties_match_the_plain_ranking() -> None:
+    scores = np.array([0.3, 0.9, 0.1, 0.7])
+    ranking = rank_by_score(scores)
+    got = tie_aware_metrics(scores, {3})
+    assert got == {"ndcg@10": ndcg_at_k(ranking, {3}, 10), "recall@5": 1.0, "recall@10": 1.0}
+    assert tie_aware_metrics([np.nan, 1.0], {0}, (), (1,))["recall@1"] == 0.0  # NaN ranks last

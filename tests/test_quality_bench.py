@@ -1,8 +1,7 @@
-"""The quality benchmark: README-section rewriting, metric plumbing, and an end-to-end quick run (slow)."""
+"""The quality benchmark: README-section rewriting and metric plumbing (the quick run: test_benchmarks_all)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +13,11 @@ from benchmarks.quality import (
     README_END,
     README_START,
     Prepared,
-    main,
     markdown_table,
+    merge_results,
     prepare,
     question_metrics,
+    readme_section,
     update_readme_section,
 )
 from shared_core.datasets import GoldSpan, LabelledExample
@@ -84,7 +84,7 @@ def test_method_registry() -> None:
     assert {"bm25", "dense", "attention", "attention-nocal", "qr-heads", "fused", "fused+entities"} <= set(METHODS)
     nocal = METHODS["attention-nocal"].override
     assert isinstance(nocal, dict) and nocal["attention"] == {"heads": "all", "calibration": False}
-    assert nocal["dense"] == {"enabled": False} and nocal["entities"] == {"enabled": False}
+    assert nocal["dense"] == nocal["lexical"] == nocal["entities"] == {"enabled": False}  # attention alone
     assert METHODS["fused+entities"].override == {}  # the default configuration
 
 
@@ -109,27 +109,46 @@ def test_markdown_table_marks_best() -> None:
     assert "| t | 100 | a | 2 | 0.250 | 0.500 | 1.000 | – (0) | 0.10 |" in table
 
 
-@pytest.mark.slow
-def test_quick_pipeline_end_to_end(shared_data: Path, tmp_path: Path) -> None:
-    out = tmp_path / "quality.json"
-    readme = tmp_path / "README.md"
-    readme.write_text("# attnret\n", encoding="utf-8")
-    argv = ["--quick", "--n", "2", "--words", "300", "--tasks", "babi-qa2,hotpotqa"]
-    argv += ["--methods", "bm25,dense,attention"]
-    assert main([*argv, "--out", str(out), "--readme", str(readme), "--no-progress"]) == 0
-    results = json.loads(out.read_text(encoding="utf-8"))
-    assert set(results) == {"meta", "settings", "results", "per_question"}
-    assert {"date", "commit", "machine", "versions"} <= set(results["meta"])
-    rows = results["results"]
-    assert {(r["task"], r["method"]) for r in rows} == {
-        (t, m) for t in ("babi-qa2", "hotpotqa", "overall") for m in ("bm25", "dense", "attention")
+def test_tied_scores_get_the_expected_metric_of_random_tie_breaking() -> None:
+    example = LabelledExample("x", "q", ["a. b. c. d."], [GoldSpan(0, 0, 2)], "t")
+    prepared = Prepared(example, [(0, 0, 2), (0, 3, 5), (0, 6, 8), (0, 9, 11)], ["a.", "b.", "c.", "d."], {0}, set())
+    tied = question_metrics(np.zeros(4), prepared)
+    expected = np.mean([1 / np.log2(r + 1) for r in range(1, 5)])  # gold equally likely at ranks 1..4
+    assert abs(tied["ndcg@10"] - expected) < 1e-12 and tied["recall@5"] == 1.0
+    assert question_metrics(np.array([1.0, 0.0, 0.0, 0.0]), prepared)["ndcg@10"] == 1.0  # ties below the gold
+
+
+def test_merge_results_adds_lengths_and_keeps_every_runs_provenance() -> None:
+    def run(words: int, date: str, methods: tuple[str, ...]) -> dict:
+        rows = [
+            {
+                "task": t,
+                "words": words,
+                "method": m,
+                "n": 1,
+                "ndcg@10": 0.5,
+                "recall@5": 0.5,
+                "recall@10": 0.5,
+                "nooverlap_recall@10": None,
+                "n_nooverlap": 0,
+                "sec_per_doc": 1.0,
+            }
+            for t in ("babi-qa1", "overall")
+            for m in methods
+        ]
+        questions = [{"task": "babi-qa1", "words": words, "method": m} for m in methods]
+        meta = {"date": date, "commit": "abc", "machine": "box"}
+        return {"meta": meta, "settings": {"command": f"cmd {words}"}, "results": rows, "per_question": questions}
+
+    merged = merge_results(run(1500, "d1", ("bm25", "attention")), run(6000, "d2", ("bm25",)))
+    assert {(r["words"], r["method"]) for r in merged["results"]} == {
+        (1500, "bm25"),
+        (1500, "attention"),
+        (6000, "bm25"),
     }
-    for r in rows:
-        assert r["n"] == (4 if r["task"] == "overall" else 2)
-        for key in ("ndcg@10", "recall@5", "recall@10"):
-            assert 0.0 <= r[key] <= 1.0
-        assert r["nooverlap_recall@10"] is None or 0.0 <= r["nooverlap_recall@10"] <= 1.0
-        assert r["sec_per_doc"] >= 0.0
-    assert len(results["per_question"]) == 2 * 2 * 3
-    text = readme.read_text(encoding="utf-8")
-    assert README_START in text and "| babi-qa2 | 300 | 2 |" in text and "attention" in text
+    assert [r["meta"]["date"] for r in merged["runs"]] == ["d1", "d2"]
+    again = merge_results(merged, run(6000, "d3", ("bm25",)))  # a rerun of one length replaces it
+    assert sum(r["words"] == 6000 for r in again["results"]) == 2 and len(again["per_question"]) == 3
+    text = readme_section(again)
+    assert "Reproduce: `cmd 1500`" in text and "Reproduce: `cmd 6000`" in text and "| babi-qa1 | 6000 | 1 |" in text
+    assert "–" in text  # attention was not run at 6000 words

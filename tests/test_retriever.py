@@ -32,7 +32,9 @@ def test_spans_are_exact_and_scores_ordered(retriever: AttentionRetriever) -> No
     assert len(hits) == len(retriever.units(STORY)) == 7
     assert all({"attention", "fused"} <= set(h.scores) for h in hits)
     for h in hits:
-        assert h.reasons and all(r in ("attention", "dense", "fused") or r.startswith("entity:") for r in h.reasons)
+        assert h.reasons and all(
+            r in ("attention", "dense", "lexical", "fused") or r.startswith("entity:") for r in h.reasons
+        )
     assert hits[0].text == "Mary got the milk there."
 
 
@@ -188,6 +190,10 @@ def test_document_past_the_window_goes_through_the_cascade() -> None:
     assert any(h.text == "Bill picked up the apple." for h in hits[:3])
     units = r.score_units("Who picked up the apple?", doc)
     assert len(units) == len(r.units(doc)) and all(np.isfinite(h.scores["attention"]) for h in units)
+    assert r.stats["cascade_passes"] == 1  # the same query on the same document reuses the pass
+    assert [h.score for h in units] == [h.score for h in r.score_units("Who picked up the apple?", doc)]
+    r.score_units("Who picked up the pear?", doc)
+    assert r.stats["cascade_passes"] == 2  # a new query needs its own pass
 
 
 def test_cascade_memory_budget_too_small_is_a_clear_error() -> None:

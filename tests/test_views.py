@@ -35,7 +35,7 @@ def _top(hits, n: int) -> list[str]:
 
 def test_hits_carry_every_view_and_reasons(views_only: AttentionRetriever) -> None:
     units = views_only.score_units(QUERY, CHAIN)
-    assert all({"attention", "dense", "fused"} <= set(h.scores) for h in units)
+    assert all({"attention", "dense", "lexical", "fused"} <= set(h.scores) for h in units)
     for name in ("attention", "dense"):
         top5 = set(np.argsort([-h.scores[name] for h in units], kind="stable")[:5].tolist())
         assert {i for i, h in enumerate(units) if name in h.reasons} == top5
@@ -47,17 +47,19 @@ def test_fusion_weights_change_rankings_as_configured(views_only: AttentionRetri
     by_dense = max(units, key=lambda h: h.scores["dense"]).text
     by_attention = max(units, key=lambda h: h.scores["attention"]).text
     only_dense = AttentionRetriever(
-        {"entities": {"enabled": False}, "fusion": {"weights": {"attention": 0, "dense": 1}}}
+        {"entities": {"enabled": False}, "fusion": {"weights": {"attention": 0, "dense": 1, "lexical": 0}}}
     )
-    only_att = AttentionRetriever({"entities": {"enabled": False}, "fusion": {"weights": {"attention": 1, "dense": 0}}})
+    only_att = AttentionRetriever(
+        {"entities": {"enabled": False}, "fusion": {"weights": {"attention": 1, "dense": 0, "lexical": 0}}}
+    )
     assert only_dense.retrieve("Who grabbed the apple?", [CHAIN], top_k=1)[0].text == by_dense
     assert only_att.retrieve("Who grabbed the apple?", [CHAIN], top_k=1)[0].text == by_attention
     rrf = AttentionRetriever({"entities": {"enabled": False}, "fusion": {"method": "rrf"}})
     assert [h.text for h in rrf.retrieve("Who grabbed the apple?", [CHAIN], top_k=3)]
 
 
-def test_dense_disabled_leaves_attention_only() -> None:
-    r = AttentionRetriever({"dense": {"enabled": False}, "entities": {"enabled": False}})
+def test_dense_and_lexical_disabled_leave_attention_only() -> None:
+    r = AttentionRetriever({"dense": {"enabled": False}, "lexical": {"enabled": False}, "entities": {"enabled": False}})
     hits = r.score_units(QUERY, CHAIN)
     assert all(set(h.scores) == {"attention", "fused"} for h in hits)
 
@@ -67,6 +69,7 @@ def test_entity_expansion_brings_the_move_neither_view_ranks(views_only: Attenti
     for name in ("attention", "dense"):  # the premise: neither view alone ranks the move in its top 5
         ranked = [h.text for h in sorted(units, key=lambda h: -h.scores[name])]
         assert MOVE not in ranked[:5], f"{name} already ranks the move {ranked.index(MOVE) + 1}"
+    assert next(h for h in units if h.text == MOVE).scores["lexical"] == 0  # shares no word with the query
     r = AttentionRetriever({"entities": {"top_entities": 1, "direct_hits": 1}})
     hits = r.retrieve(QUERY, [CHAIN], top_k=3)
     assert hits[0].text == "Sandra got the milk there."

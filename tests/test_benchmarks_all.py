@@ -1,0 +1,55 @@
+"""`python -m benchmarks --quick`: every benchmark, the README sections and the plots, end to end (slow)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.__main__ import main
+from benchmarks.report import markers
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_quick_run_writes_results_readme_and_plots(shared_data: Path, tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("# attnret\n\nIntro kept.\n", encoding="utf-8")
+    results, docs = tmp_path / "results", tmp_path / "docs"
+    assert main(["--quick", "--results", str(results), "--docs", str(docs), "--readme", str(readme)]) == 0
+
+    quality = json.loads((results / "quality.json").read_text(encoding="utf-8"))
+    assert {"date", "commit", "machine", "versions"} <= set(quality["meta"])
+    rows = quality["results"]
+    methods = {"bm25", "dense", "attention", "qr-heads", "fused", "fused+entities"}
+    assert {(r["task"], r["method"]) for r in rows} == {
+        (t, m) for t in ("babi-qa2", "hotpotqa", "overall") for m in methods
+    }
+    for r in rows:
+        assert r["n"] == (4 if r["task"] == "overall" else 2)
+        assert all(0.0 <= r[k] <= 1.0 for k in ("ndcg@10", "recall@5", "recall@10"))
+        assert r["sec_per_doc"] >= 0.0
+
+    perf = json.loads((results / "perf.json").read_text(encoding="utf-8"))
+    measured = {r["method"] for r in perf["rows"]}
+    assert {"bare_prefill", "first_query", "next_query", "naive_eager", "dense", "bm25"} <= measured
+    assert all(r["seconds"] > 0 or r["method"] == "bm25" for r in perf["rows"])
+
+    needle = json.loads((results / "cascade_needle.json").read_text(encoding="utf-8"))
+    assert {r["method"] for r in needle["rows"]} == {"full", "cascade", "cascade_end", "streaming", "truncate"}
+    cascade = next(r for r in needle["rows"] if r["method"] == "cascade")
+    assert cascade["scored_fraction"] == 1.0  # resident scoring scores every token
+    assert needle["heads"] != "layers"  # the shipped QR-head set, as the retriever reads it
+
+    text = readme.read_text(encoding="utf-8")
+    assert text.startswith("# attnret\n\nIntro kept.\n")
+    for section in ("quality", "perf", "cascade", "plots"):
+        start, end = markers(section)
+        assert text.count(start) == 1 and text.index(start) < text.index(end)
+    assert "commit `" in text and "Reproduce: `python -m benchmarks.perf --quick" in text
+    for name in ("memory_vs_length.png", "time_vs_length.png", "quality_vs_length.png"):
+        data = (docs / name).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 10_000
+        assert f"(docs/{name})" in text
