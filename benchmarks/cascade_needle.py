@@ -230,8 +230,10 @@ def method_config(method: str, base: CascadeConfig, n_tokens: int, window: int) 
         return base.model_copy(update={"scoring": "end"})
     if method == "streaming":
         return base.model_copy(update={"cascades": 1, "window": base.cascades * base.window, "scoring": "end"})
-    # truncate: full attention over the first `window` tokens (read in the same strides)
-    return base.model_copy(update={"sink_tokens": 0, "cascades": 1, "window": window, "scoring": "end"})
+    # truncate: one plain forward over the first `window` tokens (what a user without the cascade gets)
+    return base.model_copy(
+        update={"sink_tokens": 0, "cascades": 1, "window": window, "stride": window, "scoring": "end"}
+    )
 
 
 def unit_scores(token: np.ndarray, scored: np.ndarray, offsets: np.ndarray, units: list[tuple[int, int]]) -> np.ndarray:
@@ -299,6 +301,7 @@ def run_one(
         "hit5": float(bool(top5 & doc.gold)),
         "recall5": len(top5 & doc.gold) / len(doc.gold),
         "best_gold_rank": min(ranks),
+        "gold_scored": bool(np.isfinite(scores[list(doc.gold)]).any()),
         "scored_fraction": float(scored.mean()),
         "seconds": seconds,
         "peak_mb": mem.peak / 2**20,
@@ -325,7 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     ap.add_argument("--readme", default=None, help="README whose cascade section is rewritten with the table")
     ap.add_argument(
-        "--append", action="store_true", help="add these rows to those already in --out (same cache settings)"
+        "--append",
+        action="store_true",
+        help="add these rows to those already in --out (same cache settings); rows measured again replace the old",
     )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all, at most 16)")
@@ -384,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
         if earlier.get("cache") != base.model_dump(mode="json") or earlier.get("heads") != selection.source:
             logger.error("%s was measured with another cache or head set; not appending", args.out)
             return 2
-        rows = earlier["rows"] + rows
+        redone = {(r["size"], r["depth"], r["story"], r["method"]) for r in rows}
+        rows = [r for r in earlier["rows"] if (r["size"], r["depth"], r["story"], r["method"]) not in redone] + rows
     summary = summarise(rows)
     result = {
         "meta": {**run_metadata(), "device": str(loaded.device)},
@@ -438,9 +444,18 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "units": int(np.mean([r["units"] for r in rs])),
                 **{k: float(np.mean([r[k] for r in rs])) for k in MEAN_KEYS},
                 "scored_fraction": float(np.mean([r["scored_fraction"] for r in rs])),
+                "gold_scored": float(np.mean([_gold_scored(r) for r in rs])),
             }
         )
     return out
+
+
+def _gold_scored(row: dict[str, Any]) -> bool:
+    """Whether any supporting fact got a score (rows written before the field existed: unscored units rank after
+    every scored one, so a best rank past the scored share of the units means the gold was never scored)."""
+    if "gold_scored" in row:
+        return bool(row["gold_scored"])
+    return row["best_gold_rank"] <= round(row["units"] * row["scored_fraction"])
 
 
 def markdown(summary: list[dict[str, Any]], base: CascadeConfig) -> str:
@@ -453,10 +468,10 @@ def markdown(summary: list[dict[str, Any]], base: CascadeConfig) -> str:
     )
     lines = [head]
     for r in summary:
+        rank = f"{r['best_gold_rank']:.0f} of {r['units']}" if r.get("gold_scored", 1.0) > 0 else "not scored"
         lines.append(
             f"| {r['prompt_tokens']} | {r['depth']:.0%} | {r['method']} | {r['n']} | {r['hit5']:.2f} | "
-            f"{r['recall5']:.2f} | {r['best_gold_rank']:.0f} of {r['units']} | {r['scored_fraction']:.2f} | "
-            f"{r['seconds']:.1f} | {r['peak_mb']:.0f} |"
+            f"{r['recall5']:.2f} | {rank} | {r['scored_fraction']:.2f} | {r['seconds']:.1f} | {r['peak_mb']:.0f} |"
         )
     return "\n".join(lines)
 

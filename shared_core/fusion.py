@@ -1,4 +1,4 @@
-"""Fusion of per-unit score views (attention, dense, ...) into one score per unit of a document."""
+"""Fusion of per-unit score views (attention, dense, lexical) into one score per unit of a document."""
 
 from __future__ import annotations
 

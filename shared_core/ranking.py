@@ -1,6 +1,6 @@
 """From per-view unit scores to a ranking: fusion, entity expansion, reasons, document-level scores.
 
-Within a document the views (attention, dense) are min-max normalised and fused; the best
+Within a document the views (attention, dense, lexical) are min-max normalised and fused; the best
 `entities.direct_hits` units keep their place, the units the top entities pull in come right after
 them (unless their own score ranks them higher), then every other unit by fused score.
 """
