@@ -19,7 +19,7 @@ peak.
 
     python -m benchmarks.cascade_needle --quick             # a few minutes on 2 CPU cores
     python -m benchmarks.cascade_needle                     # 8k/32k/100k tokens, paper-size cache (GPU advised)
-    python -m benchmarks.cascade_needle --window 256 --stride 512 --stories 1   # the CPU-sized run in the README
+    python -m benchmarks.cascade_needle --stories 1 --methods cascade streaming truncate   # the README's CPU run
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ import numpy as np
 import psutil
 import torch
 
-from benchmarks.report import provenance_line, run_metadata, update_readme_section
+from benchmarks.report import command_line, run_metadata, run_section, update_readme_section
 from shared_core.cascade import CascadeConfig
 from shared_core.cascade_scoring import cascade_token_scores
 from shared_core.config import AttentionConfig, ModelConfig
@@ -408,14 +408,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    command = "python -m benchmarks.cascade_needle " + " ".join(argv if argv is not None else sys.argv[1:])
-    section = "\n\n".join(
-        [
-            provenance_line(result["meta"], str(loaded.device)),
-            f"Reproduce: `{command.strip()}`",
-            markdown(summary, base),
-        ]
-    )
+    command = command_line("benchmarks.cascade_needle", argv)
+    section = run_section(result["meta"], command, markdown(summary, base), str(loaded.device))
     if args.readme:
         update_readme_section(args.readme, section, "cascade")
     sys.stdout.write(section + "\n")

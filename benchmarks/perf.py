@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report import provenance_line, run_metadata, update_readme_section
+from benchmarks.report import command_line, run_metadata, run_section, update_readme_section
 
 logger = logging.getLogger("benchmarks.perf")
 
@@ -201,8 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n", encoding="utf-8")
-    command = "python -m benchmarks.perf " + " ".join(argv if argv is not None else sys.argv[1:])
-    section = f"{provenance_line(meta, args.device)}\n\nReproduce: `{command.strip()}`\n\n{table(rows)}"
+    section = run_section(meta, command_line("benchmarks.perf", argv), table(rows), args.device)
     if args.readme:
         update_readme_section(args.readme, section, "perf")
     sys.stdout.write(section + "\n")

@@ -27,7 +27,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from benchmarks.baselines import bm25_scores
-from benchmarks.report import markers, provenance_line, run_metadata, update_readme_section
+from benchmarks.report import command_line, markers, provenance_line, run_metadata, update_readme_section
 from shared_core.datasets import LabelledExample, content_words, gold_units, load_examples, shared_data_dir
 from shared_core.metrics import tie_aware_metrics
 
@@ -326,12 +326,16 @@ def markdown_table(results: dict[str, Any]) -> str:
 
 def readme_section(results: dict[str, Any]) -> str:
     """The README block: per run (one, or several merged with --append) its provenance and command; the tables."""
-    runs = results.get("runs") or [{"meta": results["meta"], "settings": results.get("settings", {})}]
     lines = []
-    for run in runs:
+    for run in _runs(results):
         command = run["settings"].get("command", "python -m benchmarks.quality")
         lines += [f"{provenance_line(run['meta'])} Reproduce: `{command}`", ""]
     return "\n".join([*lines, markdown_table(results)])
+
+
+def _runs(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The runs behind `results`: those merged with --append, or the one run that wrote them."""
+    return results.get("runs") or [{"meta": results["meta"], "settings": results.get("settings", {})}]
 
 
 def merge_results(earlier: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
@@ -339,7 +343,6 @@ def merge_results(earlier: dict[str, Any], new: dict[str, Any]) -> dict[str, Any
     groups = {(r["task"], r["words"], r["method"]) for r in new["results"]}
     keep = [r for r in earlier["results"] if (r["task"], r["words"], r["method"]) not in groups]
     questions = [q for q in earlier["per_question"] if (q["task"], q["words"], q["method"]) not in groups]
-    earlier_runs = earlier.get("runs") or [{"meta": earlier["meta"], "settings": earlier.get("settings", {})}]
     rows = keep + new["results"]
     tasks = {t: i for i, t in enumerate(dict.fromkeys(r["task"] for r in rows if r["task"] != "overall"))}
     tasks["overall"] = len(tasks)
@@ -348,7 +351,7 @@ def merge_results(earlier: dict[str, Any], new: dict[str, Any]) -> dict[str, Any
     return {
         "meta": new["meta"],
         "settings": new["settings"],
-        "runs": [*earlier_runs, {"meta": new["meta"], "settings": new["settings"]}],
+        "runs": [*_runs(earlier), *_runs(new)],
         "results": rows,
         "per_question": questions + new["per_question"],
     }
@@ -406,8 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         base_config=args.config,
         progress=not args.no_progress,
     )
-    command = "python -m benchmarks.quality " + " ".join(argv if argv is not None else sys.argv[1:])
-    results["settings"]["command"] = command.strip()
+    results["settings"]["command"] = command_line("benchmarks.quality", argv)
     out = Path(args.out)
     if args.append and out.is_file():
         results = merge_results(json.loads(out.read_text(encoding="utf-8")), results)

@@ -8,6 +8,8 @@ import os
 import platform
 import re
 import subprocess
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +79,16 @@ def provenance_line(meta: dict[str, Any], device: str | None = None) -> str:
     """One italic line naming when, at which commit and on what the figures were taken."""
     on = meta["machine"] + (f", device `{device}`" if device else "")
     return f"_Run {meta['date']}, commit `{meta['commit']}`, on {on}._"
+
+
+def command_line(module: str, argv: Sequence[str] | None) -> str:
+    """The command that reproduces this run: `python -m MODULE` and its arguments (sys.argv's when argv is None)."""
+    return " ".join(["python -m", module, *(argv if argv is not None else sys.argv[1:])])
+
+
+def run_section(meta: dict[str, Any], command: str, table: str, device: str | None = None) -> str:
+    """A benchmark's README block: provenance line, the command that reproduces it, and its table."""
+    return f"{provenance_line(meta, device)}\n\nReproduce: `{command}`\n\n{table}"
 
 
 def update_readme_section(path: str | Path, body: str, section: str = "quality") -> None:

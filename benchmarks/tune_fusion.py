@@ -67,7 +67,7 @@ def collect(tasks: Sequence[str], words: Sequence[int], n: int, seed: int, offse
             hits = retriever.score_units(example.query, doc)
             views = {v: np.array([h.scores[v] for h in hits]) for v in VIEWS}
             docs.append((views, retriever.units(doc), retriever.entity_index(doc)))
-        dense = np.asarray(scorers.dense().score(example.query, prepared.texts), dtype=np.float64)
+        dense = np.concatenate([views["dense"] for views, _, _ in docs])  # the dense baseline is the dense view
         baselines = {
             "bm25": question_metrics(bm25_scores(example.query, prepared.texts), prepared)["ndcg@10"],
             "dense": question_metrics(dense, prepared)["ndcg@10"],
