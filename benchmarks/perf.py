@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.naive import DEFAULT_BUDGET_GB, naive_gb
 from benchmarks.report import command_line, run_metadata, run_section, update_readme_section
 
 logger = logging.getLogger("benchmarks.perf")
@@ -131,11 +132,6 @@ def run_one(method: str, n_tokens: int, device: str, timeout: float) -> dict[str
     return queue.get() if not queue.empty() else None
 
 
-def naive_gb(n_tokens: int, layers: int = 30, heads: int = 9) -> float:
-    """Size of the attention maps `output_attentions` returns (float32), for the default model."""
-    return layers * heads * n_tokens * n_tokens * 4 / 2**30
-
-
 def _cell(m: dict[str, dict[str, Any]], name: str, key: str, fmt: str = "{:.2f}") -> str:
     return fmt.format(m[name][key]) if name in m else "—"
 
@@ -177,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", default="1500,3000,6000", help="document lengths in tokens, comma-separated")
     parser.add_argument("--quick", action="store_true", help="one short length, for CI")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--naive-budget-gb", type=float, default=6.0, help="skip naive eager above this size")
+    parser.add_argument(
+        "--naive-budget-gb", type=float, default=DEFAULT_BUDGET_GB, help="skip naive eager above this size"
+    )
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per measurement")
     parser.add_argument("--out", default="benchmarks/results/perf.json")
     parser.add_argument("--readme", default=None, help="README whose perf section is rewritten with the table")

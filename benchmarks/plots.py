@@ -21,7 +21,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 from matplotlib.ticker import FuncFormatter
 
-from benchmarks.perf import naive_gb
+from benchmarks.naive import naive_gb
 
 logger = logging.getLogger("benchmarks.plots")
 

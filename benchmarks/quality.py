@@ -1,6 +1,6 @@
 """Retrieval quality benchmark: every method ranks the same sentence units of the same long documents.
 
-    python -m benchmarks.quality                       # full run: 30 questions x 5 tasks x 2 lengths
+    python -m benchmarks.quality                       # full run: 30 questions x 5 tasks x 3 lengths
     python -m benchmarks.quality --quick               # 3 questions per task, one short length (CI smoke run)
     python -m benchmarks.quality --methods bm25,dense,attention,attention-nocal --readme README.md
 
@@ -27,6 +27,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from benchmarks.baselines import bm25_scores
+from benchmarks.naive import DoesNotFit, NaiveAttentionRetriever
 from benchmarks.report import command_line, markers, provenance_line, run_metadata, update_readme_section
 from shared_core.datasets import LabelledExample, content_words, gold_units, load_examples, shared_data_dir
 from shared_core.metrics import tie_aware_metrics
@@ -36,7 +37,7 @@ logger = logging.getLogger("benchmarks.quality")
 README_START, README_END = markers("quality")
 
 DEFAULT_TASKS = ("babi-qa1", "babi-qa2", "babi-qa12", "babi-qa14", "hotpotqa")
-DEFAULT_WORDS = (1500, 6000)
+DEFAULT_WORDS = (1500, 6000, 20000)
 QUICK_WORDS = 800
 QUICK_N = 3
 EVAL_OFFSET = 50
@@ -50,19 +51,23 @@ Override = dict[str, Any] | Callable[[Any], dict[str, Any]]
 
 @dataclass(frozen=True)
 class Method:
-    """A benchmarked method: a baseline (``bm25``, ``dense``) or the retriever with a config override."""
+    """A benchmarked method: a baseline (``bm25``, ``dense``), the retriever with a config override, or the
+    ``output_attentions`` reference (``naive``: the retriever's scoring read from full eager maps)."""
 
-    kind: Literal["bm25", "dense", "retriever"]
+    kind: Literal["bm25", "dense", "retriever", "naive"]
     override: Override | None = None
 
 
 # One line per method. Retriever overrides are merged into the base config (``--config`` or the defaults).
 _ATTENTION_ONLY = {"dense": {"enabled": False}, "lexical": {"enabled": False}, "entities": {"enabled": False}}
+_ALL_HEADS = {**_ATTENTION_ONLY, "attention": {"heads": "all"}}
 METHODS: dict[str, Method] = {
     "bm25": Method("bm25"),
     "dense": Method("dense"),
     # attention alone, all heads of the default layer band
-    "attention": Method("retriever", {**_ATTENTION_ONLY, "attention": {"heads": "all"}}),
+    "attention": Method("retriever", _ALL_HEADS),
+    # the same scores from `output_attentions` (n x n maps per layer and head); only where the maps fit in memory
+    "naive-attention": Method("naive", _ALL_HEADS),
     "attention-nocal": Method("retriever", {**_ATTENTION_ONLY, "attention": {"heads": "all", "calibration": False}}),
     "attention-all-layers": Method(
         "retriever",
@@ -75,7 +80,7 @@ METHODS: dict[str, Method] = {
     # the default without the lexical view (attention + dense + entities): what the lexical view adds
     "fused-lexical+entities": Method("retriever", {"lexical": {"enabled": False}}),
 }
-DEFAULT_METHODS = ("bm25", "dense", "attention", "qr-heads", "fused", "fused+entities")
+DEFAULT_METHODS = ("bm25", "dense", "attention", "naive-attention", "qr-heads", "fused", "fused+entities")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -140,7 +145,7 @@ class Scorers:
         self._retriever_cls = AttentionRetriever
         self.base = RetrieverConfig.coerce(base_config)
         self.default = AttentionRetriever(self.base)
-        self._retrievers: dict[str, Any] = {self._key(self.base): self.default}
+        self._retrievers: dict[str, Any] = {"retriever" + self._key(self.base): self.default}
         self._dense: Any = None
 
     @staticmethod
@@ -152,12 +157,12 @@ class Scorers:
         return [(u.start, u.end) for u in self.default.units(document)]
 
     def retriever(self, method: Method) -> Any:
-        """The retriever for a method's override (shared by methods with equal configs)."""
+        """The retriever for a method's override (shared by methods with equal configs and kind)."""
         override = method.override(self.default) if callable(method.override) else (method.override or {})
         config = self._config_cls.model_validate(_deep_merge(self.base.model_dump(mode="json"), override))
-        key = self._key(config)
+        key = method.kind + self._key(config)
         if key not in self._retrievers:
-            retriever = self._retriever_cls(config)
+            retriever = (NaiveAttentionRetriever if method.kind == "naive" else self._retriever_cls)(config)
             retriever.share_caches(self.default)  # prefill each document once for every method
             self._retrievers[key] = retriever
         return self._retrievers[key]
@@ -192,7 +197,7 @@ class Scorers:
         """Load every model the methods need before timing starts."""
         for name in names:
             method = METHODS[name]
-            if method.kind == "retriever":
+            if method.kind in ("retriever", "naive"):
                 self.retriever(method).warm_up()
             elif method.kind == "dense":
                 self.dense().warm_up()
@@ -234,7 +239,11 @@ def run_benchmark(
             continue
         for name in methods:
             t0 = time.perf_counter()
-            scores = scorers.score(name, prepared)
+            try:
+                scores = scorers.score(name, prepared)
+            except DoesNotFit as exc:
+                logger.warning("%s: %s skipped: %s", example.id, name, exc)
+                continue
             elapsed = (time.perf_counter() - t0) / len(example.documents)
             timings.setdefault((task, w, name), []).append(elapsed)
             record = {"id": example.id, "task": task, "words": w, "method": name, "units": len(prepared.spans)}

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["expected_gains", "metrics_from_scores", "ndcg_at_k", "rank_by_score", "recall_at_k", "tie_aware_metrics"]
+__all__ = ["expected_gains", "ndcg_at_k", "rank_by_score", "recall_at_k", "tie_aware_metrics"]
 
 
 def _check(gold: set[int], k: int) -> None:
@@ -43,20 +43,6 @@ def rank_by_score(scores: Sequence[float] | np.ndarray, seed: int = 0) -> list[i
     keys = np.where(np.isnan(values), -np.inf, values)
     tiebreak = np.random.default_rng(seed).random(values.shape[0])
     return [int(i) for i in np.lexsort((tiebreak, -keys))]
-
-
-def metrics_from_scores(
-    scores: Sequence[float] | np.ndarray,
-    gold: set[int],
-    ndcg_ks: Iterable[int] = (10,),
-    recall_ks: Iterable[int] = (5, 10),
-    seed: int = 0,
-) -> dict[str, float]:
-    """``{"ndcg@K": ..., "recall@K": ...}`` for a score array over units and the set of gold unit indices."""
-    ranking = rank_by_score(scores, seed=seed)
-    out = {f"ndcg@{k}": ndcg_at_k(ranking, gold, k) for k in ndcg_ks}
-    out.update({f"recall@{k}": recall_at_k(ranking, gold, k) for k in recall_ks})
-    return out
 
 
 def expected_gains(scores: Sequence[float] | np.ndarray, gold: set[int]) -> np.ndarray:

@@ -32,7 +32,9 @@ from .segmentation import segment, units_from_spans
 logger = logging.getLogger(__name__)
 
 CALIBRATION_QUERY = "N/A"
-PREFILL_CHUNK = 2048  # tokens per prefill step: bounds activation memory and drives the progress bar
+PREFILL_CHUNK = 8192
+"""Tokens per prefill step: bounds activation memory on long windows. A document within one step goes in one causal
+pass (SDPA's fast path; 2,048-token steps against the cache were ~10 % slower at 7k tokens on CPU)."""
 
 
 @dataclass(frozen=True)
@@ -405,10 +407,10 @@ class AttentionRetriever:
 
         loaded = self.model
         tokens = self._document_tokens(doc)
-        longest_query = 64  # room the query part needs; checked exactly at query time
-        if len(tokens.ids) + longest_query > self.window:
+        if len(tokens.ids) >= self.window:  # the query part is checked exactly when it runs (`_query_pass`)
+            name = f"document {doc.id!r}" if doc.id else "the document"
             raise ValueError(
-                f"document {doc.id or ''} is {len(tokens.ids)} tokens; with the query it exceeds the model window "
+                f"{name} is {len(tokens.ids)} tokens; with the query it exceeds the model window "
                 f"of {self.window} tokens ({loaded.name}). Split it, raise model.max_tokens if the model allows, "
                 "or set cascade.enabled to 'auto' or true to read it through the cascading KV cache."
             )

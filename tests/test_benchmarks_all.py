@@ -23,7 +23,7 @@ def test_quick_run_writes_results_readme_and_plots(shared_data: Path, tmp_path: 
     quality = json.loads((results / "quality.json").read_text(encoding="utf-8"))
     assert {"date", "commit", "machine", "versions"} <= set(quality["meta"])
     rows = quality["results"]
-    methods = {"bm25", "dense", "attention", "qr-heads", "fused", "fused+entities"}
+    methods = {"bm25", "dense", "attention", "naive-attention", "qr-heads", "fused", "fused+entities"}
     assert {(r["task"], r["method"]) for r in rows} == {
         (t, m) for t in ("babi-qa2", "hotpotqa", "overall") for m in methods
     }
@@ -31,6 +31,10 @@ def test_quick_run_writes_results_readme_and_plots(shared_data: Path, tmp_path: 
         assert r["n"] == (4 if r["task"] == "overall" else 2)
         assert all(0.0 <= r[k] <= 1.0 for k in ("ndcg@10", "recall@5", "recall@10"))
         assert r["sec_per_doc"] >= 0.0
+    by_method = {(r["task"], r["method"]): r for r in rows}
+    for task in ("babi-qa2", "hotpotqa"):  # the output_attentions reference gives the capture's rankings
+        naive, fast = by_method[(task, "naive-attention")], by_method[(task, "attention")]
+        assert naive["ndcg@10"] == pytest.approx(fast["ndcg@10"], abs=0.02)
 
     perf = json.loads((results / "perf.json").read_text(encoding="utf-8"))
     measured = {r["method"] for r in perf["rows"]}

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from shared_core.metrics import metrics_from_scores, ndcg_at_k, rank_by_score, recall_at_k, tie_aware_metrics
+from shared_core.metrics import ndcg_at_k, rank_by_score, recall_at_k, tie_aware_metrics
 
 
 def test_ndcg_perfect_and_worst() -> None:
@@ -66,15 +66,6 @@ def test_rank_by_score_ties_are_not_broken_by_position() -> None:
     # Ties only reorder among themselves.
     mixed = rank_by_score([0.0, 1.0, 0.0, 2.0, 0.0])
     assert mixed[:2] == [3, 1] and sorted(mixed[2:]) == [0, 2, 4]
-
-
-def test_metrics_from_scores() -> None:
-    scores = np.array([0.2, 0.9, 0.1, 0.8, 0.3, 0.0])  # ranking: 1, 3, 4, 0, 2, 5
-    out = metrics_from_scores(scores, {3, 2}, ndcg_ks=(10,), recall_ks=(2, 5))
-    assert out["recall@2"] == 0.5
-    assert out["recall@5"] == 1.0
-    expected = (1 / math.log2(3) + 1 / math.log2(6)) / (1 + 1 / math.log2(3))
-    assert out["ndcg@10"] == pytest.approx(expected)
 
 
 def test_tie_aware_metrics_equal_the_mean_over_every_tie_order() -> None:

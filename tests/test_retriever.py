@@ -104,6 +104,17 @@ def test_cached_and_fresh_scores_agree(retriever: AttentionRetriever) -> None:
     np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-6)
 
 
+def test_chunked_prefill_gives_the_one_pass_scores(retriever: AttentionRetriever, monkeypatch) -> None:
+    import shared_core.retriever as retriever_module
+
+    one_pass = [h.scores["attention"] for h in retriever.score_units("Where is Daniel?", STORY)]
+    monkeypatch.setattr(retriever_module, "PREFILL_CHUNK", 16)
+    chunked = AttentionRetriever({"attention": {"kv_cache_size": 0}})
+    got = [h.scores["attention"] for h in chunked.score_units("Where is Daniel?", STORY)]
+    assert chunked.stats["prefills"] == 1
+    np.testing.assert_allclose(got, one_pass, rtol=1e-4, atol=1e-6)
+
+
 def test_calibration_changes_scores(retriever: AttentionRetriever) -> None:
     plain = AttentionRetriever({"attention": {"calibration": False}})
     cal = [h.scores["attention"] for h in retriever.score_units("Where is the milk?", STORY)]
@@ -179,6 +190,19 @@ def test_document_past_the_window_is_a_clear_error_without_cascade() -> None:
 
 
 SMALL_CASCADE = {"sink_tokens": 8, "cascades": 2, "window": 32, "stride": 64}
+
+
+def test_window_boundary_is_the_same_for_routing_and_prefill(retriever: AttentionRetriever) -> None:
+    # a document that fits only with the query's exact length: one plain prefill, no cascade, no error
+    query = "Where is the milk?"
+    n_doc = len(retriever._document_tokens(Document(STORY)).ids)
+    n_query = len(retriever._layout.query(query, "query").ids)
+    fits = AttentionRetriever({"model": {"max_tokens": n_doc + n_query}, "cascade": SMALL_CASCADE})
+    assert len(fits.score_units(query, STORY)) == len(fits.units(STORY))
+    assert fits.stats["prefills"] == 1 and fits.stats["cascade_passes"] == 0
+    one_less = AttentionRetriever({"model": {"max_tokens": n_doc + n_query - 1}, "cascade": SMALL_CASCADE})
+    one_less.score_units(query, STORY)
+    assert one_less.stats["prefills"] == 0 and one_less.stats["cascade_passes"] == 1
 
 
 def test_document_past_the_window_goes_through_the_cascade() -> None:
