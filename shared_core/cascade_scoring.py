@@ -41,6 +41,7 @@ import torch
 from . import capture
 from .cascade import CascadeConfig, CascadingCache, ModelShape, check_budget
 from .heads import HeadSelection
+from .model_loading import forward_with_cache
 from .scoring import RowObserver
 
 logger = logging.getLogger(__name__)
@@ -115,7 +116,7 @@ def _forward(model: Any, ids: torch.Tensor, positions: torch.Tensor, cache: Casc
     base = getattr(model, "base_model", model)
     with capture.observing(observer), torch.no_grad():
         try:
-            base(input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True)
+            forward_with_cache(base, cache, input_ids=ids, position_ids=positions)
         except capture.StopForward:
             pass
 

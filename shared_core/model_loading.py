@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
 import logging
 import os
 import shutil
@@ -55,6 +56,16 @@ class LoadedModel:
     def decoder(self) -> Any:
         """The decoder stack without the LM head (we never need logits)."""
         return self.model.get_decoder() if hasattr(self.model, "get_decoder") else self.model.model
+
+
+def forward_with_cache(module: Any, cache: Any, **inputs: Any) -> Any:
+    """Run ``module`` with a KV cache under the keyword its ``forward`` takes.
+
+    transformers renamed ``past_key_values`` to ``cache`` (5.2x; the old name warns until 5.40), and we support both.
+    """
+    params = inspect.signature(module.forward).parameters
+    keyword = "cache" if "cache" in params else "past_key_values"
+    return module(**inputs, **{keyword: cache}, use_cache=True)
 
 
 def cache_root(config: ModelConfig) -> Path:

@@ -25,7 +25,7 @@ from .explain import Explanation, build_explanation
 from .heads import HeadSelection, select_heads
 from .kv_store import KVStore
 from .lexical import LexicalIndex
-from .model_loading import LoadedModel, load_model, model_id
+from .model_loading import LoadedModel, forward_with_cache, load_model, model_id
 from .prompt import DocumentTokens, PromptLayout
 from .segmentation import segment, units_from_spans
 
@@ -447,7 +447,7 @@ class AttentionRetriever:
 def _run(loaded: LoadedModel, input_ids: torch.Tensor, cache: Any) -> None:
     """Forward through the decoder (no LM head) until the active observer stops it."""
     try:
-        loaded.decoder(input_ids=input_ids, past_key_values=cache, use_cache=True)
+        forward_with_cache(loaded.decoder, cache, input_ids=input_ids)
     except capture.StopForward:
         return
 

@@ -12,6 +12,7 @@ from shared_core.model_loading import (
     ModelLoadError,
     cache_root,
     default_model_path,
+    forward_with_cache,
     load_model,
     resolve_device,
     resolve_dtype,
@@ -62,3 +63,26 @@ def test_device_and_dtype_resolution() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+class _Recorder(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: dict = {}
+
+
+class _CacheModule(_Recorder):  # transformers >= 5.2x
+    def forward(self, input_ids=None, cache=None, use_cache=None, **kwargs):
+        self.seen = {"input_ids": input_ids, "cache": cache, "use_cache": use_cache, **kwargs}
+
+
+class _PastKeyValuesModule(_Recorder):  # transformers 5.0/5.1
+    def forward(self, input_ids=None, past_key_values=None, use_cache=None, **kwargs):
+        self.seen = {"input_ids": input_ids, "past_key_values": past_key_values, "use_cache": use_cache, **kwargs}
+
+
+@pytest.mark.parametrize(("module", "keyword"), [(_CacheModule, "cache"), (_PastKeyValuesModule, "past_key_values")])
+def test_forward_with_cache_uses_the_keyword_the_model_takes(module, keyword) -> None:
+    m, cache = module(), object()
+    forward_with_cache(m, cache, input_ids=1, position_ids=2)
+    assert m.seen == {"input_ids": 1, keyword: cache, "use_cache": True, "position_ids": 2}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -203,6 +204,17 @@ def test_window_boundary_is_the_same_for_routing_and_prefill(retriever: Attentio
     one_less = AttentionRetriever({"model": {"max_tokens": n_doc + n_query - 1}, "cascade": SMALL_CASCADE})
     one_less.score_units(query, STORY)
     assert one_less.stats["prefills"] == 0 and one_less.stats["cascade_passes"] == 1
+
+
+def test_kv_cache_reaches_transformers_without_deprecated_keywords() -> None:
+    """Prefill, query pass and cascade hand the KV cache over under the keyword the installed transformers takes."""
+    plain = AttentionRetriever({"cascade": SMALL_CASCADE})
+    cascaded = AttentionRetriever({"cascade": {"enabled": True, **SMALL_CASCADE}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        for r in (plain, cascaded):
+            assert len(r.score_units("Where is the milk?", STORY)) == len(r.units(STORY))
+    assert plain.stats["prefills"] == 1 and cascaded.stats["cascade_passes"] == 1
 
 
 def test_document_past_the_window_goes_through_the_cascade() -> None:
