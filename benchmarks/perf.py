@@ -149,9 +149,9 @@ def table(rows: list[dict[str, Any]]) -> str:
         by_len.setdefault(r["target"], {})[r["method"]] = r
     head = (
         "| tokens | bare prefill s | first query s | next query s | next/first | first/bare | "
-        "attnret peak MB | bare peak MB | naive eager peak MB | dense s | bm25 s |"
+        "attnret peak MB | bare peak MB | naive eager peak MB | dense s | dense peak MB | bm25 s | bm25 peak MB |"
     )
-    lines = [head, "|" + "---|" * 11]
+    lines = [head, "|" + "---|" * 13]
     for target in sorted(by_len):
         m = by_len[target]
         tokens = next(iter(m.values()))["tokens"]
@@ -160,7 +160,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{_cell(m, 'next_query', 'seconds')} | {_ratio(m, 'next_query', 'first_query')} | "
             f"{_ratio(m, 'first_query', 'bare_prefill')} | {_cell(m, 'first_query', 'peak_mb', '{:.0f}')} | "
             f"{_cell(m, 'bare_prefill', 'peak_mb', '{:.0f}')} | {_cell(m, 'naive_eager', 'peak_mb', '{:.0f}')} | "
-            f"{_cell(m, 'dense', 'seconds', '{:.3f}')} | {_cell(m, 'bm25', 'seconds', '{:.3f}')} |"
+            f"{_cell(m, 'dense', 'seconds', '{:.3f}')} | {_cell(m, 'dense', 'peak_mb', '{:.0f}')} | "
+            f"{_cell(m, 'bm25', 'seconds', '{:.3f}')} | {_cell(m, 'bm25', 'peak_mb', '{:.0f}')} |"
         )
     return "\n".join(lines)
 

@@ -62,3 +62,17 @@ def test_plots_leave_out_missing_results(tmp_path: Path) -> None:
     out = tmp_path / "docs"
     assert plots.main(["--results", str(tmp_path), "--out", str(out)]) == 0  # empty axes, still written
     assert (out / "memory_vs_length.png").is_file() and not (out / "quality_vs_length.png").exists()
+
+
+def test_perf_table_shows_time_memory_and_ratios_of_every_method() -> None:
+    from benchmarks.perf import table
+
+    figures = {"bare_prefill": (4.0, 500), "first_query": (2.0, 300), "next_query": (0.2, 8), "dense": (1.0, 31)}
+    rows = [{"method": k, "tokens": 1759, "target": 1500, "seconds": s, "peak_mb": m} for k, (s, m) in figures.items()]
+    header, rule, line = table(rows).splitlines()
+    names, values = ([c.strip() for c in row.split("|")[1:-1]] for row in (header, line))
+    cells = dict(zip(names, values, strict=True))
+    assert rule.count("---") == len(cells) == 13
+    assert cells["next/first"] == "0.100" and cells["first/bare"] == "0.500"
+    assert cells["dense s"] == "1.000" and cells["dense peak MB"] == "31" and cells["attnret peak MB"] == "300"
+    assert cells["naive eager peak MB"] == "—" and cells["bm25 peak MB"] == "—"  # not measured: a dash, not a zero
