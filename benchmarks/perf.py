@@ -1,12 +1,14 @@
 """Speed and memory of attnret against the physical limit (one bare forward pass), side by side in one run.
 
-    python -m benchmarks.perf [--quick] [--tokens 1000,2000,4000,6000] [--out benchmarks/results/perf.json]
+    python -m benchmarks.perf [--quick] [--tokens 1500,3000,6000,16000] [--out benchmarks/results/perf.json]
 
 Each measurement runs in a fresh subprocess, so its peak memory (RSS on CPU, allocator peak on
 CUDA) is its own; the model load is measured first and subtracted. Per document length:
 - `bare_prefill`: the full model over the document with SDPA, no capture (one forward, the limit);
-- `first_query`: attnret's prefill (stopping at the deepest layer used) + query + N/A passes;
-- `next_query`: a further query on the cached document;
+- `first_query`: attnret's prefill (stopping at the deepest layer used) + query + N/A passes; past the model's
+  window, the cascade's pass over the document with the query (the bare prefill still runs the whole document
+  at once there, positions past the model's training length: it is the compute that is compared);
+- `next_query`: a further query on the cached document (past the window, a new query needs its own cascade pass);
 - `naive_eager`: `output_attentions=True` with eager attention (n×n per head and layer), only
   where its estimated size fits `--naive-budget-gb`;
 - `dense`, `bm25`: the baselines over the same sentences.
@@ -171,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokens", default="1500,3000,6000", help="document lengths in tokens, comma-separated")
+    parser.add_argument("--tokens", default="1500,3000,6000,16000", help="document lengths in tokens, comma-separated")
     parser.add_argument("--quick", action="store_true", help="one short length, for CI")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
