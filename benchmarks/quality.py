@@ -14,6 +14,7 @@ the query ("no-overlap recall", the causal-hop case), with the number of questio
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import sys
@@ -347,6 +348,14 @@ def _runs(results: dict[str, Any]) -> list[dict[str, Any]]:
     return results.get("runs") or [{"meta": results["meta"], "settings": results.get("settings", {})}]
 
 
+def _superseded(run: dict[str, Any], groups: set[tuple[str, int, str]]) -> bool:
+    """Whether every (task, length, method) row of `run` is replaced by `groups` (its provenance then goes too)."""
+    settings = run["settings"]
+    axes = (settings.get("tasks", ()), settings.get("words", ()), settings.get("methods", ()))
+    produced = set(itertools.product(*axes))
+    return bool(produced) and produced <= groups
+
+
 def merge_results(earlier: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """Add a run to earlier results: the new run's (task, length, method) rows and questions replace the old."""
     groups = {(r["task"], r["words"], r["method"]) for r in new["results"]}
@@ -360,7 +369,7 @@ def merge_results(earlier: dict[str, Any], new: dict[str, Any]) -> dict[str, Any
     return {
         "meta": new["meta"],
         "settings": new["settings"],
-        "runs": [*_runs(earlier), *_runs(new)],
+        "runs": [*(run for run in _runs(earlier) if not _superseded(run, groups)), *_runs(new)],
         "results": rows,
         "per_question": questions + new["per_question"],
     }

@@ -118,7 +118,7 @@ def test_tied_scores_get_the_expected_metric_of_random_tie_breaking() -> None:
     assert question_metrics(np.array([1.0, 0.0, 0.0, 0.0]), prepared)["ndcg@10"] == 1.0  # ties below the gold
 
 
-def test_merge_results_adds_lengths_and_keeps_every_runs_provenance() -> None:
+def test_merge_results_adds_lengths_and_keeps_the_provenance_of_every_run_still_shown() -> None:
     def run(words: int, date: str, methods: tuple[str, ...]) -> dict:
         rows = [
             {
@@ -138,7 +138,8 @@ def test_merge_results_adds_lengths_and_keeps_every_runs_provenance() -> None:
         ]
         questions = [{"task": "babi-qa1", "words": words, "method": m} for m in methods]
         meta = {"date": date, "commit": "abc", "machine": "box"}
-        return {"meta": meta, "settings": {"command": f"cmd {words}"}, "results": rows, "per_question": questions}
+        settings = {"command": f"cmd {words}", "tasks": ["babi-qa1"], "words": [words], "methods": list(methods)}
+        return {"meta": meta, "settings": settings, "results": rows, "per_question": questions}
 
     merged = merge_results(run(1500, "d1", ("bm25", "attention")), run(6000, "d2", ("bm25",)))
     assert {(r["words"], r["method"]) for r in merged["results"]} == {
@@ -149,6 +150,9 @@ def test_merge_results_adds_lengths_and_keeps_every_runs_provenance() -> None:
     assert [r["meta"]["date"] for r in merged["runs"]] == ["d1", "d2"]
     again = merge_results(merged, run(6000, "d3", ("bm25",)))  # a rerun of one length replaces it
     assert sum(r["words"] == 6000 for r in again["results"]) == 2 and len(again["per_question"]) == 3
+    assert [r["meta"]["date"] for r in again["runs"]] == ["d1", "d3"]  # d2's rows are all replaced: its line goes
+    partly = merge_results(again, run(1500, "d4", ("attention",)))  # d1 still gives the 1500-word bm25 rows
+    assert [r["meta"]["date"] for r in partly["runs"]] == ["d1", "d3", "d4"]
     text = readme_section(again)
     assert "Reproduce: `cmd 1500`" in text and "Reproduce: `cmd 6000`" in text and "| babi-qa1 | 6000 | 1 |" in text
     assert "–" in text  # attention was not run at 6000 words
