@@ -15,6 +15,7 @@ from haystack.utils import ComponentDevice
 
 from shared_core import AttentionRetriever, RetrieverConfig
 from shared_core import Document as CoreDocument
+from shared_core.validation import check_top_k
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class AttentionRanker:
         :param score_threshold: Drop results scoring below this; None keeps all.
         :param device: Device to run the model on; None keeps the config's `model.device` ("auto" by default).
         """
-        _check_top_k(top_k)
+        check_top_k(top_k)
         _check_threshold(score_threshold)
         if granularity not in _GRANULARITIES:
             raise ValueError(f"granularity must be one of {_GRANULARITIES}, got {granularity!r}")
@@ -149,7 +150,7 @@ class AttentionRanker:
         """
         top_k = self.top_k if top_k is None else top_k
         score_threshold = self.score_threshold if score_threshold is None else score_threshold
-        _check_top_k(top_k)
+        check_top_k(top_k)
         _check_threshold(score_threshold)
         if not documents:
             return {"documents": []}
@@ -202,13 +203,6 @@ class AttentionRanker:
             )
             for hit in hits
         ]
-
-
-def _check_top_k(top_k: Any) -> None:
-    if isinstance(top_k, bool) or not isinstance(top_k, int):
-        raise TypeError(f"top_k must be an int, got {type(top_k).__name__}")
-    if top_k <= 0:
-        raise ValueError(f"top_k must be > 0, but got {top_k}")
 
 
 def _check_threshold(score_threshold: Any) -> None:

@@ -28,6 +28,7 @@ from .lexical import LexicalIndex
 from .model_loading import LoadedModel, forward_with_cache, load_model, model_id
 from .prompt import DocumentTokens, PromptLayout
 from .segmentation import segment, units_from_spans
+from .validation import check_queries, check_query, check_top_k, coerce_document, coerce_documents
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +118,11 @@ class AttentionRetriever:
         return self._layout.key
 
     @property
+    def dense(self) -> DenseScorer:
+        """The dense (sentence-embedding) scorer of this retriever's `dense` config section."""
+        return self._dense
+
+    @property
     def window(self) -> int:
         """Longest prompt (document + query part) in tokens."""
         return self.config.model.max_tokens or self.model.max_positions
@@ -124,7 +130,7 @@ class AttentionRetriever:
     # ----------------------------------------------------------------- public API
     def units(self, document: str | Document) -> list[Unit]:
         """The units (sentences or paragraphs, per config) of a document, with exact char offsets."""
-        return list(self._analysis(_coerce_document(document, 0)).units)
+        return list(self._analysis(coerce_document(document, 0)).units)
 
     def retrieve(self, query: str, documents: Sequence[str | Document], top_k: int = 10) -> list[Hit]:
         """The `top_k` best units across `documents`, each document scored in its own context.
@@ -132,31 +138,38 @@ class AttentionRetriever:
         With several documents, a unit's score is its within-document score scaled by its document's
         score relative to the others (0.5 + 0.5·doc score), so the best document's hits come first among equals.
         """
-        _check_query(query)
-        _check_top_k(top_k)
+        check_query(query)
+        check_top_k(top_k)
         hits = [h for per_doc in self.score_all(query, documents) for h in per_doc]
         hits.sort(key=lambda h: (-h.score, h.document_index, h.start))
         return hits[:top_k]
 
+    def retrieve_many(
+        self, queries: Sequence[str], documents: Sequence[str | Document], top_k: int = 10
+    ) -> list[list[Hit]]:
+        """For each query, what `retrieve(query, documents, top_k)` returns; each document is read once for all."""
+        check_top_k(top_k)
+        return [self.retrieve(q, documents, top_k) for q in check_queries(queries)]
+
     def explain(self, query: str, documents: Sequence[str | Document], top_k: int = 10) -> Explanation:
         """Every unit's per-view scores, the top hits and the entity links: the data of `attnret explain`."""
-        _check_top_k(top_k)
+        check_top_k(top_k)
         per_doc = self.score_all(query, documents)
         hits = sorted((h for d in per_doc for h in d), key=lambda h: (-h.score, h.document_index, h.start))[:top_k]
-        docs = _coerce_documents(documents)
+        docs = coerce_documents(documents)
         indexes = [self._analysis(d).entities for d in docs]
         named = [d if d.id is not None else Document(text=d.text, id=str(i), meta=d.meta) for i, d in enumerate(docs)]
         return build_explanation(query, named, per_doc, hits, indexes)
 
     def score_units(self, query: str, document: str | Document) -> list[Hit]:
         """Every unit of `document` with its scores, in document order (for explanation and benchmarks)."""
-        _check_query(query)
-        return self._score_document(query, _coerce_document(document, 0), 0)[0]
+        check_query(query)
+        return self._score_document(query, coerce_document(document, 0), 0)[0]
 
     def score_all(self, query: str, documents: Sequence[str | Document]) -> list[list[Hit]]:
         """Every unit of every document (document order), scored as `retrieve` scores them."""
-        _check_query(query)
-        docs = _coerce_documents(documents)
+        check_query(query)
+        docs = coerce_documents(documents)
         per_doc, views = [], []
         for i, doc in enumerate(tqdm(docs, desc="documents", disable=not self.config.show_progress or len(docs) < 2)):
             hits, doc_views = self._score_document(query, doc, i)
@@ -171,8 +184,8 @@ class AttentionRetriever:
 
     def score_spans(self, query: str, document: str | Document, spans: Sequence[tuple[int, int]]) -> list[float]:
         """Fused score (attention, and dense and lexical when enabled) of caller-given char spans of `document`."""
-        _check_query(query)
-        doc = _coerce_document(document, 0)
+        check_query(query)
+        doc = coerce_document(document, 0)
         units = units_from_spans(doc.text, [tuple(s) for s in spans])  # type: ignore[misc]
         lex = self.config.lexical
         lexical = LexicalIndex.build([u.text for u in units], lex) if lex.enabled else None
@@ -181,8 +194,8 @@ class AttentionRetriever:
 
     def score_documents(self, query: str, documents: Sequence[str | Document]) -> list[float]:
         """One score per document for reranking whole documents, relative to the documents given together."""
-        _check_query(query)
-        docs = _coerce_documents(documents)
+        check_query(query)
+        docs = coerce_documents(documents)
         views = []
         for d in docs:
             views.append(self._views(query, d, self._analysis(d)))
@@ -190,7 +203,7 @@ class AttentionRetriever:
 
     def entity_index(self, document: str | Document) -> EntityIndex | None:
         """The document's entity index (None when entities are disabled)."""
-        return self._analysis(_coerce_document(document, 0)).entities
+        return self._analysis(coerce_document(document, 0)).entities
 
     def share_caches(self, other: AttentionRetriever) -> None:
         """Use `other`'s document caches, e.g. to compare configs without prefilling twice.
@@ -281,14 +294,14 @@ class AttentionRetriever:
         Scaling by the document's token count makes the view comparable across documents of any length.
         """
         att = self.config.attention
-        tokens, token_scores = self._token_scores(query, doc)
+        tokens, token_scores = self.token_scores(query, doc)
         token_scores = token_scores * tokens.n_doc_tokens
         lo, hi = scoring.unit_token_ranges(tokens.offsets, [(u.start, u.end) for u in units])
         return scoring.pool(token_scores, lo, hi, att.pooling, att.topk, att.threshold_std)
 
-    def _token_scores(self, query: str, doc: Document) -> tuple[DocumentTokens, np.ndarray]:
-        """Aggregated (and calibrated) attention score of each document token."""
-        tokens, per_layer = self.head_token_scores(query, doc, self.head_selection)
+    def token_scores(self, query: str, document: str | Document) -> tuple[DocumentTokens, np.ndarray]:
+        """Aggregated (and calibrated) attention score of each document token, aligned to `tokens.offsets`."""
+        tokens, per_layer = self.head_token_scores(query, document, self.head_selection)
         return tokens, scoring.aggregate_heads(per_layer, self.config.attention.head_aggregation)
 
     def head_token_scores(
@@ -299,7 +312,7 @@ class AttentionRetriever:
         `selection` may name any heads up to this retriever's deepest layer (head detection reads all of them).
         Documents past the window (or the memory budget) go through the cascading KV cache.
         """
-        doc = _coerce_document(document, 0)
+        doc = coerce_document(document, 0)
         if selection.deepest > self.head_selection.deepest:
             raise ValueError("selection reaches past the deepest layer this retriever's cache holds")
         tokens = self._document_tokens(doc)
@@ -457,41 +470,3 @@ def _fork(cache: Any) -> Any:
     forked = copy.copy(cache)
     forked.layers = [copy.copy(layer) for layer in cache.layers]
     return forked
-
-
-def _check_query(query: Any) -> None:
-    if not isinstance(query, str):
-        raise TypeError(f"query must be a str, got {type(query).__name__}")
-    if not query.strip():
-        raise ValueError("query is empty or whitespace")
-
-
-def _check_top_k(top_k: Any) -> None:
-    if isinstance(top_k, bool) or not isinstance(top_k, int):
-        raise TypeError(f"top_k must be an int, got {type(top_k).__name__}")
-    if top_k <= 0:
-        raise ValueError(f"top_k must be positive, got {top_k}")
-
-
-def _coerce_document(document: Any, index: int) -> Document:
-    if isinstance(document, Document):
-        doc = document
-    elif isinstance(document, str):
-        doc = Document(text=document)
-    else:
-        raise TypeError(f"document {index} must be a str or shared_core.Document, got {type(document).__name__}")
-    if not isinstance(doc.text, str):
-        raise TypeError(f"document {index} text must be a str, got {type(doc.text).__name__}")
-    if not doc.text.strip():
-        raise ValueError(f"document {index} is empty or whitespace")
-    return doc
-
-
-def _coerce_documents(documents: Any) -> list[Document]:
-    if isinstance(documents, str | Document):
-        raise TypeError("documents must be a sequence of str/Document (wrap a single document in a list)")
-    if not isinstance(documents, Sequence):
-        raise TypeError(f"documents must be a sequence, got {type(documents).__name__}")
-    if not documents:
-        raise ValueError("documents is empty")
-    return [_coerce_document(d, i) for i, d in enumerate(documents)]

@@ -1,0 +1,69 @@
+"""Input checks shared by the core, the CLI and both adapters: one message and one exception type per mistake."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .document import Document
+
+
+def check_query(query: Any) -> str:
+    """A query must be a non-blank str; returns it unchanged."""
+    if not isinstance(query, str):
+        raise TypeError(f"query must be a str, got {type(query).__name__}")
+    if not query.strip():
+        raise ValueError("query is empty or whitespace")
+    return query
+
+
+def check_top_k(top_k: Any, name: str = "top_k") -> int:
+    """A result count must be a positive int (bool is refused: `True` is not 1 result); returns it."""
+    if isinstance(top_k, bool) or not isinstance(top_k, int):
+        raise TypeError(f"{name} must be an int, got {type(top_k).__name__}")
+    if top_k <= 0:
+        raise ValueError(f"{name} must be positive, got {top_k}")
+    return top_k
+
+
+def coerce_document(document: Any, index: int) -> Document:
+    """A str or core Document with non-blank text, as a Document."""
+    if isinstance(document, Document):
+        doc = document
+    elif isinstance(document, str):
+        doc = Document(text=document)
+    else:
+        raise TypeError(f"document {index} must be a str or shared_core.Document, got {type(document).__name__}")
+    if not isinstance(doc.text, str):
+        raise TypeError(f"document {index} text must be a str, got {type(doc.text).__name__}")
+    if not doc.text.strip():
+        raise ValueError(f"document {index} is empty or whitespace")
+    return doc
+
+
+def coerce_documents(documents: Any) -> list[Document]:
+    """A non-empty sequence of documents (a bare str or Document is refused: wrap it in a list)."""
+    if isinstance(documents, str | Document):
+        raise TypeError("documents must be a sequence of str/Document (wrap a single document in a list)")
+    if not isinstance(documents, Sequence):
+        raise TypeError(f"documents must be a sequence, got {type(documents).__name__}")
+    if not documents:
+        raise ValueError("documents is empty")
+    return [coerce_document(d, i) for i, d in enumerate(documents)]
+
+
+def check_queries(queries: Any) -> list[str]:
+    """A non-empty sequence of queries (a bare str is refused: use `retrieve` or wrap it in a list)."""
+    if isinstance(queries, str):
+        raise TypeError("queries must be a sequence of str (use retrieve() for one query, or wrap it in a list)")
+    if not isinstance(queries, Sequence):
+        raise TypeError(f"queries must be a sequence of str, got {type(queries).__name__}")
+    if not queries:
+        raise ValueError("queries is empty")
+    out = []
+    for i, q in enumerate(queries):
+        try:
+            out.append(check_query(q))
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"queries[{i}]: {exc}") from None
+    return out
