@@ -48,7 +48,22 @@ class ModelConfig(_Section):
         gt=0,
         description="Longest document+query prompt in tokens; None = the model's max_position_embeddings.",
     )
-    trust_remote_code: bool = Field(False, description="Passed to transformers for hub models with custom code.")
+    trust_remote_code: bool = Field(
+        False,
+        description="Must stay false: a config is data and may be shared, so it cannot let a model folder run code. "
+        "Grant it in code (`AttentionRetriever(config, trust_remote_code=True)`) or with ATTNRET_TRUST_REMOTE_CODE=1.",
+    )
+
+    @field_validator("trust_remote_code")
+    @classmethod
+    def _no_remote_code_from_config(cls, v: bool) -> bool:
+        if v:
+            raise ValueError(
+                "model.trust_remote_code cannot be turned on from a config (configs and pipeline YAML are shared "
+                "data, and this would run the model folder's Python files); pass "
+                "AttentionRetriever(config, trust_remote_code=True) in code or set ATTNRET_TRUST_REMOTE_CODE=1"
+            )
+        return v
 
 
 class AttentionConfig(_Section):

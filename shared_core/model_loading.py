@@ -113,21 +113,34 @@ def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
     return getattr(torch, spec)
 
 
-def load_model(config: ModelConfig) -> LoadedModel:
-    """Load (or reuse) the model named by `config`; raises ValueError naming what to install when missing."""
+TRUST_REMOTE_CODE_ENV = "ATTNRET_TRUST_REMOTE_CODE"
+
+
+def remote_code_allowed(explicit: bool = False) -> bool:
+    """Whether a model's own Python files may run: granted in code (`explicit`) or by ATTNRET_TRUST_REMOTE_CODE=1."""
+    return explicit or os.environ.get(TRUST_REMOTE_CODE_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def load_model(config: ModelConfig, *, trust_remote_code: bool = False) -> LoadedModel:
+    """Load (or reuse) the model named by `config`; raises ValueError naming what to install when missing.
+
+    Remote code runs only when the caller grants it (`trust_remote_code=True` or the environment variable), never
+    because a config says so.
+    """
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     source = str(default_model_path()) if config.name is None else config.name
-    key = (source, config.revision, str(device), str(dtype), config.trust_remote_code)
+    remote = remote_code_allowed(trust_remote_code)
+    key = (source, config.revision, str(device), str(dtype), remote)
     with _models_lock:
         loaded = _models.get(key)
         if loaded is None:
-            loaded = _load(source, config, device, dtype)
+            loaded = _load(source, config, device, dtype, remote)
             _models[key] = loaded
         return loaded
 
 
-def _load(source: str, config: ModelConfig, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+def _load(source: str, config: ModelConfig, device: torch.device, dtype: torch.dtype, remote: bool) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     capture.register()
@@ -140,7 +153,7 @@ def _load(source: str, config: ModelConfig, device: torch.device, dtype: torch.d
         location, extra = str(folder), {}
     else:
         location = str(path) if path.is_dir() else source
-        extra = {"revision": config.revision, "trust_remote_code": config.trust_remote_code}
+        extra = {"revision": config.revision, "trust_remote_code": remote}
     logger.info("loading model %s on %s (%s)", source, device, dtype)
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, **extra)

@@ -63,8 +63,18 @@ class AttentionRetriever:
     give the same results as serial ones.
     """
 
-    def __init__(self, config: RetrieverConfig | dict[str, Any] | str | Path | None = None) -> None:
+    def __init__(
+        self,
+        config: RetrieverConfig | dict[str, Any] | str | Path | None = None,
+        *,
+        trust_remote_code: bool = False,
+    ) -> None:
+        """`trust_remote_code=True` lets transformers run a hub model's own Python files; only code can grant it
+        (or the environment variable ATTNRET_TRUST_REMOTE_CODE=1), never a config, which is shared data."""
         self.config = RetrieverConfig.coerce(config)
+        if not isinstance(trust_remote_code, bool):
+            raise TypeError(f"trust_remote_code must be a bool, got {type(trust_remote_code).__name__}")
+        self.trust_remote_code = trust_remote_code
         self._loaded: LoadedModel | None = None
         self._layout: PromptLayout | None = None
         self._selection: HeadSelection | None = None
@@ -89,7 +99,7 @@ class AttentionRetriever:
         with self._init_lock:
             if self._loaded is not None:
                 return
-            loaded = load_model(self.config.model)
+            loaded = load_model(self.config.model, trust_remote_code=self.trust_remote_code)
             self._layout = PromptLayout(loaded.tokenizer, self.config.model.prompt, self.config.model.instruction)
             self._selection = select_heads(
                 self.config.attention, loaded.num_layers, loaded.num_heads, model_id(self.config.model)
