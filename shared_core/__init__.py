@@ -1,8 +1,25 @@
-"""attnret core: attention-based, entity-scoped long-document retrieval, framework-free."""
+"""attnret core: attention-based, entity-scoped long-document retrieval, framework-free.
+
+`AttentionRetriever` is imported on first use, so that config and document types load without torch.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from .config import RetrieverConfig
 from .document import Document, Hit, Unit
-from .retriever import AttentionRetriever
+
+if TYPE_CHECKING:
+    from .retriever import AttentionRetriever
 
 __all__ = ["AttentionRetriever", "Document", "Hit", "RetrieverConfig", "Unit"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name == "AttentionRetriever":
+        from .retriever import AttentionRetriever
+
+        return AttentionRetriever
+    raise AttributeError(f"module 'shared_core' has no attribute {name!r}")

@@ -8,7 +8,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, field_validator
 
-from .cascade import CascadeConfig
+from .cascade_config import CascadeConfig
 from .dense import DenseConfig
 from .entities import EntitiesConfig
 from .fusion import FusionConfig
