@@ -176,6 +176,10 @@ class AttentionRetriever:
         check_query(query)
         return self._score_document(query, coerce_document(document, 0), 0)[0]
 
+    def score_units_many(self, queries: Sequence[str], document: str | Document) -> list[list[Hit]]:
+        """For each query, what `score_units(query, document)` returns; the document is read once for all."""
+        return [self.score_units(q, document) for q in check_queries(queries)]
+
     def score_all(self, query: str, documents: Sequence[str | Document]) -> list[list[Hit]]:
         """Every unit of every document (document order), scored as `retrieve` scores them."""
         check_query(query)
