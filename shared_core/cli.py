@@ -128,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--k", type=int, default=10, help="cut-off of nDCG (default 10)")
     detect.add_argument("--config", help="a RetrieverConfig YAML file (scoring rule, prompt, device)")
     detect.set_defaults(func=cmd_detect_heads)
+
+    from .batch.command import add_parser as add_batch_parser  # `attnret batch`: arguments and handler there
+
+    add_batch_parser(sub)
     return parser
 
 

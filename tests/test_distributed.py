@@ -1,0 +1,178 @@
+"""The Ray Data batch runner: same hits as `retrieve`, bad jobs recorded, a killed run resumed exactly once, the CLI.
+
+One local Ray (2 CPUs, no dashboard) serves the in-process runs of the session; the interrupted run is a CLI
+subprocess that starts its own local Ray and is killed with its whole process group.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from shared_core import AttentionRetriever, Document
+from shared_core.cli import main
+
+ray = pytest.importorskip("ray", reason='the batch runner needs the ray extra: pip install "attnret[ray]"')
+
+from shared_core.batch import read_output, run_batch  # noqa: E402
+
+RAY_ENV = {"RAY_DEDUP_LOGS": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+CITIES = ["Lisbon", "Oslo", "Quito", "Hanoi", "Dakar", "Lima", "Perth", "Tunis", "Riga", "Accra", "Cusco", "Turin"]
+JOBS_OF = ["a baker", "a pilot", "a nurse", "a carpenter", "a chemist", "a violinist"]
+
+
+def _document(i: int) -> str:
+    """A small (~150 tokens) document of three paragraphs; the answer to 'Where does Mira N live?' is one sentence."""
+    city, work = CITIES[i % len(CITIES)], JOBS_OF[i % len(JOBS_OF)]
+    return (
+        f"The harbour district of {CITIES[(i + 3) % len(CITIES)]} was rebuilt after the flood of 19{10 + i}. "
+        f"Tourists come for its markets and its old lighthouse.\n\n"
+        f"Mira {i} grew up on a farm but moved to {city} when she turned twenty. She now works as {work} "
+        f"and spends her weekends hiking in the hills.\n\n"
+        f"The regional train line was extended in 20{10 + i % 10}, cutting the journey time by half. "
+        f"A new museum of science opened near the station last spring."
+    )
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One in-process Ray on 2 CPUs for this module's runs (the runner joins it), shut down at the end."""
+    saved = {k: os.environ.get(k) for k in RAY_ENV}
+    os.environ.update(RAY_ENV)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024**2)
+    yield
+    ray.shutdown()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def _scores(row: dict) -> dict:
+    return json.loads(row["scores"])
+
+
+def _hits_by_job(out: Path) -> dict[str, list[dict]]:
+    by_job: dict[str, list[dict]] = {}
+    for row in read_output(str(out)).to_pylist():
+        by_job.setdefault(row["job_id"], []).append(row)
+    return {k: sorted(v, key=lambda r: r["rank"]) for k, v in by_job.items()}
+
+
+@pytest.mark.slow
+def test_hits_equal_retrieve_and_bad_jobs_are_recorded(local_ray, retriever: AttentionRetriever, tmp_path: Path):
+    docs = [_document(i) for i in range(2)]
+    doc_file = tmp_path / "doc1.txt"
+    doc_file.write_text(docs[1], encoding="utf-8")
+    long_doc = " ".join(f"Sentence {i} talks about the weather in town number {i}." for i in range(60))
+    jobs = [
+        {"job_id": "a", "query": "Where does Mira 0 live?", "document": docs[0], "top_k": 3, "document_id": "d0"},
+        {"job_id": "b", "query": "What is Mira 0's job?", "document": docs[0], "top_k": 2, "document_id": "d0"},
+        {"job_id": "c", "query": "When was the train line extended?", "document_path": str(doc_file)},
+        {"job_id": "bad-query", "query": "   ", "document": docs[0]},
+        {"job_id": "bad-both", "query": "Where?", "document": docs[0], "document_path": str(doc_file)},
+        {"job_id": "bad-config", "query": "Where?", "document": docs[0], "config": "nope"},
+        {"job_id": "missing-file", "query": "Where?", "document_path": str(tmp_path / "absent.txt")},
+        {"job_id": "too-long", "query": "What is the weather?", "document": long_doc},
+    ]
+    jobs_file = tmp_path / "jobs.jsonl"
+    jobs_file.write_text("".join(json.dumps(j) + "\n" for j in jobs) + "{not json\n", encoding="utf-8")
+    out, errors = tmp_path / "hits.parquet", tmp_path / "errors.jsonl"
+
+    summary = run_batch(jobs_file, out, errors=errors, top_k=4, max_document_tokens=400, batch_size=4)
+
+    assert (summary.jobs, summary.done, summary.failed, summary.skipped) == (9, 3, 6, 0)
+    by_job = _hits_by_job(out)
+    assert set(by_job) == {"a", "b", "c"}
+    expected = {
+        "a": retriever.retrieve("Where does Mira 0 live?", [Document(docs[0], id="d0")], top_k=3),
+        "b": retriever.retrieve("What is Mira 0's job?", [Document(docs[0], id="d0")], top_k=2),
+        "c": retriever.retrieve("When was the train line extended?", [Document(docs[1], id=str(doc_file))], top_k=4),
+    }
+    for job_id, hits in expected.items():
+        rows = by_job[job_id]
+        assert [r["rank"] for r in rows] == list(range(1, len(hits) + 1))
+        assert [(r["start"], r["end"], r["text"], r["document_id"]) for r in rows] == [
+            (h.start, h.end, h.text, h.document_id) for h in hits
+        ]
+        for r, h in zip(rows, hits, strict=True):
+            assert r["score"] == pytest.approx(h.score, rel=1e-5, abs=1e-6)
+            assert _scores(r) == pytest.approx(h.scores, rel=1e-5, abs=1e-6)
+            assert r["reasons"] == h.reasons
+    assert "Mira 0" in by_job["a"][0]["text"] and "moved to" in by_job["a"][0]["text"]
+
+    failed = {r["job_id"]: r for r in read_output(str(errors), errors=True).to_pylist()}
+    assert set(failed) == {"bad-query", "bad-both", "bad-config", "missing-file", "too-long", "row-9"}
+    assert failed["row-9"]["error_type"] == "JSONDecodeError"
+    assert "query is empty" in failed["bad-query"]["message"]
+    assert "exactly one of" in failed["bad-both"]["message"]
+    assert failed["bad-config"]["error_type"] == "KeyError" and "'nope'" in failed["bad-config"]["message"]
+    assert failed["missing-file"]["error_type"] == "FileNotFoundError"
+    assert failed["too-long"]["error_type"] == "DocumentTooLongError"
+    assert "max_document_tokens=400" in failed["too-long"]["message"]
+
+    again = run_batch(jobs_file, out, errors=errors, top_k=4, max_document_tokens=400)
+    assert (again.done, again.failed, again.skipped, again.hits) == (0, 0, 9, 0)
+
+
+@pytest.mark.slow
+def test_killed_cli_run_resumes_every_job_exactly_once(local_ray, tmp_path: Path):
+    n = 10
+    jobs = [{"query": f"Where does Mira {i} live?", "document": _document(i), "top_k": 2} for i in range(n)]
+    jobs_file = tmp_path / "jobs.jsonl"
+    jobs_file.write_text("".join(json.dumps(j) + "\n" for j in jobs), encoding="utf-8")
+    out = tmp_path / "hits.parquet"
+    args = ["batch", "--jobs", str(jobs_file), "--out", str(out), "--batch-size", "1", "--top-k", "3"]
+    env = {**os.environ, **RAY_ENV, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shared_core.cli", *args, "--num-cpus", "1"],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # the driver and the local Ray it starts share one process group: kill them all
+    )
+    try:
+        deadline = time.monotonic() + 150
+        while not list(out.glob("part-*")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, f"the batch run ended before it could be killed: {proc.stderr.read()[-2000:]!r}"
+        assert list(out.glob("part-*")), "no part file within 150 s"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    written = {r["job_id"] for r in read_output(str(out)).to_pylist()}
+    assert 1 <= len(written) < n, "the kill did not land mid-run"
+
+    assert main([*args, "--concurrency", "2"]) == 0  # the CLI joins this module's Ray, resumes and completes
+
+    rows = read_output(str(out)).to_pylist()
+    counts = Counter(r["job_id"] for r in rows)
+    assert len(counts) == n and set(counts.values()) == {2}, counts  # every job once, with its own top_k=2 hits
+    assert len({(r["job_id"], r["rank"]) for r in rows}) == len(rows)
+    for r in rows:
+        if r["rank"] == 1:
+            i = int(r["query"].split()[3])
+            assert CITIES[i % len(CITIES)] in r["text"], r
+
+
+def test_cli_batch_user_errors_are_one_line(tmp_path: Path, capsys):
+    jobs_file = tmp_path / "jobs.jsonl"
+    jobs_file.write_text(json.dumps({"query": "q", "document": "d"}) + "\n", encoding="utf-8")
+    assert main(["batch", "--jobs", str(jobs_file), "--out", str(tmp_path / "o.parquet"), "--batch-size", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["attnret: error: batch_size must be a positive int, got 0"]
+    assert main(["batch", "--jobs", str(tmp_path / "absent.jsonl"), "--out", str(tmp_path / "o.parquet")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    (tmp_path / "file.parquet").write_text("x", encoding="utf-8")
+    assert main(["batch", "--jobs", str(jobs_file), "--out", str(tmp_path / "file.parquet")]) == 2
+    assert "is a file" in capsys.readouterr().err
