@@ -5,6 +5,7 @@ Haystack's deserialization allowlist (`allowed_modules=["haystack_attnret.*"]`, 
 `HAYSTACK_DESERIALIZATION_ALLOWLIST` environment variable); importing it grants no trust.
 """
 
+from .pruner import AttentionContextPruner
 from .ranker import AttentionRanker
 
-__all__ = ["AttentionRanker"]
+__all__ = ["AttentionContextPruner", "AttentionRanker"]

@@ -1,6 +1,7 @@
 """LlamaIndex drop-ins for attnret: `AttentionRerank` (node postprocessor) and `AttentionLongDocRetriever`."""
 
 from .postprocessor import AttentionRerank
+from .pruner import AttentionContextPruner
 from .retriever import AttentionLongDocRetriever
 
-__all__ = ["AttentionLongDocRetriever", "AttentionRerank"]
+__all__ = ["AttentionContextPruner", "AttentionLongDocRetriever", "AttentionRerank"]

@@ -206,6 +206,12 @@ class AttentionRetriever:
         views = self._views(query, doc, _Analysis(tuple(units), None, None, lexical))
         return [float(x) for x in ranking.fuse_views(views, self.config.fusion)]
 
+    def prune(self, query: str, documents: Sequence[str | Document], budget_tokens: int, **options: Any) -> list[Any]:
+        """Each document cut to `budget_tokens` reader tokens, order kept: see `shared_core.pruning.prune`."""
+        from .pruning import prune
+
+        return prune(self, query, documents, budget_tokens, **options)
+
     def score_documents(self, query: str, documents: Sequence[str | Document]) -> list[float]:
         """One score per document for reranking whole documents, relative to the documents given together."""
         check_query(query)
