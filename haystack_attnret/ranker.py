@@ -6,6 +6,7 @@ import asyncio
 import copy
 import dataclasses
 import logging
+import math
 import threading
 from pathlib import Path
 from typing import Any, Literal
@@ -127,6 +128,13 @@ class AttentionRanker:
         """Rebuild a ranker from `to_dict` output (the input dict is not modified)."""
         data = copy.deepcopy(data)
         init_params = data.get("init_parameters", {})
+        if init_params.get("config") is not None and not isinstance(init_params["config"], dict):
+            # pipeline YAML is shared data: it may carry a config mapping, never a file path to read
+            raise ValueError(
+                "AttentionRanker init_parameters.config must be a mapping of config values in pipeline data, got "
+                f"{type(init_params['config']).__name__}; a file path is not read from pipeline YAML (load it in "
+                "code with RetrieverConfig.from_yaml and pass the config)"
+            )
         if init_params.get("device") is not None:
             init_params["device"] = ComponentDevice.from_dict(init_params["device"])
         return default_from_dict(cls, data)
@@ -206,7 +214,10 @@ class AttentionRanker:
 
 
 def _check_threshold(score_threshold: Any) -> None:
+    """A threshold is None or a finite number (NaN would silently drop every result, inf too)."""
     if score_threshold is None:
         return
     if isinstance(score_threshold, bool) or not isinstance(score_threshold, int | float):
         raise TypeError(f"score_threshold must be a number or None, got {type(score_threshold).__name__}")
+    if isinstance(score_threshold, float) and not math.isfinite(score_threshold):
+        raise ValueError(f"score_threshold must be a finite number, got {score_threshold!r}")

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any, Literal
 
-from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_validator
+from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, field_validator
 from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
@@ -15,6 +15,7 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
 from shared_core import AttentionRetriever, RetrieverConfig
+from shared_core.validation import check_top_k
 
 from .context import SourceContext, build_contexts, split_scoreable, unit_node
 from .shared import shared_retriever, with_granularity
@@ -48,6 +49,14 @@ class AttentionRerank(BaseNodePostprocessor):
     )
 
     _retriever: AttentionRetriever | None = PrivateAttr(default=None)
+
+    # assignments are validated like the constructor; errors never echo inputs (a config may be huge or shared)
+    model_config = ConfigDict(arbitrary_types_allowed=True, validate_assignment=True, hide_input_in_errors=True)
+
+    @field_validator("top_n", mode="before")
+    @classmethod
+    def _check_top_n(cls, value: Any) -> int:
+        return check_top_k(value, "top_n")  # TypeError for a bool/float/str (True is not 1 result)
 
     @field_validator("config", mode="before")
     @classmethod

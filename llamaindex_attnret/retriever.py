@@ -15,6 +15,7 @@ from llama_index.core.schema import BaseNode, NodeWithScore, QueryBundle
 from llama_index.core.storage.docstore.types import BaseDocumentStore
 
 from shared_core import AttentionRetriever, RetrieverConfig
+from shared_core.validation import check_top_k
 
 from .context import SourceContext, build_contexts, split_scoreable, unit_node
 from .shared import shared_retriever, with_granularity
@@ -49,8 +50,7 @@ class AttentionLongDocRetriever(BaseRetriever):
     ) -> None:
         if (documents is None) == (docstore is None):
             raise ValueError("pass exactly one of `documents` or `docstore`")
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0:
-            raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+        check_top_k(top_k)
         if granularity not in ("sentence", "paragraph"):
             raise ValueError(f"granularity must be 'sentence' or 'paragraph', got {granularity!r}")
         if first_stage is not None and not isinstance(first_stage, BaseRetriever):

@@ -9,6 +9,9 @@ from pydantic import Field, field_validator
 
 from .section import ConfigSection as _Section
 
+_MAX_SLOTS = 1 << 20
+"""Upper bound of the token counts below (a million tokens per sub-cache is already far past any model window)."""
+
 
 class CascadeConfig(_Section):
     """Cascading KV cache: when it is used and its shape (sinks, sub-caches, slots, prefill stride, EMA)."""
@@ -18,15 +21,20 @@ class CascadeConfig(_Section):
         description="'auto' = on when the prompt exceeds the model window (model.max_tokens or "
         "max_position_embeddings) or the memory budget; true = always; false = never (long documents are an error).",
     )
-    sink_tokens: int = Field(64, ge=0, description="First tokens of the prompt that are always kept (attention sinks).")
+    sink_tokens: int = Field(
+        64, ge=0, le=_MAX_SLOTS, description="First tokens of the prompt that are always kept (attention sinks)."
+    )
     cascades: int = Field(4, ge=1, le=16, description="Number of sub-caches; sub-cache i keeps every 2^i-th token.")
-    window: int = Field(1024, gt=0, description="Slots per sub-cache (per layer, per key head).")
-    stride: int = Field(1024, gt=0, description="Prefill chunk: document tokens read per forward pass.")
+    window: int = Field(1024, gt=0, le=_MAX_SLOTS, description="Slots per sub-cache (per layer, per key head).")
+    stride: int = Field(1024, gt=0, le=_MAX_SLOTS, description="Prefill chunk: document tokens read per forward pass.")
     ema_decay: float = Field(
         0.9, gt=0.0, lt=1.0, description="Per-chunk decay of the exponential moving average of received attention."
     )
     ema_rows: int = Field(
-        64, gt=0, description="Rows of each chunk sampled to estimate the attention every cached key receives."
+        64,
+        gt=0,
+        le=_MAX_SLOTS,
+        description="Rows of each chunk sampled to estimate the attention every cached key receives.",
     )
     scoring: Literal["resident", "end"] = Field(
         "resident",
@@ -39,6 +47,37 @@ class CascadeConfig(_Section):
         description="Bytes (int) or a size such as '2GB' / '512MiB' for the KV cache plus one chunk's working memory "
         "(model weights excluded); None = no budget.",
     )
+    reuse: bool = Field(
+        True,
+        description="Keep what a pass read (keys and values without RoPE, and which tokens each chunk saw) so that "
+        "later queries on the document are replayed, not read again, and a document that grew resumes the pass "
+        "from its last shared chunk. Costs 2 x layers x kv_heads x head_dim x dtype bytes per token (README).",
+    )
+    reuse_memory: str | int = Field(
+        "2GB",
+        description="Kept passes held in memory (LRU, bytes or a size such as '2GB'); beyond it they are spilled to "
+        "`reuse_dir` (or dropped when reuse_disk is false).",
+    )
+    reuse_disk: bool = Field(
+        True, description="Spill kept passes that do not fit `reuse_memory` to disk (reused across processes)."
+    )
+    reuse_dir: str | None = Field(
+        None, description="Folder of spilled passes; None = <model cache folder>/cascade ($ATTNRET_CACHE/cascade)."
+    )
+
+    @field_validator("reuse_memory", mode="before")
+    @classmethod
+    def _reuse_memory_parses(cls, v: Any) -> Any:
+        try:
+            parse_bytes(v)
+        except ValueError as exc:
+            raise ValueError(str(exc).replace("cascade.memory_budget", "cascade.reuse_memory")) from None
+        return v
+
+    @property
+    def scoring_key(self) -> str:
+        """The settings a pass's scores depend on (the reuse settings only say where results are kept)."""
+        return self.model_dump_json(exclude={"reuse", "reuse_memory", "reuse_disk", "reuse_dir"})
 
     @field_validator("memory_budget")
     @classmethod

@@ -1,50 +1,136 @@
-"""The `attnret` command line: search documents (and more subcommands as the core grows)."""
+"""The `attnret` command line: search documents (and more subcommands as the core grows).
+
+Every user error (bad input, config, missing file or model) prints one line `attnret: error: ...` and exits
+with status 2; Ctrl-C exits with 130. Files are read as UTF-8 bytes without newline translation, so hit offsets
+index the file as stored (CRLF included). Text output escapes terminal control characters; `--json` keeps the
+exact text.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .config import RetrieverConfig
-from .document import Document
-from .retriever import AttentionRetriever
+from .dense import DenseModelNotFoundError
+from .document import Document, Hit
+from .entities import SpacyModelNotFoundError
+from .validation import check_queries, check_query, check_top_k
 
 logger = logging.getLogger("attnret")
 
 
+class UserError(ValueError):
+    """A mistake in the command line or its files: printed as one line, never a traceback."""
+
+
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,  # includes ConfigError, ModelLoadError, UnicodeDecodeError
+    TypeError,
+    DenseModelNotFoundError,
+    SpacyModelNotFoundError,
+    FileNotFoundError,
+    PermissionError,
+    IsADirectoryError,
+)
+"""Exceptions reported as `attnret: error: ...` with exit status 2."""
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def escape_terminal(text: str) -> str:
+    """Text safe to print on a terminal: C0/C1 controls (except newline and tab) and bidi overrides become
+    `\\xNN`/`\\uNNNN` escapes, so a document cannot move the cursor, recolour or reorder the output."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def read_text_file(name: str, what: str = "file") -> str:
+    """A file's text, decoded as UTF-8 with no newline translation (offsets index the file as stored)."""
+    path = Path(name)
+    if not path.is_file():
+        raise UserError(f"no such {what}: {name}" if not path.exists() else f"{what} {name} is not a regular file")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read {what} {name}: {exc.strerror or type(exc).__name__}") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{what} {name} is not UTF-8 text (invalid byte at offset {exc.start})") from None
+
+
 def _read_documents(files: Sequence[str]) -> list[Document]:
-    docs = []
-    for f in files:
-        path = Path(f)
-        if not path.is_file():
-            raise SystemExit(f"attnret: no such file: {f}")
-        docs.append(Document(text=path.read_text(encoding="utf-8"), id=str(path)))
-    return docs
+    return [Document(text=read_text_file(f), id=str(Path(f))) for f in files]
+
+
+def _read_queries(name: str) -> list[str]:
+    """One query per line; blank lines are skipped."""
+    queries = [line.strip() for line in read_text_file(name, "queries file").splitlines() if line.strip()]
+    if not queries:
+        raise UserError(f"queries file {name} holds no query (one query per line)")
+    return check_queries(queries)
 
 
 def _load_config(path: str | None) -> RetrieverConfig:
-    cfg = RetrieverConfig.from_yaml(path) if path else RetrieverConfig()
+    cfg = RetrieverConfig.from_yaml(Path(path)) if path else RetrieverConfig()
     return cfg.model_copy(update={"show_progress": True})
 
 
+def _retriever(config: RetrieverConfig) -> Any:
+    from .retriever import AttentionRetriever  # torch loads only once the arguments are known to be good
+
+    return AttentionRetriever(config)
+
+
+def _check_out_file(name: str, flag: str) -> None:
+    """An output file's folder must exist before the run starts (not found out after it)."""
+    parent = Path(name).expanduser().resolve().parent
+    if not parent.is_dir():
+        raise UserError(f"{flag} {name}: folder {parent} does not exist")
+    if Path(name).is_dir():
+        raise UserError(f"{flag} {name} is a directory")
+
+
+def _print_hits(hits: Sequence[Hit]) -> None:
+    for rank, h in enumerate(hits, 1):
+        views = " ".join(f"{k}={v:.4g}" for k, v in h.scores.items())
+        where = escape_terminal(f"{h.document_id}:{h.start}-{h.end}")
+        sys.stdout.write(f"{rank:>3}. [{h.score:.3f}] {where} ({views}; {escape_terminal(', '.join(h.reasons))})\n")
+        sys.stdout.write(f"     {escape_terminal(h.text)}\n")
+
+
 def cmd_search(args: argparse.Namespace) -> int:
-    """Rank the units of the given files for a query and print them."""
-    retriever = AttentionRetriever(_load_config(args.config))
-    hits = retriever.retrieve(args.query, _read_documents(args.file), top_k=args.top_k)
+    """Rank the units of the given files for a query (or each line of --queries) and print them."""
+    check_top_k(args.top_k, "--top-k")
+    queries = _read_queries(args.queries) if args.queries else None
+    query = check_query(args.query) if queries is None else None
+    config = _load_config(args.config)
+    documents = _read_documents(args.file)
+    retriever = _retriever(config)
+    if queries is not None:
+        per_query = retriever.retrieve_many(queries, documents, top_k=args.top_k)
+        if args.json:
+            pairs = zip(queries, per_query, strict=True)
+            data = [{"query": q, "hits": [h.to_dict() for h in hits]} for q, hits in pairs]
+            json.dump(data, sys.stdout, indent=2, ensure_ascii=False)
+            sys.stdout.write("\n")
+            return 0
+        for i, (q, hits) in enumerate(zip(queries, per_query, strict=True), 1):
+            sys.stdout.write(f"query {i}: {escape_terminal(q)}\n")
+            _print_hits(hits)
+        return 0
+    hits = retriever.retrieve(query, documents, top_k=args.top_k)
     if args.json:
         json.dump([h.to_dict() for h in hits], sys.stdout, indent=2, ensure_ascii=False)
         sys.stdout.write("\n")
         return 0
-    for rank, h in enumerate(hits, 1):
-        views = " ".join(f"{k}={v:.4g}" for k, v in h.scores.items())
-        sys.stdout.write(
-            f"{rank:>3}. [{h.score:.3f}] {h.document_id}:{h.start}-{h.end} ({views}; {', '.join(h.reasons)})\n"
-        )
-        sys.stdout.write(f"     {h.text}\n")
+    _print_hits(hits)
     return 0
 
 
@@ -52,12 +138,18 @@ def cmd_explain(args: argparse.Namespace) -> int:
     """Write a self-contained HTML page explaining why each sentence scored as it did."""
     from .explain import write_html
 
-    retriever = AttentionRetriever(_load_config(args.config))
-    explanation = retriever.explain(args.query, _read_documents(args.file), top_k=args.top_k)
+    check_top_k(args.top_k, "--top-k")
+    check_query(args.query)
+    _check_out_file(args.out, "--out")
+    if args.json:
+        _check_out_file(args.json, "--json")
+    config = _load_config(args.config)
+    documents = _read_documents(args.file)
+    explanation = _retriever(config).explain(args.query, documents, top_k=args.top_k)
     write_html(explanation, args.out)
     if args.json:
         Path(args.json).write_text(explanation.to_json(indent=2), encoding="utf-8")
-    sys.stdout.write(f"wrote {args.out}\n")
+    sys.stdout.write(f"wrote {escape_terminal(args.out)}\n")
     return 0
 
 
@@ -98,7 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     search = sub.add_parser("search", help="rank the sentences of long documents for a query")
     search.add_argument("--file", action="append", required=True, help="a text file to search (repeatable)")
-    search.add_argument("--query", required=True, help="the question or query")
+    asked = search.add_mutually_exclusive_group(required=True)
+    asked.add_argument("--query", help="the question or query")
+    asked.add_argument("--queries", metavar="FILE", help="a UTF-8 file of queries, one per line (blank lines skipped)")
     search.add_argument("--config", help="a RetrieverConfig YAML file")
     search.add_argument("--top-k", type=int, default=10, help="how many units to print (default 10)")
     search.add_argument("--json", action="store_true", help="print the hits as JSON")
@@ -136,14 +230,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `attnret` script."""
-    args = build_parser().parse_args(argv)
+    """Entry point of the `attnret` script: the exit status (0 ok, 2 a user error, 130 interrupted)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse has printed its usage and one error line
+        return exc.code if isinstance(exc.code, int) else 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return int(args.func(args))
-    except (ValueError, TypeError) as exc:
-        sys.stderr.write(f"attnret: error: {exc}\n")
+    except KeyboardInterrupt:
+        sys.stderr.write("\n")
+        return 130
+    except USER_ERRORS as exc:
+        sys.stderr.write(f"attnret: error: {_one_line(exc)}\n")
         return 2
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message of `exc` as one escaped line (bounded), for stderr."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = escape_terminal(text)
+    return text if len(text) <= 2000 else text[:1997] + "..."
 
 
 if __name__ == "__main__":

@@ -114,9 +114,13 @@ def load_nlp(name: str = DEFAULT_SPACY_MODEL) -> Any:
         try:
             nlp = spacy.load(name)
         except OSError as exc:
+            import spacy.util
+
+            installed = ", ".join(sorted(spacy.util.get_installed_models())) or "none"
             hint = SPACY_INSTALL if name == DEFAULT_SPACY_MODEL else f"pip install {name} (or `{SPACY_INSTALL}`)"
             raise SpacyModelNotFoundError(
-                f"spaCy pipeline {name!r} is not installed; install it with `{hint}`, or set entities.spacy_model"
+                f"entities.spacy_model: spaCy pipeline {name!r} is not installed (installed: {installed}); install "
+                f"it with `{hint}`, or set entities.spacy_model to an installed pipeline with NER"
             ) from exc
         if "ner" not in nlp.pipe_names and "entity_ruler" not in nlp.pipe_names:
             raise ValueError(f"spaCy pipeline {name!r} has no NER component (pipes: {nlp.pipe_names})")

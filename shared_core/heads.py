@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from .config import AttentionConfig
+from .config import AttentionConfig, ConfigError, read_yaml_file
 
 _HEAD_RE = re.compile(r"^\s*(-?\d+)\s*-\s*(\d+)\s*$")
 
@@ -54,10 +54,13 @@ def parse_heads(items: list[str], num_layers: int, num_heads: int) -> dict[int, 
 
 
 def load_head_file(path: str | Path) -> dict[str, Any]:
-    """Read a head-set YAML file (as written by `attnret detect-heads`)."""
-    data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    if not isinstance(data, dict) or not isinstance(data.get("heads"), list):
-        raise ValueError(f"{path}: a head-set file is a YAML mapping with a 'heads' list of 'layer-head' strings")
+    """Read a head-set YAML file (as written by `attnret detect-heads`); a missing file is a
+    `ConfigFileNotFoundError`, a malformed one a `ConfigError` (both ValueErrors)."""
+    data = read_yaml_file(path, what="head-set")
+    if not isinstance(data, dict) or not isinstance(data.get("heads"), list) or not data["heads"]:
+        raise ConfigError(
+            f"{path}: a head-set file is a YAML mapping with a non-empty 'heads' list of 'layer-head' strings"
+        )
     return data
 
 
@@ -78,10 +81,14 @@ def shipped_head_sets() -> dict[str, Path]:
 
 
 def select_heads(config: AttentionConfig, num_layers: int, num_heads: int, model_id: str) -> HeadSelection:
-    """Resolve `attention.heads`/`attention.layers` into the heads to read for this model."""
+    """Resolve `attention.heads`/`attention.layers` into the heads to read for this model.
+
+    An explicit `layers` list always applies: with `heads: auto` it reads every head of those layers instead of the
+    shipped head set (the config refuses an explicit head set together with explicit layers).
+    """
     heads = config.heads
     if heads == "auto":
-        path = shipped_head_sets().get(model_id)
+        path = shipped_head_sets().get(model_id) if config.layers == "auto" else None
         heads = str(path) if path else "all"
     if isinstance(heads, str) and heads != "all":
         data = load_head_file(heads)

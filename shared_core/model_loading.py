@@ -6,9 +6,11 @@ loads take seconds. Models are shared process-wide per (name, revision, device, 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib.util
 import inspect
+import json
 import logging
 import os
 import shutil
@@ -182,35 +184,141 @@ def _load(source: str, config: ModelConfig, device: torch.device, dtype: torch.d
     )
 
 
+COMPLETE_MARKER = "attnret-complete.json"
+"""Written last into a converted-model folder: the size of every file, checked before the folder is reused."""
+
+
 def _converted_gguf(path: Path, config: ModelConfig) -> Path:
-    """Dequantize a GGUF once into a safetensors folder in the user cache; reuse it afterwards."""
+    """Dequantize a GGUF once into a safetensors folder in the user cache; reuse it afterwards.
+
+    A folder is reused only when its completion marker matches the files on disk (a killed conversion leaves a
+    truncated file and no marker): anything else is rebuilt. An unwritable or full cache is a `ModelLoadError`
+    naming ATTNRET_CACHE.
+    """
     stat = path.stat()
     digest = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
     target = cache_root(config) / "gguf" / f"{path.stem}-{digest}"
-    if (target / "config.json").is_file():
-        return target
+    if target.exists():
+        problem = cache_problem(target)
+        if problem is None:
+            return target
+        logger.warning("converted model cache %s is incomplete (%s); converting again", target, problem)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    logger.info("converting %s to safetensors in %s (once; later loads are fast)", path.name, target)
     try:
         import gguf  # noqa: F401
     except ImportError as exc:
         raise ModelLoadError("loading a .gguf file needs the `gguf` package: `pip install gguf`") from exc
-    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-    model.hf_quantizer = None  # the weights are dequantized: save them as a plain checkpoint
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:  # before the (slow) conversion: an unwritable cache fails at once
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    except OSError as exc:
+        raise _cache_error(target.parent, exc, "cannot create the model cache folder") from exc
     try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
+        logger.info("converting %s to safetensors in %s (once; later loads are fast)", path.name, target)
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+        model.hf_quantizer = None  # the weights are dequantized: save them as a plain checkpoint
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        try:
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+            _write_marker(staging)
+        except OSError as exc:
+            raise _cache_error(target.parent, exc, "cannot write the converted model") from exc
+        if target.exists() and cache_problem(target) is not None:
+            _discard(target)
         try:
             staging.rename(target)
-        except OSError:  # another process finished first: keep theirs
-            if not (target / "config.json").is_file():
+        except OSError:  # another process finished first: keep theirs when it is complete
+            if cache_problem(target) is not None:
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def cache_problem(folder: Path) -> str | None:
+    """Why a converted-model folder cannot be reused (None = complete): no marker, or a file whose size differs."""
+    marker = folder / COMPLETE_MARKER
+    try:
+        recorded = json.loads(marker.read_text(encoding="utf-8"))["files"]
+    except FileNotFoundError:
+        return _legacy_problem(folder)
+    except (OSError, ValueError, KeyError, TypeError):
+        return "unreadable completion marker"
+    if not isinstance(recorded, dict) or "config.json" not in recorded:
+        return "completion marker lists no config.json"
+    for name, size in recorded.items():
+        try:
+            actual = (folder / name).stat().st_size
+        except OSError:
+            return f"{name} is missing"
+        if actual != size:
+            return f"{name} is {actual} bytes, {size} expected (truncated?)"
+    return None
+
+
+def _legacy_problem(folder: Path) -> str | None:
+    """A folder converted before markers existed: reused (and marked) only when every file checks out whole."""
+    try:
+        json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+        weights = sorted(folder.glob("*.safetensors"))
+        if not weights:
+            return "no completion marker and no weights"
+        for file in weights:
+            problem = safetensors_problem(file)
+            if problem:
+                return problem
+    except (OSError, ValueError) as exc:
+        return f"no completion marker and an unreadable file ({type(exc).__name__})"
+    try:
+        _write_marker(folder)
+    except OSError:  # a read-only cache: the check above stands for this load
+        pass
+    return None
+
+
+def safetensors_problem(file: Path) -> str | None:
+    """Why a safetensors file is not whole (None = whole): its size must be header + the last tensor's end."""
+    size = file.stat().st_size
+    with file.open("rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            return f"{file.name} is truncated ({size} bytes)"
+        n = int.from_bytes(head, "little")
+        if n > size - 8:
+            return f"{file.name} is truncated (header of {n} bytes in a {size}-byte file)"
+        header = json.loads(fh.read(n))
+    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    if size != 8 + n + end:
+        return f"{file.name} is {size} bytes, {8 + n + end} expected (truncated?)"
+    return None
+
+
+def _write_marker(folder: Path) -> None:
+    """Record every file's size, then write the marker atomically, last."""
+    files = {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file()}
+    tmp = folder / (COMPLETE_MARKER + ".tmp")
+    tmp.write_text(json.dumps({"files": files}, indent=1), encoding="utf-8")
+    os.replace(tmp, folder / COMPLETE_MARKER)
+
+
+def _discard(folder: Path) -> None:
+    """Move an incomplete cache folder aside and delete it (a rename first, so no reader sees it half-deleted)."""
+    aside = folder.with_name(f"{folder.name}.broken-{os.getpid()}")
+    try:
+        folder.rename(aside)
+    except OSError:
+        return
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _cache_error(root: Path, exc: OSError, what: str) -> ModelLoadError:
+    reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or type(exc).__name__)
+    return ModelLoadError(
+        f"{what} in {str(root)!r}: {reason}. Point ATTNRET_CACHE (or model.cache_dir) at a writable folder with "
+        "about 1 GB free."
+    )

@@ -2,10 +2,65 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+import math
+import types
+import typing
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 
 class ConfigSection(BaseModel):
-    """A config section: unknown keys are errors, so typos never pass silently; assignments are validated."""
+    """A config section: unknown keys are errors, so typos never pass silently; assignments are validated.
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    Errors never echo the input (`hide_input_in_errors`): a config may come from a shared file, and printing a
+    deeply aliased value costs time exponential in its size. A bool is never accepted for a number field
+    (pydantic would read `true` as 1), nor NaN/inf for any field.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, hide_input_in_errors=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        if field is None:
+            return value
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{info.field_name} must be a finite number, got {value!r}")
+        if not _holds_bool(value):
+            return value
+        if isinstance(value, bool) and _takes_number_not_bool(field.annotation):
+            raise ValueError(f"{info.field_name} cannot be a bool ({value!r}): give a number")
+        if isinstance(value, list) and _takes_number_list(field.annotation):
+            raise ValueError(f"{info.field_name} must be a list of numbers; it holds a bool")
+        return value
+
+
+def _holds_bool(value: Any) -> bool:
+    return isinstance(value, bool) or (isinstance(value, list) and any(isinstance(v, bool) for v in value))
+
+
+def _members(annotation: Any) -> list[Any]:
+    """The alternatives of a union (or the annotation itself)."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return [m for arg in typing.get_args(annotation) for m in _members(arg)]
+    return [annotation]
+
+
+def _takes_number_not_bool(annotation: Any) -> bool:
+    members = _members(annotation)
+    accepts_bool = any(
+        m is bool or (typing.get_origin(m) is Literal and any(isinstance(a, bool) for a in typing.get_args(m)))
+        for m in members
+    )
+    return not accepts_bool and any(m in (int, float) for m in members)
+
+
+def _takes_number_list(annotation: Any) -> bool:
+    for m in _members(annotation):
+        if typing.get_origin(m) is list:
+            (item,) = typing.get_args(m) or (Any,)
+            if _takes_number_not_bool(item):
+                return True
+    return False

