@@ -9,15 +9,16 @@ reference shows what the no-n×n capture saves, and checks that it changes no sc
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from shared_core import AttentionRetriever, capture, scoring
+from shared_core.attention_engine import CALIBRATION_QUERY, AttentionEngine
 from shared_core.document import Document
 from shared_core.heads import HeadSelection
 from shared_core.prompt import DocumentTokens
-from shared_core.retriever import CALIBRATION_QUERY
 
 DEFAULT_BUDGET_GB = 8.0
 """Largest set of attention maps (float32, every layer and head) the reference may build."""
@@ -34,34 +35,31 @@ class DoesNotFit(MemoryError):
     """The n×n maps of this document would exceed the reference's memory budget."""
 
 
-class NaiveAttentionRetriever(AttentionRetriever):
-    """`AttentionRetriever` whose per-head token scores come from `output_attentions` (eager, full maps).
+class NaiveAttentionEngine(AttentionEngine):
+    """An `AttentionEngine` whose per-head token scores come from `output_attentions` (eager, full maps)."""
 
-    Segmentation, calibration, aggregation, pooling and fusion are inherited unchanged; only the attention read
-    differs. Documents whose maps exceed `budget_gb` raise `DoesNotFit` (no cascade: the reference has none).
-    """
-
-    def __init__(self, config: Any = None, budget_gb: float = DEFAULT_BUDGET_GB) -> None:
+    def __init__(self, config: Any, budget_gb: float) -> None:
         super().__init__(config)
         self.budget_gb = budget_gb
 
     def head_token_scores(
-        self, query: str, document: str | Document, selection: HeadSelection
-    ) -> tuple[DocumentTokens, dict[int, torch.Tensor]]:
-        """Per layer, the (calibrated) score of every document token for each selected head, from full maps."""
-        doc = document if isinstance(document, Document) else Document(text=document)
-        tokens = self._document_tokens(doc)
-        per_layer = self._maps(tokens, query, selection)
-        if self.config.attention.calibration:
-            baseline = self._maps(tokens, CALIBRATION_QUERY, selection)
-            per_layer = {k: v - baseline[k] for k, v in per_layer.items()}
-        return tokens, per_layer
+        self, queries: Sequence[str], doc: Document, selection: HeadSelection | None = None
+    ) -> tuple[DocumentTokens, list[dict[int, torch.Tensor]]]:
+        """Per query and layer, the (calibrated) score of every document token for each selected head, from maps."""
+        selection = selection or self.head_selection
+        tokens = self.document_tokens(doc)
+        baseline = self._maps(tokens, CALIBRATION_QUERY, selection) if self.config.attention.calibration else None
+        out = []
+        for query in queries:
+            per_layer = self._maps(tokens, query, selection)
+            out.append(per_layer if baseline is None else {k: v - baseline[k] for k, v in per_layer.items()})
+        return tokens, out
 
     @torch.inference_mode()
     def _maps(self, tokens: DocumentTokens, query: str, selection: HeadSelection) -> dict[int, torch.Tensor]:
         """One eager forward with `output_attentions`; the selected heads' query rows, averaged, per layer."""
         loaded = self.model
-        q = self._layout.query(query, self.config.attention.query_rows)  # type: ignore[union-attr]
+        q = self.prompt.query(query, self.config.attention.query_rows)
         n = len(tokens.ids) + len(q.ids)
         need = naive_gb(n, loaded.num_layers, loaded.num_heads)
         if need > self.budget_gb:
@@ -81,3 +79,16 @@ class NaiveAttentionRetriever(AttentionRetriever):
             probs = maps[layer][0].index_select(1, rows).float().mean(dim=1)  # [H, n]
             captured[layer] = probs if heads is None else probs[list(heads)]
         return scoring.document_token_scores(captured, n, tokens.doc_start, tokens.n_doc_tokens)
+
+
+class NaiveAttentionRetriever(AttentionRetriever):
+    """`AttentionRetriever` reading attention from full eager maps (`NaiveAttentionEngine`).
+
+    Segmentation, calibration, aggregation, pooling and fusion are inherited unchanged; only the attention read
+    differs. Documents whose maps exceed `budget_gb` raise `DoesNotFit` (no cascade: the reference has none).
+    """
+
+    def __init__(self, config: Any = None, budget_gb: float = DEFAULT_BUDGET_GB) -> None:
+        super().__init__(config)
+        self.budget_gb = budget_gb
+        self.engine = NaiveAttentionEngine(self.config, budget_gb)

@@ -70,6 +70,20 @@ def observing(observer: AttentionObserver | None) -> Iterator[None]:
         _active.reset(token)
 
 
+def run_observed(module: Any, cache: Any, observer: AttentionObserver | None, **inputs: Any) -> None:
+    """Forward a decoder stack with a KV cache while `observer` watches; returns once the observer stops it.
+
+    The one forward wrapper of the package: prefill, query passes, cascade chunks and replays all go through it.
+    """
+    from .model_loading import forward_with_cache  # model_loading registers this module's attention: no cycle
+
+    with observing(observer), torch.no_grad():
+        try:
+            forward_with_cache(module, cache, **inputs)
+        except StopForward:
+            return
+
+
 def _capture_attention_forward(
     module: torch.nn.Module,
     query: torch.Tensor,

@@ -56,6 +56,8 @@ from .cascade_config import CascadeConfig, parse_bytes  # noqa: F401  (re-export
 
 logger = logging.getLogger(__name__)
 
+CommitFn = Callable[[int, torch.Tensor, torch.Tensor, int], None]
+"""(layer_idx, keys without RoPE [B,H,c,d], values [B,H,c,d], index of the chunk's first token) after a commit."""
 RotaryFn = Callable[[int, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 """(layer_idx, positions [1, n] long) -> (cos, sin), each [1, n, rot_dim] float32, in the model's RoPE layout."""
 
@@ -457,6 +459,7 @@ class CascadeLayer(_CascadeLayerBase):
         if self.pending_k is None:
             return
         k_un = self._unrotated_pending(plan)
+        self.owner.note_committed(self.layer_idx, k_un, self.pending_v, plan.seen_before)
         b, h, c, _ = k_un.shape
         kept = plan.kept_before
         recv = self.received
@@ -529,6 +532,7 @@ class SlidingCascadeLayer(_CascadeLayerBase):
         if self.pending_k is None:
             return
         k_un = self._unrotated_pending(plan)
+        self.owner.note_committed(self.layer_idx, k_un, self.pending_v, plan.seen_before)
         b, h, c, _ = k_un.shape
         new = self._pending_slots(plan, k_un, k_un.new_zeros(b, h, c, dtype=torch.float32))
         combined = new if self.slots is None else _Slots.cat([self.slots, new])
@@ -574,6 +578,8 @@ class CascadingCache(Cache):
             else:
                 raise ValueError(f"layer {i}: unsupported kind {kind!r} for the cascading KV cache")
         self._layer_kind_key = [("sliding" if k == "sliding" else "full", i) for i, k in enumerate(kinds)]
+        self.kinds = list(kinds)
+        self.on_commit: CommitFn | None = None  # sees each layer's committed chunk (un-rotated keys, values)
         super().__init__(layers=layers)
 
     @classmethod
@@ -620,6 +626,11 @@ class CascadingCache(Cache):
             yield
         finally:
             self.frozen = False
+
+    def note_committed(self, layer_idx: int, keys: torch.Tensor, values: torch.Tensor | None, start: int) -> None:
+        """Hand a layer's committed chunk (keys without RoPE) to `on_commit`, e.g. to keep it for later queries."""
+        if self.on_commit is not None and values is not None:
+            self.on_commit(layer_idx, keys, values, start)
 
     def commit(self) -> None:
         """Fold the pending chunk into every layer (one layer-independent slot plan, per-layer EMA choices)."""

@@ -40,8 +40,8 @@ import torch
 
 from . import capture
 from .cascade import CascadeConfig, CascadingCache, ModelShape, check_budget
+from .cascade_state import CascadeState, StateRecorder, replay_scores, resume_cache, supports_replay
 from .heads import HeadSelection
-from .model_loading import forward_with_cache
 from .scoring import RowObserver
 
 logger = logging.getLogger(__name__)
@@ -106,6 +106,7 @@ class CascadeScores:
     estimated_bytes: int
     seconds: float
     stats: dict[str, Any] = field(default_factory=dict)
+    state: CascadeState | None = None  # what later queries replay (when the pass was asked to keep it)
 
     def per_layer(self, query: int = 0) -> dict[int, torch.Tensor]:
         """{layer: [Hq, n]} for one query, the shape the core's head/layer aggregation takes."""
@@ -113,12 +114,7 @@ class CascadeScores:
 
 
 def _forward(model: Any, ids: torch.Tensor, positions: torch.Tensor, cache: CascadingCache, observer: Any) -> None:
-    base = getattr(model, "base_model", model)
-    with capture.observing(observer), torch.no_grad():
-        try:
-            forward_with_cache(base, cache, input_ids=ids, position_ids=positions)
-        except capture.StopForward:
-            pass
+    capture.run_observed(getattr(model, "base_model", model), cache, observer, input_ids=ids, position_ids=positions)
 
 
 def _check_inputs(
@@ -160,6 +156,8 @@ def cascade_token_scores(
     config: CascadeConfig,
     *,
     progress: ProgressFn | None = None,
+    keep: bool = False,
+    resume: tuple[CascadeState, int] | None = None,
 ) -> CascadeScores:
     """Read `doc_ids` (the prompt part before the query: template head + document) through a cascading cache and
     score every token for each ``(query_ids, query_rows)`` suffix; rows index `query_ids` (the query's own tokens).
@@ -167,6 +165,10 @@ def cascade_token_scores(
     Returns per query, layer and query head the attention each token received (see `CascadeScores`), aligned to
     `doc_ids`, so the core's unit pooling applies unchanged. Raises ValueError when the memory budget cannot hold
     one stride, or when the model is not loaded with the capture attention.
+
+    `keep=True` records a `CascadeState` (returned as `.state`) from which `replay_scores` scores later queries
+    without reading the document again. `resume=(state, r)` takes the first `r` chunks from an earlier state of a
+    document sharing their tokens (replayed for these queries) and reads only the rest.
     """
     t0 = time.perf_counter()
     doc_ids, checked, picked = _check_inputs(model, doc_ids, queries, layers)
@@ -181,11 +183,21 @@ def cascade_token_scores(
     out = torch.zeros(len(checked), len(picked), shape.num_heads, n, dtype=torch.float32)
     selection = HeadSelection(dict.fromkeys(picked), "cascade")
     ema = EmaObserver(cache, deepest, config.ema_rows)
+    keep = keep and config.scoring == "resident" and supports_replay(model)
+    recorder = StateRecorder(doc_ids, cache) if keep or resume is not None else None
+    first = 0
+    if resume is not None and recorder is not None:
+        state, shared = resume
+        replay_scores(model, state, checked, picked, chunks=state.chunks[:shared], out=out)
+        first = resume_cache(model, cache, state, shared, device)
+        recorder.resume_from(state, shared)
     doc_ids = doc_ids.to(device)
     q_dev = [(ids.to(device)[None], rows.to(device)) for ids, rows in checked]
     n_chunks = 0
-    for start in range(0, n, config.stride):
+    for start in range(first, n, config.stride):
         end = min(n, start + config.stride)
+        if recorder is not None:
+            recorder.before_chunk(cache, start, end)
         kept = cache.get_seq_length()
         positions = torch.arange(kept, kept + (end - start), device=device)[None]
         _forward(model, doc_ids[None, start:end], positions, cache, ema)
@@ -209,7 +221,8 @@ def cascade_token_scores(
         _score_end(model, cache, q_dev, picked, out, shape)
     seconds = time.perf_counter() - t0
     logger.debug("cascade pass: %d tokens, %d chunks, %.2fs, kept %d", n, n_chunks, seconds, cache.kept)
-    return CascadeScores(out, picked, n_chunks, cache.kept, need, seconds)
+    state = recorder.state() if recorder is not None else None
+    return CascadeScores(out, picked, n_chunks, cache.kept, need, seconds, state=state)
 
 
 def _score_end(

@@ -34,11 +34,31 @@ class KVStore(Generic[V]):
             value = create()
             with self._lock:
                 self._key_locks.pop(key, None)
-                if self.capacity > 0:
-                    self._items[key] = value
-                    while len(self._items) > self.capacity:
-                        self._items.popitem(last=False)
+            self.put(key, value)
             return value
+
+    def get(self, key: Hashable) -> V | None:
+        """The cached value for `key` (marked as recently used), or None."""
+        with self._lock:
+            if key not in self._items:
+                return None
+            self._items.move_to_end(key)
+            return self._items[key]
+
+    def put(self, key: Hashable, value: V) -> None:
+        """Cache `value` under `key`, evicting the least recently used entries beyond capacity."""
+        with self._lock:
+            if self.capacity <= 0:
+                return
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+    def values(self) -> list[V]:
+        """The cached values, most recently used first."""
+        with self._lock:
+            return list(reversed(self._items.values()))
 
     def __len__(self) -> int:
         with self._lock:

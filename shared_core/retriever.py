@@ -1,8 +1,13 @@
-"""AttentionRetriever: score the units of long documents by the attention a causal LM's query pays them."""
+"""AttentionRetriever: score the units of long documents by the attention a causal LM's query pays them.
+
+A facade over four steps, each in its own module: analyse a document once (units, embeddings, entities, BM25
+index), compute each view's per-unit scores (`attention_engine` for the attention view, `dense`, `lexical`), rank
+(`ranking`: fusion, entity expansion, reasons) and return hits. Every call goes through the many-query path
+(`_score_many`): one read of each document serves all the queries of a call.
+"""
 
 from __future__ import annotations
 
-import copy
 import logging
 import threading
 from collections.abc import Sequence
@@ -14,28 +19,27 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import capture, ranking, scoring
-from .cascade import ModelShape, cascade_needed
-from .cascade_scoring import cascade_token_scores
+from . import ranking, scoring
+from .attention_engine import CALIBRATION_QUERY, PREFILL_CHUNK, AttentionEngine
 from .config import RetrieverConfig
 from .dense import DenseScorer
 from .document import Document, Hit, Unit
 from .entities import EntityIndex, load_nlp
 from .explain import Explanation, build_explanation
-from .heads import HeadSelection, select_heads
+from .heads import HeadSelection
 from .kv_store import KVStore
 from .lexical import LexicalIndex
-from .model_loading import LoadedModel, forward_with_cache, load_model, model_id
+from .model_loading import LoadedModel
 from .prompt import DocumentTokens, PromptLayout
 from .segmentation import segment, units_from_spans
 from .validation import check_queries, check_query, check_top_k, coerce_document, coerce_documents
 
 logger = logging.getLogger(__name__)
 
-CALIBRATION_QUERY = "N/A"
-PREFILL_CHUNK = 8192
-"""Tokens per prefill step: bounds activation memory on long windows. A document within one step goes in one causal
-pass (SDPA's fast path; 2,048-token steps against the cache were ~10 % slower at 7k tokens on CPU)."""
+__all__ = ["CALIBRATION_QUERY", "PREFILL_CHUNK", "AttentionRetriever"]
+
+Views = dict[str, np.ndarray]
+"""Raw per-unit score of each enabled view of one document for one query."""
 
 
 @dataclass(frozen=True)
@@ -46,14 +50,6 @@ class _Analysis:
     embeddings: np.ndarray | None
     entities: EntityIndex | None
     lexical: LexicalIndex | None
-
-
-@dataclass(frozen=True)
-class _Prefilled:
-    """A document read once by the model: its KV cache (up to the deepest layer used) and token alignment."""
-
-    cache: Any
-    tokens: DocumentTokens
 
 
 class AttentionRetriever:
@@ -75,57 +71,43 @@ class AttentionRetriever:
         if not isinstance(trust_remote_code, bool):
             raise TypeError(f"trust_remote_code must be a bool, got {type(trust_remote_code).__name__}")
         self.trust_remote_code = trust_remote_code
-        self._loaded: LoadedModel | None = None
-        self._layout: PromptLayout | None = None
-        self._selection: HeadSelection | None = None
-        self._store: KVStore[_Prefilled] = KVStore(self.config.attention.kv_cache_size)
+        self.engine = AttentionEngine(self.config, trust_remote_code)
         self._analyses: KVStore[_Analysis] = KVStore(max(self.config.attention.kv_cache_size, 32))
-        self._tokens: KVStore[DocumentTokens] = KVStore(max(self.config.attention.kv_cache_size, 32))
-        # scores of documents past the window, per (document, query, heads): a cascade pass cannot be reused for
-        # another query, but the same query on the same document (another top_k, another view mix) needs no new pass
-        self._cascade_results: KVStore[dict[int, torch.Tensor]] = KVStore(max(self.config.attention.kv_cache_size, 8))
         self._dense = DenseScorer(self.config.dense)
-        self._init_lock = threading.Lock()
-        self._stats_lock = threading.Lock()
-        self.stats: dict[str, int] = dict.fromkeys(
-            ("prefills", "prefill_tokens", "query_passes", "query_tokens", "cascade_passes", "cascade_tokens"), 0
-        )
+        self._lock = threading.Lock()
 
     # ----------------------------------------------------------------- setup
     def warm_up(self) -> None:
         """Load the model, prompt layout and head selection (idempotent, thread-safe)."""
-        if self._loaded is not None:
-            return
-        with self._init_lock:
-            if self._loaded is not None:
-                return
-            loaded = load_model(self.config.model, trust_remote_code=self.trust_remote_code)
-            self._layout = PromptLayout(loaded.tokenizer, self.config.model.prompt, self.config.model.instruction)
-            self._selection = select_heads(
-                self.config.attention, loaded.num_layers, loaded.num_heads, model_id(self.config.model)
-            )
-            self._loaded = loaded
+        self.engine.warm_up()
+
+    @property
+    def _loaded(self) -> LoadedModel | None:
+        return self.engine.loaded
+
+    @property
+    def _layout(self) -> PromptLayout:
+        return self.engine.prompt
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Work counters (documents prefilled, query passes, cascade passes and replays, tokens run)."""
+        return self.engine.stats
 
     @property
     def model(self) -> LoadedModel:
         """The loaded model (loads it on first use)."""
-        self.warm_up()
-        assert self._loaded is not None
-        return self._loaded
+        return self.engine.model
 
     @property
     def head_selection(self) -> HeadSelection:
         """The (layer, head) pairs this retriever reads."""
-        self.warm_up()
-        assert self._selection is not None
-        return self._selection
+        return self.engine.head_selection
 
     @property
     def prompt_key(self) -> str:
         """Identifies the prompt template (head sets and caches depend on it)."""
-        self.warm_up()
-        assert self._layout is not None
-        return self._layout.key
+        return self.engine.prompt.key
 
     @property
     def dense(self) -> DenseScorer:
@@ -135,7 +117,7 @@ class AttentionRetriever:
     @property
     def window(self) -> int:
         """Longest prompt (document + query part) in tokens."""
-        return self.config.model.max_tokens or self.model.max_positions
+        return self.engine.window
 
     # ----------------------------------------------------------------- public API
     def units(self, document: str | Document) -> list[Unit]:
@@ -148,62 +130,68 @@ class AttentionRetriever:
         With several documents, a unit's score is its within-document score scaled by its document's
         score relative to the others (0.5 + 0.5·doc score), so the best document's hits come first among equals.
         """
-        check_query(query)
-        check_top_k(top_k)
-        hits = [h for per_doc in self.score_all(query, documents) for h in per_doc]
-        hits.sort(key=lambda h: (-h.score, h.document_index, h.start))
-        return hits[:top_k]
+        return self.retrieve_many([check_query(query)], documents, top_k)[0]
 
     def retrieve_many(
         self, queries: Sequence[str], documents: Sequence[str | Document], top_k: int = 10
     ) -> list[list[Hit]]:
         """For each query, what `retrieve(query, documents, top_k)` returns; each document is read once for all."""
         check_top_k(top_k)
-        return [self.retrieve(q, documents, top_k) for q in check_queries(queries)]
+        return [_top(per_doc, top_k) for per_doc in self.score_all_many(queries, documents)]
 
     def explain(self, query: str, documents: Sequence[str | Document], top_k: int = 10) -> Explanation:
         """Every unit's per-view scores, the top hits and the entity links: the data of `attnret explain`."""
         check_top_k(top_k)
         per_doc = self.score_all(query, documents)
-        hits = sorted((h for d in per_doc for h in d), key=lambda h: (-h.score, h.document_index, h.start))[:top_k]
         docs = coerce_documents(documents)
         indexes = [self._analysis(d).entities for d in docs]
         named = [d if d.id is not None else Document(text=d.text, id=str(i), meta=d.meta) for i, d in enumerate(docs)]
-        return build_explanation(query, named, per_doc, hits, indexes)
+        return build_explanation(query, named, per_doc, _top(per_doc, top_k), indexes)
 
     def score_units(self, query: str, document: str | Document) -> list[Hit]:
         """Every unit of `document` with its scores, in document order (for explanation and benchmarks)."""
-        check_query(query)
-        return self._score_document(query, coerce_document(document, 0), 0)[0]
+        return self.score_units_many([check_query(query)], document)[0]
 
     def score_units_many(self, queries: Sequence[str], document: str | Document) -> list[list[Hit]]:
         """For each query, what `score_units(query, document)` returns; the document is read once for all."""
-        return [self.score_units(q, document) for q in check_queries(queries)]
+        queries = check_queries(queries)
+        doc = coerce_document(document, 0)
+        return [hits for hits, _ in self._score_many(queries, doc, 0)]
 
     def score_all(self, query: str, documents: Sequence[str | Document]) -> list[list[Hit]]:
         """Every unit of every document (document order), scored as `retrieve` scores them."""
-        check_query(query)
+        return self.score_all_many([check_query(query)], documents)[0]
+
+    def score_all_many(self, queries: Sequence[str], documents: Sequence[str | Document]) -> list[list[list[Hit]]]:
+        """The batch entry point: per query, every unit of every document, each document read once for all queries.
+
+        With several documents each query's hits are scaled by its document's score relative to the others.
+        """
+        queries = check_queries(queries)
         docs = coerce_documents(documents)
-        per_doc, views = [], []
-        for i, doc in enumerate(tqdm(docs, desc="documents", disable=not self.config.show_progress or len(docs) < 2)):
-            hits, doc_views = self._score_document(query, doc, i)
-            per_doc.append(hits)
-            views.append(doc_views)
+        per_query: list[list[list[Hit]]] = [[] for _ in queries]
+        views: list[list[Views]] = [[] for _ in queries]
+        bar = tqdm(docs, desc="documents", disable=not self.config.show_progress or len(docs) < 2)
+        for i, doc in enumerate(bar):
+            for j, (hits, doc_views) in enumerate(self._score_many(queries, doc, i)):
+                per_query[j].append(hits)
+                views[j].append(doc_views)
         if len(docs) > 1:
-            for hits, weight in zip(per_doc, ranking.document_scores(views, self.config.fusion), strict=True):
-                for h in hits:
-                    h.scores["document"] = weight
-                    h.score *= 0.5 + 0.5 * weight
-        return per_doc
+            for per_doc, doc_views in zip(per_query, views, strict=True):
+                for hits, weight in zip(per_doc, ranking.document_scores(doc_views, self.config.fusion), strict=True):
+                    for h in hits:
+                        h.scores["document"] = weight
+                        h.score *= 0.5 + 0.5 * weight
+        return per_query
 
     def score_spans(self, query: str, document: str | Document, spans: Sequence[tuple[int, int]]) -> list[float]:
         """Fused score (attention, and dense and lexical when enabled) of caller-given char spans of `document`."""
         check_query(query)
         doc = coerce_document(document, 0)
-        units = units_from_spans(doc.text, [tuple(s) for s in spans])  # type: ignore[misc]
+        units = units_from_spans(doc.text, spans)
         lex = self.config.lexical
         lexical = LexicalIndex.build([u.text for u in units], lex) if lex.enabled else None
-        views = self._views(query, doc, _Analysis(tuple(units), None, None, lexical))
+        views = self._views([query], doc, _Analysis(tuple(units), None, None, lexical))[0]
         return [float(x) for x in ranking.fuse_views(views, self.config.fusion)]
 
     def prune(self, query: str, documents: Sequence[str | Document], budget_tokens: int, **options: Any) -> list[Any]:
@@ -212,18 +200,39 @@ class AttentionRetriever:
 
         return prune(self, query, documents, budget_tokens, **options)
 
+    def score_candidates(self, query: str, candidates: Sequence[Any], **options: Any) -> list[Hit]:
+        """Every candidate of one query read in one prompt, scored on absolute [0, 1] scales, in input order:
+        see `shared_core.candidates.score_candidates` (what a reranker needs)."""
+        from .candidates import score_candidates
+
+        return score_candidates(self, query, candidates, **options)
+
     def score_documents(self, query: str, documents: Sequence[str | Document]) -> list[float]:
         """One score per document for reranking whole documents, relative to the documents given together."""
         check_query(query)
         docs = coerce_documents(documents)
-        views = []
-        for d in docs:
-            views.append(self._views(query, d, self._analysis(d)))
+        views = [self._views([query], d, self._analysis(d))[0] for d in docs]
         return ranking.document_scores(views, self.config.fusion)
 
     def entity_index(self, document: str | Document) -> EntityIndex | None:
         """The document's entity index (None when entities are disabled)."""
         return self._analysis(coerce_document(document, 0)).entities
+
+    def token_scores(self, query: str, document: str | Document) -> tuple[DocumentTokens, np.ndarray]:
+        """Aggregated (and calibrated) attention score of each document token, aligned to `tokens.offsets`."""
+        tokens, per_query = self.engine.head_token_scores([check_query(query)], coerce_document(document, 0))
+        return tokens, scoring.aggregate_heads(per_query[0], self.config.attention.head_aggregation)
+
+    def head_token_scores(
+        self, query: str, document: str | Document, selection: HeadSelection
+    ) -> tuple[DocumentTokens, dict[int, torch.Tensor]]:
+        """Per layer, the (calibrated) score of every document token for each selected head: {layer: [H_sel, n]}.
+
+        `selection` may name any heads up to this retriever's deepest layer (head detection reads all of them).
+        Documents past the window (or the memory budget) go through the cascading KV cache.
+        """
+        tokens, per_query = self.engine.head_token_scores([check_query(query)], coerce_document(document, 0), selection)
+        return tokens, per_query[0]
 
     def share_caches(self, other: AttentionRetriever) -> None:
         """Use `other`'s document caches, e.g. to compare configs without prefilling twice.
@@ -231,19 +240,18 @@ class AttentionRetriever:
         Safe because cache keys hold everything the cached state depends on (model, device, template,
         deepest layer, unit and view settings, text).
         """
-        self._store = other._store
+        self.engine.share(other.engine)
         self._analyses = other._analyses
-        self._tokens = other._tokens
-        self._cascade_results = other._cascade_results
 
     def clear_cache(self) -> None:
-        """Drop every prefilled and analysed document."""
-        self._store.clear()
+        """Drop every prefilled and analysed document and every kept cascade pass held in memory."""
+        self.engine.clear()
         self._analyses.clear()
-        self._tokens.clear()
-        self._cascade_results.clear()
 
     # ----------------------------------------------------------------- internals
+    def _document_tokens(self, doc: Document) -> DocumentTokens:
+        return self.engine.document_tokens(doc)
+
     def _analysis(self, doc: Document) -> _Analysis:
         """Units, unit embeddings and entity index of a document, computed once and cached with it."""
         cfg = self.config
@@ -271,222 +279,67 @@ class AttentionRetriever:
 
         return self._analyses.get_or_create(key, build)
 
-    def _views(self, query: str, doc: Document, analysis: _Analysis) -> dict[str, np.ndarray]:
-        """Raw per-unit score of each enabled view."""
-        units, embeddings = analysis.units, analysis.embeddings
-        views = {"attention": self._attention_view(query, doc, list(units))}
+    def _views(self, queries: list[str], doc: Document, analysis: _Analysis) -> list[Views]:
+        """Per query, the raw per-unit score of each enabled view (one document read for all the queries)."""
+        units = list(analysis.units)
+        out: list[Views] = [{"attention": a} for a in self._attention_views(queries, doc, units)]
         if self.config.dense.enabled:
-            views["dense"] = self._dense.score(query, embeddings if embeddings is not None else [u.text for u in units])
+            vectors = analysis.embeddings if analysis.embeddings is not None else [u.text for u in units]
+            for q, views in zip(queries, out, strict=True):
+                views["dense"] = self._dense.score(q, vectors)
         if analysis.lexical is not None:
-            views["lexical"] = analysis.lexical.score(query)
-        return views
+            for q, views in zip(queries, out, strict=True):
+                views["lexical"] = analysis.lexical.score(q)
+        return out
 
-    def _score_document(self, query: str, doc: Document, index: int) -> tuple[list[Hit], dict[str, np.ndarray]]:
+    def _score_many(self, queries: list[str], doc: Document, index: int) -> list[tuple[list[Hit], Views]]:
+        """Per query, every unit of `doc` as a hit (document order) and the views it was ranked from."""
         analysis = self._analysis(doc)
-        units = analysis.units
-        views = self._views(query, doc, analysis)
-        ranked = ranking.rank_units(views, units, analysis.entities, self.config.fusion, self.config.entities, query)
         doc_id = doc.id if doc.id is not None else str(index)
-        hits = []
-        for k, u in enumerate(units):
-            scores = {name: float(v[k]) for name, v in views.items()}
-            scores["fused"] = float(ranked.fused[k])
-            if k in ranked.expansions:
-                scores["entity"] = ranked.expansions[k].entity_score
-            hits.append(
-                Hit(
-                    document_id=doc_id,
-                    document_index=index,
-                    start=u.start,
-                    end=u.end,
-                    text=u.text,
-                    score=float(ranked.final[k]),
-                    scores=scores,
-                    reasons=ranked.reasons[k],
-                    unit_index=u.index,
-                )
+        out = []
+        for query, views in zip(queries, self._views(queries, doc, analysis), strict=True):
+            ranked = ranking.rank_units(
+                views, analysis.units, analysis.entities, self.config.fusion, self.config.entities, query
             )
-        return hits, views
+            hits = []
+            for k, u in enumerate(analysis.units):
+                scores = {name: float(v[k]) for name, v in views.items()}
+                scores["fused"] = float(ranked.fused[k])
+                if k in ranked.expansions:
+                    scores["entity"] = ranked.expansions[k].entity_score
+                hits.append(
+                    Hit(
+                        document_id=doc_id,
+                        document_index=index,
+                        start=u.start,
+                        end=u.end,
+                        text=u.text,
+                        score=float(ranked.final[k]),
+                        scores=scores,
+                        reasons=ranked.reasons[k],
+                        unit_index=u.index,
+                    )
+                )
+            out.append((hits, views))
+        return out
 
-    def _attention_view(self, query: str, doc: Document, units: list[Unit]) -> np.ndarray:
-        """Calibrated, pooled attention per unit, in multiples of a uniform share (1/n per token).
+    def _attention_views(self, queries: list[str], doc: Document, units: list[Unit]) -> list[np.ndarray]:
+        """Per query, calibrated pooled attention per unit, in multiples of a uniform share (1/n per token).
 
         Scaling by the document's token count makes the view comparable across documents of any length.
         """
         att = self.config.attention
-        tokens, token_scores = self.token_scores(query, doc)
-        token_scores = token_scores * tokens.n_doc_tokens
+        tokens, per_query = self.engine.head_token_scores(queries, doc)
         lo, hi = scoring.unit_token_ranges(tokens.offsets, [(u.start, u.end) for u in units])
-        return scoring.pool(token_scores, lo, hi, att.pooling, att.topk, att.threshold_std)
-
-    def token_scores(self, query: str, document: str | Document) -> tuple[DocumentTokens, np.ndarray]:
-        """Aggregated (and calibrated) attention score of each document token, aligned to `tokens.offsets`."""
-        tokens, per_layer = self.head_token_scores(query, document, self.head_selection)
-        return tokens, scoring.aggregate_heads(per_layer, self.config.attention.head_aggregation)
-
-    def head_token_scores(
-        self, query: str, document: str | Document, selection: HeadSelection
-    ) -> tuple[DocumentTokens, dict[int, torch.Tensor]]:
-        """Per layer, the (calibrated) score of every document token for each selected head: {layer: [H_sel, n]}.
-
-        `selection` may name any heads up to this retriever's deepest layer (head detection reads all of them).
-        Documents past the window (or the memory budget) go through the cascading KV cache.
-        """
-        doc = coerce_document(document, 0)
-        if selection.deepest > self.head_selection.deepest:
-            raise ValueError("selection reaches past the deepest layer this retriever's cache holds")
-        tokens = self._document_tokens(doc)
-        if self._needs_cascade(tokens, query):
-            return tokens, self._cascade_scores(doc, tokens, query, selection)
-        prefilled = self._prefilled(doc)
-        per_layer = self._query_pass(prefilled, query, selection)
-        if self.config.attention.calibration:
-            baseline = self._query_pass(prefilled, CALIBRATION_QUERY, selection)
-            per_layer = {k: v - baseline[k] for k, v in per_layer.items()}
-        return prefilled.tokens, per_layer
-
-    def _document_tokens(self, doc: Document) -> DocumentTokens:
-        """The document part of the prompt, tokenized once per text (cached)."""
-        key = ("tokens", self.model.name, self.prompt_key, doc.content_hash)
-        return self._tokens.get_or_create(key, lambda: self._layout.document(doc.text))  # type: ignore[union-attr]
-
-    def _needs_cascade(self, tokens: DocumentTokens, query: str) -> bool:
-        """Whether this document + query must be read through the cascading cache (config, window, budget)."""
-        q = self._layout.query(query, self.config.attention.query_rows)  # type: ignore[union-attr]
-        n = len(tokens.ids) + len(q.ids)
-        m = self.model
-        return cascade_needed(
-            n,
-            self.config.cascade,
-            ModelShape.of(m.model),
-            max_tokens=self.window,
-            layers_used=self.head_selection.deepest + 1,
-            dtype_bytes=torch.finfo(m.dtype).bits // 8,
-        )
-
-    def _cascade_scores(
-        self, doc: Document, tokens: DocumentTokens, query: str, selection: HeadSelection
-    ) -> dict[int, torch.Tensor]:
-        """Resident scoring through the cascading cache: the query (and "N/A") run against every chunk.
-
-        One document pass per new query: the KV store cannot hold a document longer than the window. The result is
-        kept per (document, query, heads, cascade and attention settings); callers get their own copy.
-        """
-        m, att = self.model, self.config.attention
-        key = (
-            m.name,
-            str(m.device),
-            str(m.dtype),
-            self.prompt_key,
-            doc.content_hash,
-            query,
-            tuple(selection.per_layer.items()),
-            att.calibration,
-            att.query_rows,
-            self.config.cascade.model_dump_json(),
-        )
-        kept = self._cascade_results.get_or_create(key, lambda: self._cascade_pass(tokens, query, selection))
-        return {layer: scores.clone() for layer, scores in kept.items()}
-
-    def _cascade_pass(self, tokens: DocumentTokens, query: str, selection: HeadSelection) -> dict[int, torch.Tensor]:
-        """One strided pass of the document through the cascading cache for `query` (see `_cascade_scores`)."""
-        layout, att, loaded = self._layout, self.config.attention, self.model
-        queries = [query, CALIBRATION_QUERY] if att.calibration else [query]
-        suffixes = [layout.query(q, att.query_rows) for q in queries]  # type: ignore[union-attr]
-        n_doc = tokens.n_doc_tokens
-        bar = tqdm(total=len(tokens.ids), desc="cascade", unit="tok", disable=not self.config.show_progress)
-
-        def progress(done: int, total: int) -> None:
-            bar.update(done - bar.n)
-
-        try:
-            res = cascade_token_scores(
-                loaded.model,
-                torch.tensor(tokens.ids, dtype=torch.long),
-                [(torch.tensor(q.ids, dtype=torch.long), torch.tensor(q.rows, dtype=torch.long)) for q in suffixes],
-                selection.layers,
-                self.config.cascade,
-                progress=progress,
-            )
-        finally:
-            bar.close()
-        self._count(cascade_passes=1, cascade_tokens=len(tokens.ids))
-        out: dict[int, torch.Tensor] = {}
-        for i in range(len(queries)):
-            for layer, probs in res.per_layer(i).items():
-                heads = selection.per_layer[layer]
-                part = probs[:, tokens.doc_start : tokens.doc_start + n_doc]
-                if heads is not None:
-                    part = part[list(heads)]
-                out[layer] = part if i == 0 else out[layer] - part
+        out = []
+        for per_layer in per_query:
+            token_scores = scoring.aggregate_heads(per_layer, att.head_aggregation) * tokens.n_doc_tokens
+            out.append(scoring.pool(token_scores, lo, hi, att.pooling, att.topk, att.threshold_std))
         return out
 
-    def _prefilled(self, doc: Document) -> _Prefilled:
-        self.warm_up()
-        m = self.model
-        key = (m.name, str(m.device), str(m.dtype), self.prompt_key, self.head_selection.deepest, doc.content_hash)
-        return self._store.get_or_create(key, lambda: self._prefill(doc))
 
-    def _count(self, **increments: int) -> None:
-        """Add to the work counters in `stats` (tokens run through the model), which tests and benchmarks read."""
-        with self._stats_lock:
-            for k, v in increments.items():
-                self.stats[k] += v
-
-    @torch.inference_mode()
-    def _prefill(self, doc: Document) -> _Prefilled:
-        """Run the document part once, up to the deepest layer used, keeping its KV cache."""
-        from transformers import DynamicCache
-
-        loaded = self.model
-        tokens = self._document_tokens(doc)
-        if len(tokens.ids) >= self.window:  # the query part is checked exactly when it runs (`_query_pass`)
-            name = f"document {doc.id!r}" if doc.id else "the document"
-            raise ValueError(
-                f"{name} is {len(tokens.ids)} tokens; with the query it exceeds the model window "
-                f"of {self.window} tokens ({loaded.name}). Split it, raise model.max_tokens if the model allows, "
-                "or set cascade.enabled to 'auto' or true to read it through the cascading KV cache."
-            )
-        cache = DynamicCache(config=loaded.model.config)
-        ids = torch.tensor([tokens.ids], device=loaded.device)
-        observer = scoring.StopAtObserver(self.head_selection.deepest)
-        steps = range(0, ids.shape[1], PREFILL_CHUNK)
-        with capture.observing(observer):
-            for s in tqdm(steps, desc="prefill", disable=not self.config.show_progress or len(steps) < 2):
-                _run(loaded, ids[:, s : s + PREFILL_CHUNK], cache)
-        self._count(prefills=1, prefill_tokens=len(tokens.ids))
-        return _Prefilled(cache=cache, tokens=tokens)
-
-    @torch.inference_mode()
-    def _query_pass(self, prefilled: _Prefilled, query: str, selection: HeadSelection) -> dict[int, torch.Tensor]:
-        """Run only the query part against a copy-on-write view of the cached document."""
-        loaded = self.model
-        q = self._layout.query(query, self.config.attention.query_rows)  # type: ignore[union-attr]
-        n_prefix = len(prefilled.tokens.ids)
-        if n_prefix + len(q.ids) > self.window:
-            raise ValueError(
-                f"document ({n_prefix} tokens) plus query ({len(q.ids)} tokens) exceed the model window of "
-                f"{self.window} tokens; shorten the query or the document"
-            )
-        observer = scoring.RowObserver(selection, torch.tensor(q.rows, dtype=torch.long))
-        with capture.observing(observer):
-            _run(loaded, torch.tensor([q.ids], device=loaded.device), _fork(prefilled.cache))
-        self._count(query_passes=1, query_tokens=len(q.ids))
-        return scoring.document_token_scores(
-            observer.captured, n_prefix + len(q.ids), prefilled.tokens.doc_start, prefilled.tokens.n_doc_tokens
-        )
-
-
-def _run(loaded: LoadedModel, input_ids: torch.Tensor, cache: Any) -> None:
-    """Forward through the decoder (no LM head) until the active observer stops it."""
-    try:
-        forward_with_cache(loaded.decoder, cache, input_ids=input_ids)
-    except capture.StopForward:
-        return
-
-
-def _fork(cache: Any) -> Any:
-    """A view of `cache` whose updates (concatenations) never touch the original tensors."""
-    forked = copy.copy(cache)
-    forked.layers = [copy.copy(layer) for layer in cache.layers]
-    return forked
+def _top(per_doc: list[list[Hit]], top_k: int) -> list[Hit]:
+    """The `top_k` best hits across documents (ties: earlier document, earlier unit)."""
+    hits = [h for hits in per_doc for h in hits]
+    hits.sort(key=lambda h: (-h.score, h.document_index, h.start))
+    return hits[:top_k]

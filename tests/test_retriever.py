@@ -228,8 +228,15 @@ def test_document_past_the_window_goes_through_the_cascade() -> None:
     assert len(units) == len(r.units(doc)) and all(np.isfinite(h.scores["attention"]) for h in units)
     assert r.stats["cascade_passes"] == 1  # the same query on the same document reuses the pass
     assert [h.score for h in units] == [h.score for h in r.score_units("Who picked up the apple?", doc)]
-    r.score_units("Who picked up the pear?", doc)
-    assert r.stats["cascade_passes"] == 2  # a new query needs its own pass
+    replayed = r.score_units("Who picked up the pear?", doc)
+    assert r.stats["cascade_passes"] == 1 and r.stats["cascade_replays"] == 1  # a new query replays the kept pass
+    fresh = AttentionRetriever(
+        {"model": {"max_tokens": 160}, "cascade": {**SMALL_CASCADE, "reuse": False}}
+    ).score_units("Who picked up the pear?", doc)
+    np.testing.assert_allclose(
+        [h.scores["attention"] for h in replayed], [h.scores["attention"] for h in fresh], atol=1e-4
+    )
+    assert [h.text for h in replayed] == [h.text for h in fresh]
 
 
 def test_cascade_memory_budget_too_small_is_a_clear_error() -> None:

@@ -1,0 +1,397 @@
+"""The attention engine: read a document once, then score any number of queries against what was kept.
+
+Within the window a document is prefilled once (its KV cache up to the deepest layer used, in a bounded LRU) and
+each query runs only its own tokens against a copy-on-write view of it. A document that starts like a cached one
+(the same header, a conversation grown by a turn) prefills only the tokens after the shared prefix. Past the window
+(or the memory budget) the document goes through the cascading KV cache once for all the queries at hand; the pass
+is kept (`cascade_state`) so that later queries are replayed chunk by chunk without reading the document again,
+and a grown document resumes the pass after its last shared chunk. The "N/A" calibration pass depends only on the
+document, so it runs once per document and head selection.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from . import capture, scoring
+from .cascade import ModelShape, cascade_needed
+from .cascade_config import parse_bytes
+from .cascade_scoring import cascade_token_scores
+from .cascade_state import CascadeState, fork_cache, replay_scores, shared_chunks, supports_replay
+from .config import RetrieverConfig
+from .document import Document
+from .heads import HeadSelection, select_heads
+from .kv_store import KVStore
+from .model_loading import LoadedModel, cache_root, load_model, model_id
+from .prompt import DocumentTokens, PromptLayout, QueryTokens
+from .state_store import StateStore, state_key
+
+logger = logging.getLogger(__name__)
+
+CALIBRATION_QUERY = "N/A"
+PREFILL_CHUNK = 8192
+"""Tokens per prefill step: bounds activation memory on long windows. A document within one step goes in one causal
+pass (SDPA's fast path; 2,048-token steps against the cache were ~10 % slower at 7k tokens on CPU)."""
+MIN_SHARED_PREFIX = 64
+"""Shortest shared token prefix worth reusing from another cached document (below it a prefill is as cheap)."""
+
+PerLayer = dict[int, torch.Tensor]
+"""{layer: [selected heads, document tokens]} attention scores of one query."""
+
+STAT_KEYS = (
+    "prefills",
+    "prefill_tokens",
+    "prefix_tokens_reused",
+    "query_passes",
+    "query_tokens",
+    "calibration_passes",
+    "cascade_passes",
+    "cascade_tokens",
+    "cascade_replays",
+    "cascade_replayed_queries",
+)
+
+
+@dataclass(frozen=True)
+class _Prefilled:
+    """A document read once by the model: its KV cache (up to the deepest layer used) and token alignment."""
+
+    cache: Any
+    tokens: DocumentTokens
+
+
+class AttentionEngine:
+    """Owns the model, the prompt layout, the head selection and every per-document model state."""
+
+    def __init__(self, config: RetrieverConfig, trust_remote_code: bool = False) -> None:
+        self.config = config
+        self.trust_remote_code = trust_remote_code
+        self.loaded: LoadedModel | None = None
+        self.layout: PromptLayout | None = None
+        self.selection: HeadSelection | None = None
+        size = config.attention.kv_cache_size
+        self.prefills: KVStore[_Prefilled] = KVStore(size)
+        self.tokens: KVStore[DocumentTokens] = KVStore(max(size, 32))
+        self.calibrations: KVStore[PerLayer] = KVStore(max(size, 32))
+        # raw (uncalibrated) scores of documents past the window, per (document, query, heads): repeated queries and
+        # the "N/A" calibration cost nothing once computed
+        self.cascade_results: KVStore[PerLayer] = KVStore(max(size, 8) * 16)
+        self.states = StateStore(parse_bytes(config.cascade.reuse_memory) or 0, None)
+        self._init_lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+        self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
+
+    # ----------------------------------------------------------------- setup
+    def warm_up(self) -> None:
+        """Load the model, prompt layout and head selection (idempotent, thread-safe)."""
+        if self.loaded is not None:
+            return
+        with self._init_lock:
+            if self.loaded is not None:
+                return
+            cfg = self.config
+            loaded = load_model(cfg.model, trust_remote_code=self.trust_remote_code)
+            self.layout = PromptLayout(loaded.tokenizer, cfg.model.prompt, cfg.model.instruction)
+            self.selection = select_heads(cfg.attention, loaded.num_layers, loaded.num_heads, model_id(cfg.model))
+            if cfg.cascade.reuse and cfg.cascade.reuse_disk:
+                folder = cfg.cascade.reuse_dir
+                self.states.folder = Path(folder).expanduser() if folder else cache_root(cfg.model) / "cascade"
+            self.loaded = loaded
+
+    @property
+    def model(self) -> LoadedModel:
+        """The loaded model (loads it on first use)."""
+        self.warm_up()
+        assert self.loaded is not None
+        return self.loaded
+
+    @property
+    def head_selection(self) -> HeadSelection:
+        """The (layer, head) pairs this engine reads by default."""
+        self.warm_up()
+        assert self.selection is not None
+        return self.selection
+
+    @property
+    def prompt(self) -> PromptLayout:
+        """The prompt layout (template head, instruction, tail) of the loaded tokenizer."""
+        self.warm_up()
+        assert self.layout is not None
+        return self.layout
+
+    @property
+    def window(self) -> int:
+        """Longest prompt (document + query part) in tokens."""
+        return self.config.model.max_tokens or self.model.max_positions
+
+    def share(self, other: AttentionEngine) -> None:
+        """Use `other`'s document states (their keys hold everything the states depend on)."""
+        self.prefills, self.tokens, self.calibrations = other.prefills, other.tokens, other.calibrations
+        self.cascade_results, self.states = other.cascade_results, other.states
+
+    def clear(self) -> None:
+        """Drop every prefilled document, kept pass and cached score held in memory."""
+        for store in (self.prefills, self.tokens, self.calibrations, self.cascade_results):
+            store.clear()
+        self.states.clear()
+
+    def _count(self, **increments: int) -> None:
+        """Add to the work counters in `stats` (tokens run through the model), which tests and benchmarks read."""
+        with self._stats_lock:
+            for k, v in increments.items():
+                self.stats[k] += v
+
+    # ----------------------------------------------------------------- scoring
+    def document_tokens(self, doc: Document) -> DocumentTokens:
+        """The document part of the prompt, tokenized once per text (cached)."""
+        key = ("tokens", self.model.name, self.prompt.key, doc.content_hash)
+        return self.tokens.get_or_create(key, lambda: self.prompt.document(doc.text))
+
+    def head_token_scores(
+        self, queries: Sequence[str], doc: Document, selection: HeadSelection | None = None
+    ) -> tuple[DocumentTokens, list[PerLayer]]:
+        """Per query, per layer the (calibrated) score of every document token for each selected head.
+
+        One read of the document serves every query: a prefill within the window, one cascade pass (or a replay
+        of a kept one) past it.
+        """
+        selection = selection or self.head_selection
+        if selection.deepest > self.head_selection.deepest:
+            raise ValueError("selection reaches past the deepest layer this retriever's cache holds")
+        tokens = self.document_tokens(doc)
+        rows = self.config.attention.query_rows
+        parts = {q: self.prompt.query(q, rows) for q in dict.fromkeys(queries)}
+        calibrate = self.config.attention.calibration
+        calibration = {CALIBRATION_QUERY: self.prompt.query(CALIBRATION_QUERY, rows)} if calibrate else {}
+        past = {q: part for q, part in parts.items() if self._needs_cascade(tokens, part)}
+        scored: dict[str, PerLayer] = {}
+        if past:
+            raw = self._cascade_raw(doc, tokens, {**past, **calibration}, selection)
+            scored.update({q: _calibrated(raw[q], raw.get(CALIBRATION_QUERY)) for q in past})
+        inside = [q for q in parts if q not in past]
+        if inside:
+            prefilled = self._prefilled(doc, tokens)
+            baseline = self._calibration(prefilled, doc, selection) if calibrate else None
+            scored.update({q: _calibrated(self._query_pass(prefilled, parts[q], selection), baseline) for q in inside})
+        return tokens, [scored[q] for q in queries]
+
+    def _needs_cascade(self, tokens: DocumentTokens, part: QueryTokens) -> bool:
+        """Whether this document + query must be read through the cascading cache (config, window, budget)."""
+        m = self.model
+        return cascade_needed(
+            len(tokens.ids) + len(part.ids),
+            self.config.cascade,
+            ModelShape.of(m.model),
+            max_tokens=self.window,
+            layers_used=self.head_selection.deepest + 1,
+            dtype_bytes=torch.finfo(m.dtype).bits // 8,
+        )
+
+    # ----------------------------------------------------------------- within the window
+    def _prefill_key(self, doc: Document) -> tuple[Any, ...]:
+        m = self.model
+        return (m.name, str(m.device), str(m.dtype), self.prompt.key, self.head_selection.deepest, doc.content_hash)
+
+    def _prefilled(self, doc: Document, tokens: DocumentTokens) -> _Prefilled:
+        return self.prefills.get_or_create(self._prefill_key(doc), lambda: self._prefill(doc, tokens))
+
+    def _calibration(self, prefilled: _Prefilled, doc: Document, selection: HeadSelection) -> PerLayer:
+        """The "N/A" query pass of a document, once per document and head selection."""
+
+        def run() -> PerLayer:
+            self._count(calibration_passes=1)
+            part = self.prompt.query(CALIBRATION_QUERY, self.config.attention.query_rows)
+            return self._query_pass(prefilled, part, selection)
+
+        key = (*self._prefill_key(doc), tuple(selection.per_layer.items()), self.config.attention.query_rows)
+        return self.calibrations.get_or_create(key, run)
+
+    @torch.inference_mode()
+    def _prefill(self, doc: Document, tokens: DocumentTokens) -> _Prefilled:
+        """Run the document part once, up to the deepest layer used, keeping its KV cache.
+
+        When another cached document shares a long token prefix, its cache up to there is reused and only the
+        rest is run (exact: a causal model's states of a prefix do not depend on what follows).
+        """
+        from transformers import DynamicCache
+
+        loaded = self.model
+        if len(tokens.ids) >= self.window:  # the query part is checked exactly when it runs (`_query_pass`)
+            name = f"document {doc.id!r}" if doc.id else "the document"
+            raise ValueError(
+                f"{name} is {len(tokens.ids)} tokens; with the query it exceeds the model window "
+                f"of {self.window} tokens ({loaded.name}). Split it, raise model.max_tokens if the model allows, "
+                "or set cascade.enabled to 'auto' or true to read it through the cascading KV cache."
+            )
+        cache, start = self._shared_prefix(tokens)
+        if cache is None:
+            cache, start = DynamicCache(config=loaded.model.config), 0
+        ids = torch.tensor([tokens.ids], device=loaded.device)
+        observer = scoring.StopAtObserver(self.head_selection.deepest)
+        steps = range(start, ids.shape[1], PREFILL_CHUNK)
+        for s in tqdm(steps, desc="prefill", disable=not self.config.show_progress or len(steps) < 2):
+            capture.run_observed(loaded.decoder, cache, observer, input_ids=ids[:, s : s + PREFILL_CHUNK])
+        self._count(prefills=1, prefill_tokens=len(tokens.ids) - start, prefix_tokens_reused=start)
+        return _Prefilled(cache=cache, tokens=tokens)
+
+    def _shared_prefix(self, tokens: DocumentTokens) -> tuple[Any, int]:
+        """A cropped copy of the cached document cache sharing the longest token prefix with `tokens`, if any."""
+        if not supports_replay(self.model.model):  # sliding-window layers keep a window, not a prefix
+            return None, 0
+        best, best_len = None, 0
+        new = torch.tensor(tokens.ids)
+        for entry in self.prefills.values():
+            old = torch.tensor(entry.tokens.ids)
+            n = min(len(old), len(new)) - 1  # leave at least one token to run
+            if n <= best_len:
+                continue
+            differs = (old[:n] != new[:n]).nonzero()
+            common = int(differs[0, 0]) if len(differs) else n
+            if common > best_len:
+                best, best_len = entry, common
+        if best is None or best_len < MIN_SHARED_PREFIX:
+            return None, 0
+        cache = fork_cache(best.cache)
+        for layer in cache.layers:
+            if getattr(layer, "is_initialized", False) and layer.keys is not None and layer.keys.numel():
+                layer.keys, layer.values = layer.keys[:, :, :best_len], layer.values[:, :, :best_len]
+        return cache, best_len
+
+    @torch.inference_mode()
+    def _query_pass(self, prefilled: _Prefilled, part: QueryTokens, selection: HeadSelection) -> PerLayer:
+        """Run only the query part against a copy-on-write view of the cached document."""
+        loaded = self.model
+        n_prefix = len(prefilled.tokens.ids)
+        if n_prefix + len(part.ids) > self.window:
+            raise ValueError(
+                f"document ({n_prefix} tokens) plus query ({len(part.ids)} tokens) exceed the model window of "
+                f"{self.window} tokens; shorten the query or the document"
+            )
+        observer = scoring.RowObserver(selection, torch.tensor(part.rows, dtype=torch.long))
+        ids = torch.tensor([part.ids], device=loaded.device)
+        capture.run_observed(loaded.decoder, fork_cache(prefilled.cache), observer, input_ids=ids)
+        self._count(query_passes=1, query_tokens=len(part.ids))
+        return scoring.document_token_scores(
+            observer.captured, n_prefix + len(part.ids), prefilled.tokens.doc_start, prefilled.tokens.n_doc_tokens
+        )
+
+    # ----------------------------------------------------------------- past the window
+    def _family(self) -> str:
+        """What a kept pass depends on besides the text: model, dtype, template and the cascade's settings."""
+        m = self.model
+        return state_key(m.name, str(m.dtype), self.prompt.key, self.config.cascade.scoring_key)
+
+    def _cascade_raw(
+        self, doc: Document, tokens: DocumentTokens, parts: dict[str, QueryTokens], selection: HeadSelection
+    ) -> dict[str, PerLayer]:
+        """Raw resident scores of each query past the window: cached, replayed from a kept pass, or one new pass."""
+        cfg = self.config
+        family = self._family()
+        heads = tuple(selection.per_layer.items())
+
+        def result_key(q: str) -> tuple[Any, ...]:
+            return (family, str(self.model.device), doc.content_hash, q, heads, cfg.attention.query_rows)
+
+        out: dict[str, PerLayer] = {}
+        missing = {}
+        for q, part in parts.items():
+            hit = self.cascade_results.get(result_key(q))
+            if hit is not None:
+                out[q] = hit
+            else:
+                missing[q] = part
+        if not missing:
+            return out
+        skey = state_key(family, doc.content_hash)
+        state = self.states.get(skey) if cfg.cascade.reuse else None
+        if state is not None and state.n_layers <= selection.deepest:
+            state = None
+        queries = list(missing)
+        suffixes = [(torch.tensor(missing[q].ids), torch.tensor(missing[q].rows)) for q in queries]
+        if state is not None:
+            scores = self._replay(state, suffixes, selection)
+        else:
+            scores, state = self._cascade_pass(tokens, suffixes, selection, family)
+            if state is not None:
+                self.states.put(skey, family, state)
+        for i, q in enumerate(queries):
+            per_layer: PerLayer = {}
+            for j, layer in enumerate(selection.layers):
+                part = scores[i, j, :, tokens.doc_start : tokens.doc_start + tokens.n_doc_tokens]
+                chosen = selection.per_layer[layer]
+                per_layer[layer] = part[list(chosen)] if chosen is not None else part
+            self.cascade_results.put(result_key(q), per_layer)
+            out[q] = per_layer
+        return out
+
+    def _replay(
+        self, state: CascadeState, suffixes: list[tuple[torch.Tensor, torch.Tensor]], selection: HeadSelection
+    ) -> torch.Tensor:
+        bar = tqdm(total=len(state.chunks), desc="replay", unit="chunk", disable=not self.config.show_progress)
+        try:
+            with torch.inference_mode():
+                scores = replay_scores(
+                    self.model.model, state, suffixes, selection.layers, progress=lambda d, t: bar.update(1)
+                )
+        finally:
+            bar.close()
+        self._count(cascade_replays=1, cascade_replayed_queries=len(suffixes))
+        return scores
+
+    def _cascade_pass(
+        self,
+        tokens: DocumentTokens,
+        suffixes: list[tuple[torch.Tensor, torch.Tensor]],
+        selection: HeadSelection,
+        family: str,
+    ) -> tuple[torch.Tensor, CascadeState | None]:
+        """One strided pass of the document through the cascading cache for these queries (kept when configured)."""
+        cfg = self.config.cascade
+        ids = torch.tensor(tokens.ids, dtype=torch.long)
+        resume = self._resume_point(ids, family) if cfg.reuse else None
+        first = resume[0].chunks[resume[1]].start if resume is not None else 0
+        bar = tqdm(total=len(tokens.ids), desc="cascade", unit="tok", disable=not self.config.show_progress)
+
+        def progress(done: int, _total: int) -> None:
+            bar.update(done - bar.n)
+
+        try:
+            with torch.inference_mode():
+                res = cascade_token_scores(
+                    self.model.model,
+                    ids,
+                    suffixes,
+                    selection.layers,
+                    cfg,
+                    progress=progress,
+                    keep=cfg.reuse,
+                    resume=resume,
+                )
+        finally:
+            bar.close()
+        self._count(cascade_passes=1, cascade_tokens=len(tokens.ids) - first)
+        return res.scores, res.state
+
+    def _resume_point(self, ids: torch.Tensor, family: str) -> tuple[CascadeState, int] | None:
+        """The kept pass (in memory) sharing the most leading chunks with `ids`, and how many."""
+        if not supports_replay(self.model.model):
+            return None
+        best: tuple[CascadeState, int] | None = None
+        for state in self.states.in_memory(family):
+            n = shared_chunks(state, ids)
+            if n and (best is None or n > best[1]):
+                best = (state, n)
+        return best
+
+
+def _calibrated(raw: PerLayer, baseline: PerLayer | None) -> PerLayer:
+    """QRHead calibration: the query's scores minus the same prompt's with the query "N/A" (None: uncalibrated)."""
+    return raw if baseline is None else {layer: raw[layer] - baseline[layer] for layer in raw}

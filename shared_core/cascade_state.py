@@ -1,0 +1,241 @@
+"""What one cascade pass keeps so that later queries on the same document need no new pass.
+
+A query past the window is scored *resident*: against each chunk while it is in the cascade (sinks + sub-caches +
+the chunk). What that query saw at chunk j is fully determined by (a) the keys (without RoPE) and values of every
+document token, per layer, and (b) which tokens each layer's cascade held before chunk j (per key head). A pass
+therefore records both, and a later query is *replayed*: for each chunk the kept keys are gathered, rotated to
+their cache positions 0..K-1, the chunk's own keys to K..K+c-1, and only the query's few tokens run against them.
+That is the same computation as the first pass's resident query pass (equal up to float rounding), at the cost of
+the query passes alone, never the chunk forwards.
+
+Kept per document: keys + values of the layers up to the deepest one used, in the model dtype
+(2 x layers x kv_heads x head_dim x bytes per token: 36.9 KB/token for SmolLM2-135M in float32 up to layer 23),
+plus per chunk the kept positions and EMAs ([layers, kv_heads, K] each) and the cascade's counters, which also let a
+document that grew (a conversation with a new turn) resume the pass from its last shared chunk.
+
+Supported for models whose layers are all full attention; with sliding-window layers (Gemma 3) every query reads
+the document again (`supports_replay`).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .capture import run_observed
+from .cascade import CascadeLayer, CascadingCache, _Slots, apply_rope, layer_kinds, model_rotary
+from .heads import HeadSelection
+from .scoring import RowObserver
+
+Structure = tuple[int, tuple[int, ...], tuple[int, ...], int]
+"""The cascade's counters before a chunk: (sinks, fill per sub-cache, arrivals per sub-cache, tokens seen)."""
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    """The cascade as chunk [start, end) found it: kept source positions and EMAs per layer, and the counters."""
+
+    start: int
+    end: int
+    kept: torch.Tensor  # [L, H_kv, K] int32, kept slots in position order (K = 0 for the first chunk)
+    ema: torch.Tensor  # [L, H_kv, K] float32
+    structure: Structure
+
+
+@dataclass(frozen=True)
+class CascadeState:
+    """A document read once through the cascade: its prompt ids, keys (no RoPE) and values, and chunk records."""
+
+    ids: torch.Tensor  # [n] long, the document part of the prompt
+    keys: torch.Tensor  # [L, H_kv, n, d]
+    values: torch.Tensor  # [L, H_kv, n, d]
+    chunks: tuple[ChunkRecord, ...]
+
+    @property
+    def n_layers(self) -> int:
+        """Layers kept (0..n_layers-1): a query may read any layer below this."""
+        return int(self.keys.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        """Memory this state holds."""
+        tensors = [self.ids, self.keys, self.values, *(t for c in self.chunks for t in (c.kept, c.ema))]
+        return sum(t.element_size() * t.numel() for t in tensors)
+
+
+def supports_replay(model: Any) -> bool:
+    """Whether a cascade pass over `model` can be kept and replayed (every layer full attention)."""
+    try:
+        kinds, _ = layer_kinds(model)
+    except ValueError:
+        return False
+    return all(kind == "full" for kind in kinds)
+
+
+def _structure(cache: CascadingCache) -> Structure:
+    st = cache.structure
+    return (st.sinks, tuple(st.fill), tuple(st.arrivals), st.seen)
+
+
+class StateRecorder:
+    """Hooks into a cascade pass (`before_chunk`, `CascadingCache.on_commit`) and builds its `CascadeState`."""
+
+    def __init__(self, ids: torch.Tensor, cache: CascadingCache) -> None:
+        self.ids = ids.detach().to("cpu", torch.long).reshape(-1)
+        self.n_layers = len(cache.layers)
+        self.keys: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
+        self.chunks: list[ChunkRecord] = []
+        cache.on_commit = self._on_commit
+
+    def resume_from(self, prefix: CascadeState, n_chunks: int) -> None:
+        """The pass resumes after `prefix`'s first `n_chunks` chunks: take their records, keys and values."""
+        start = prefix.chunks[n_chunks].start
+        first_k, first_v = prefix.keys[: self.n_layers, :, :start], prefix.values[: self.n_layers, :, :start]
+        self.keys = first_k.new_empty((self.n_layers, first_k.shape[1], len(self.ids), first_k.shape[3]))
+        self.values = first_v.new_empty((self.n_layers, first_v.shape[1], len(self.ids), first_v.shape[3]))
+        self.keys[:, :, :start], self.values[:, :, :start] = first_k, first_v
+        self.chunks = list(prefix.chunks[:n_chunks])
+
+    def before_chunk(self, cache: CascadingCache, start: int, end: int) -> None:
+        """Record what the cascade holds before chunk [start, end) is read."""
+        kept, ema = [], []
+        for layer in cache.layers:
+            slots = layer.ordered_slots() if isinstance(layer, CascadeLayer) else None
+            if slots is None:
+                kept.append(torch.zeros(1, 0, dtype=torch.int32))
+                ema.append(torch.zeros(1, 0, dtype=torch.float32))
+            else:
+                kept.append(slots.pos[0].to("cpu", torch.int32))
+                ema.append(slots.ema[0].to("cpu", torch.float32))
+        heads = max(k.shape[0] for k in kept)
+        kept = [k.expand(heads, -1) for k in kept]
+        ema = [e.expand(heads, -1) for e in ema]
+        self.chunks.append(ChunkRecord(start, end, torch.stack(kept), torch.stack(ema), _structure(cache)))
+
+    def _on_commit(self, layer_idx: int, keys: torch.Tensor, values: torch.Tensor, start: int) -> None:
+        if self.keys is None or self.values is None:
+            _, heads, _, dim = keys.shape
+            self.keys = torch.empty((self.n_layers, heads, len(self.ids), dim), dtype=keys.dtype)
+            self.values = torch.empty((self.n_layers, heads, len(self.ids), values.shape[-1]), dtype=values.dtype)
+        c = keys.shape[2]
+        self.keys[layer_idx, :, start : start + c] = keys[0].to("cpu")
+        self.values[layer_idx, :, start : start + c] = values[0].to("cpu")
+
+    def state(self) -> CascadeState:
+        """The finished state (call after the last commit)."""
+        if self.keys is None or self.values is None:
+            raise RuntimeError("the cascade pass committed no chunk")
+        return CascadeState(ids=self.ids, keys=self.keys, values=self.values, chunks=tuple(self.chunks))
+
+
+def shared_chunks(state: CascadeState, ids: torch.Tensor) -> int:
+    """Leading chunks of `state` that a pass over `ids` can take as they are: those inside the shared token prefix.
+
+    The pass then resumes at the next recorded chunk start (a multiple of the stride), so its chunks, and hence its
+    scores, are those of a fresh pass over `ids`.
+    """
+    ids = ids.reshape(-1).to("cpu", torch.long)
+    n = min(len(state.ids), len(ids))
+    differs = (state.ids[:n] != ids[:n]).nonzero()
+    common = int(differs[0, 0]) if len(differs) else n
+    count = 0
+    for chunk in state.chunks[1:]:  # resuming at chunk r needs chunks 0..r-1 inside the common prefix
+        if chunk.start > common or chunk.start >= len(ids):
+            break
+        count += 1
+    return count
+
+
+def resume_cache(model: Any, cache: CascadingCache, state: CascadeState, n_chunks: int, device: torch.device) -> int:
+    """Put `cache` in the state it had after `state`'s first `n_chunks` chunks; returns the next token index."""
+    nxt = state.chunks[n_chunks]
+    sinks, fill, arrivals, seen = nxt.structure
+    cache.structure.sinks, cache.structure.fill = sinks, list(fill)
+    cache.structure.arrivals, cache.structure.seen = list(arrivals), seen
+    depth = len(cache.layers)
+    keys, values = _gather(state, depth, nxt.kept[:depth].long(), device)
+    for idx, layer in enumerate(cache.layers):
+        assert isinstance(layer, CascadeLayer)
+        pos = nxt.kept[idx].long().to(device)
+        slots = _Slots(keys[idx : idx + 1], values[idx : idx + 1], nxt.ema[idx].to(device)[None], pos[None])
+        layer.lazy_initialization(slots.k, slots.v)
+        layer.sinks = slots.slice(0, sinks)
+        stages, cursor = [], sinks
+        for size in reversed(fill):  # ordered slots: sinks, sub-cache N-1 .. 0
+            stages.append(slots.slice(cursor, cursor + size))
+            cursor += size
+        layer.stages = list(reversed(stages))
+    return nxt.start
+
+
+def _gather(state: CascadeState, depth: int, pos: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Keys (no RoPE) and values [depth, H_kv, K, d] of the kept tokens `pos` [depth, H_kv, K] of layers < depth."""
+    k, v = state.keys[:depth], state.values[:depth]
+    if pos.shape[-1] == 0:  # nothing kept yet (first chunk)
+        return k[:, :, :0].to(device), v[:, :, :0].to(device)
+    index = pos[..., None].expand(-1, -1, -1, k.shape[-1])
+    return torch.gather(k, 2, index).to(device), torch.gather(v, 2, index).to(device)
+
+
+def replay_scores(
+    model: Any,
+    state: CascadeState,
+    queries: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    layers: Sequence[int],
+    *,
+    chunks: Sequence[ChunkRecord] | None = None,
+    out: torch.Tensor | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """Per query, layer and query head, the resident score of every token, from a kept state: [Q, len(layers), Hq, n].
+
+    For each chunk only the queries run (against the chunk's kept tokens and the chunk itself), as in the first
+    pass. `chunks` restricts the replay (a resumed pass replays the shared chunks only) and `out` receives it.
+    """
+    from transformers import DynamicCache
+
+    picked = sorted(layers)
+    if picked[-1] >= state.n_layers:
+        raise ValueError(f"layer {picked[-1]} is deeper than the kept state ({state.n_layers} layers)")
+    device = next(model.parameters()).device
+    rope = model_rotary(model)
+    n = len(state.ids)
+    heads = model.config.get_text_config().num_attention_heads
+    if out is None:
+        out = torch.zeros(len(queries), len(picked), heads, n, dtype=torch.float32)
+    selection = HeadSelection(dict.fromkeys(picked), "replay")
+    q_dev = [(ids.reshape(1, -1).to(device), rows.reshape(-1).long().to(device)) for ids, rows in queries]
+    todo = list(state.chunks if chunks is None else chunks)
+    for done, chunk in enumerate(todo, 1):
+        kept, c = int(chunk.kept.shape[-1]), chunk.end - chunk.start
+        positions = torch.arange(kept + c, device=device)[None]
+        cos, sin = (t.float() for t in rope(0, positions))
+        depth = picked[-1] + 1
+        k_kept, v_kept = _gather(state, depth, chunk.kept[:depth].long(), device)
+        keys = torch.cat([k_kept, state.keys[:depth, :, chunk.start : chunk.end].to(device)], dim=2)
+        values = torch.cat([v_kept, state.values[:depth, :, chunk.start : chunk.end].to(device)], dim=2)
+        keys = apply_rope(keys, cos, sin)  # every layer at once: layers take the batch dimension
+        base = DynamicCache(config=model.config)
+        for layer in range(depth):
+            base.update(keys[layer : layer + 1], values[layer : layer + 1], layer)
+        for j, (ids, rows) in enumerate(q_dev):
+            observer = RowObserver(selection, rows)
+            q_pos = torch.arange(kept + c, kept + c + ids.shape[1], device=device)[None]
+            run_observed(model.base_model, fork_cache(base), observer, input_ids=ids, position_ids=q_pos)
+            part = [observer.captured[layer][:, kept : kept + c] for layer in picked]
+            out[j, :, :, chunk.start : chunk.end] = torch.stack(part).float().cpu()
+        if progress is not None:
+            progress(done, len(todo))
+    return out
+
+
+def fork_cache(cache: Any) -> Any:
+    """A view of a transformers cache whose updates (concatenations) never touch the original tensors."""
+    forked = copy.copy(cache)
+    forked.layers = [copy.copy(layer) for layer in cache.layers]
+    return forked
