@@ -153,6 +153,8 @@ def read_yaml_file(path: str | Path, what: str = "config") -> Any:
         if size > MAX_YAML_BYTES:
             raise ConfigError(f"{what} file {str(path)!r} is {size:,} bytes; the limit is {MAX_YAML_BYTES:,}")
         raw = path.read_bytes()
+    except ConfigError:
+        raise
     except FileNotFoundError:
         raise ConfigFileNotFoundError(f"{what} file {str(path)!r} does not exist") from None
     except IsADirectoryError:
