@@ -158,6 +158,9 @@ def cmd_detect_heads(args: argparse.Namespace) -> int:
     from .datasets import load_examples
     from .head_detection import detect_heads
 
+    for flag in ("top", "examples", "words", "k"):
+        check_top_k(getattr(args, flag), f"--{flag}")
+    _check_out_file(args.out, "--out")
     cfg = _load_config(args.config)
     if args.model:
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": args.model})})

