@@ -32,13 +32,14 @@ class ConfigSection(BaseModel):
             return value
         if isinstance(value, bool) and _takes_number_not_bool(field.annotation):
             raise ValueError(f"{info.field_name} cannot be a bool ({value!r}): give a number")
-        if isinstance(value, list) and _takes_number_list(field.annotation):
-            raise ValueError(f"{info.field_name} must be a list of numbers; it holds a bool")
+        if isinstance(value, list | dict) and _takes_number_items(field.annotation):
+            raise ValueError(f"{info.field_name} must hold numbers; it holds a bool")
         return value
 
 
 def _holds_bool(value: Any) -> bool:
-    return isinstance(value, bool) or (isinstance(value, list) and any(isinstance(v, bool) for v in value))
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return isinstance(value, bool) or any(isinstance(v, bool) for v in items)
 
 
 def _members(annotation: Any) -> list[Any]:
@@ -57,10 +58,10 @@ def _takes_number_not_bool(annotation: Any) -> bool:
     return not accepts_bool and any(m in (int, float) for m in members)
 
 
-def _takes_number_list(annotation: Any) -> bool:
+def _takes_number_items(annotation: Any) -> bool:
+    """A list of numbers or a mapping to numbers (the item type refuses bools)."""
     for m in _members(annotation):
-        if typing.get_origin(m) is list:
-            (item,) = typing.get_args(m) or (Any,)
-            if _takes_number_not_bool(item):
-                return True
+        args = typing.get_args(m)
+        if typing.get_origin(m) in (list, dict) and args and _takes_number_not_bool(args[-1]):
+            return True
     return False

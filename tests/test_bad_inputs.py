@@ -79,6 +79,8 @@ CONFIG_TEXT_CASES = [
     ("attention:\n  poolin: max\n", ConfigError, "attention.poolin: Extra inputs are not permitted [extra_forbidden]"),
     ("attention:\n  layers: []\n", ConfigError, "non-empty list"),
     ("attention:\n  layers: [true]\n", ConfigError, "holds a bool"),
+    ("fusion:\n  weights: {attention: true}\n", ConfigError, "weights must hold numbers; it holds a bool"),
+    ("fusion:\n  weights: {attention: .nan}\n", ConfigError, "must be a finite number >= 0, got nan"),
     ("attention:\n  layers: [500]\n  heads: ['14-3']\n", ConfigError, "both set"),
     ("attention:\n  heads: bogus\n", ConfigError, "is not 'auto', 'all', a 'layer-head' list"),
     ("attention:\n  heads: []\n", ConfigError, "non-empty list"),
