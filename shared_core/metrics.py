@@ -1,4 +1,4 @@
-"""Ranking metrics with binary relevance: nDCG@k and Recall@k, from a ranking or from a score array."""
+"""Ranking metrics with binary relevance: nDCG@k, Recall@k and hit@k, from a ranking or from a score array."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["expected_gains", "ndcg_at_k", "rank_by_score", "recall_at_k", "tie_aware_metrics"]
+__all__ = ["expected_gains", "hit_at_k", "ndcg_at_k", "rank_by_score", "recall_at_k", "tie_aware_metrics"]
 
 
 def _check(gold: set[int], k: int) -> None:
@@ -29,6 +29,12 @@ def recall_at_k(ranking: Sequence[int], gold: set[int], k: int) -> float:
     """Fraction of the gold items found in the top ``k`` of ``ranking``."""
     _check(gold, k)
     return len(set(ranking[:k]) & gold) / len(gold)
+
+
+def hit_at_k(ranking: Sequence[int], gold: set[int], k: int) -> float:
+    """1.0 when at least one gold item is in the top ``k`` of ``ranking``, else 0.0 (hit@1: the first is gold)."""
+    _check(gold, k)
+    return float(bool(set(ranking[:k]) & gold))
 
 
 def rank_by_score(scores: Sequence[float] | np.ndarray, seed: int = 0) -> list[int]:
@@ -69,14 +75,41 @@ def expected_gains(scores: Sequence[float] | np.ndarray, gold: set[int]) -> np.n
     return gains
 
 
+def _expected_hit(scores: np.ndarray, gold: set[int], k: int) -> float:
+    """Probability that a random tie order puts at least one gold item in the top ``k``.
+
+    Every tie group wholly above rank ``k`` is in; of the group straddling rank ``k`` (m units, g gold) r positions
+    fall inside, which miss every gold unit with probability C(m - g, r) / C(m, r).
+    """
+    keys = np.where(np.isnan(scores), -np.inf, scores)
+    order = np.argsort(-keys, kind="stable")
+    sorted_keys = keys[order]
+    start = 0
+    while start < min(k, len(order)):
+        end = start + 1
+        while end < len(order) and sorted_keys[end] == sorted_keys[start]:
+            end += 1
+        m = end - start
+        g = sum(int(i) in gold for i in order[start:end])
+        r = min(end, k) - start
+        if g and r == m:
+            return 1.0
+        if g:
+            return 1.0 - math.comb(m - g, r) / math.comb(m, r)
+        start = end
+    return 0.0
+
+
 def tie_aware_metrics(
     scores: Sequence[float] | np.ndarray,
     gold: set[int],
     ndcg_ks: Iterable[int] = (10,),
     recall_ks: Iterable[int] = (5, 10),
+    hit_ks: Iterable[int] = (),
 ) -> dict[str, float]:
-    """nDCG@k and Recall@k as expected values under random tie-breaking: exact, no luck of one shuffle."""
-    for k in (*ndcg_ks, *recall_ks):
+    """nDCG@k, Recall@k and hit@k as expected values under random tie-breaking: exact, no luck of one shuffle."""
+    ndcg_ks, recall_ks, hit_ks = tuple(ndcg_ks), tuple(recall_ks), tuple(hit_ks)
+    for k in (*ndcg_ks, *recall_ks, *hit_ks):
         _check(gold, k)
     gains = expected_gains(scores, gold)
     discounts = 1.0 / np.log2(np.arange(len(gains)) + 2)
@@ -86,4 +119,6 @@ def tie_aware_metrics(
         out[f"ndcg@{k}"] = float((gains[:k] * discounts[:k]).sum()) / ideal
     for k in recall_ks:
         out[f"recall@{k}"] = float(gains[:k].sum()) / len(gold)
+    for k in hit_ks:
+        out[f"hit@{k}"] = _expected_hit(np.asarray(scores, dtype=np.float64), gold, k)
     return out

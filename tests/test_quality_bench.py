@@ -1,7 +1,9 @@
-"""The quality benchmark: README-section rewriting and metric plumbing (the quick run: test_benchmarks_all)."""
+"""The quality benchmark: README-section rewriting, metric plumbing, real-set rows and a quick run over both real
+sets (the built sets' quick run: test_benchmarks_all)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,15 +14,23 @@ from benchmarks.quality import (
     METHODS,
     README_END,
     README_START,
+    REAL_OVERALL,
+    REAL_WORDS,
     Prepared,
+    main,
     markdown_table,
     merge_results,
     prepare,
     question_metrics,
     readme_section,
     update_readme_section,
+    with_overall,
 )
+from benchmarks.tune_fusion import load_cases, replay
 from shared_core.datasets import GoldSpan, LabelledExample
+from shared_core.entities import EntitiesConfig
+from shared_core.fusion import FusionConfig
+from shared_core.metrics import tie_aware_metrics
 
 
 def test_readme_section_added_when_missing(tmp_path: Path) -> None:
@@ -77,7 +87,7 @@ def test_question_metrics_without_lexical_gap() -> None:
     example = LabelledExample("x", "milk", ["milk. other."], [GoldSpan(0, 0, 5)], "t")
     prepared = Prepared(example, [(0, 0, 5), (0, 6, 12)], ["milk.", "other."], {0}, set())
     metrics = question_metrics(bm25_scores("milk", prepared.texts), prepared)
-    assert metrics == {"ndcg@10": 1.0, "recall@5": 1.0, "recall@10": 1.0}
+    assert metrics == {"ndcg@10": 1.0, "recall@5": 1.0, "recall@10": 1.0, "hit@1": 1.0}
 
 
 def test_method_registry() -> None:
@@ -106,7 +116,7 @@ def test_markdown_table_marks_best() -> None:
     }
     table = markdown_table(results)
     assert "| t | 100 | 2 | 0.250 | **0.750** |" in table
-    assert "| t | 100 | a | 2 | 0.250 | 0.500 | 1.000 | – (0) | 0.10 |" in table
+    assert "| t | 100 | a | 2 | 0.250 | 0.500 | 1.000 | – | – (0) | 0.10 |" in table  # no hit@1 in old rows
 
 
 def test_tied_scores_get_the_expected_metric_of_random_tie_breaking() -> None:
@@ -156,3 +166,76 @@ def test_merge_results_adds_lengths_and_keeps_the_provenance_of_every_run_still_
     text = readme_section(again)
     assert "Reproduce: `cmd 1500`" in text and "Reproduce: `cmd 6000`" in text and "| babi-qa1 | 6000 | 1 |" in text
     assert "–" in text  # attention was not run at 6000 words
+
+
+def test_hit_at_1_is_the_expected_value_over_tie_orders() -> None:
+    example = LabelledExample("x", "q", ["a. b. c. d."], [GoldSpan(0, 0, 2)], "t")
+    prepared = Prepared(example, [(0, 0, 2), (0, 3, 5), (0, 6, 8), (0, 9, 11)], ["a.", "b.", "c.", "d."], {0}, set())
+    assert question_metrics(np.array([1.0, 0.0, 0.0, 0.0]), prepared)["hit@1"] == 1.0
+    assert question_metrics(np.array([0.0, 1.0, 0.0, 0.0]), prepared)["hit@1"] == 0.0
+    assert question_metrics(np.array([1.0, 1.0, 1.0, 0.0]), prepared)["hit@1"] == pytest.approx(1 / 3)  # 3-way tie
+    assert tie_aware_metrics(np.array([1.0, 1.0, 1.0, 0.0]), {0, 3}, (), (), (3,))["hit@3"] == 1.0
+    two = tie_aware_metrics(np.array([1.0, 1.0, 1.0, 1.0]), {0, 1}, (), (), (1, 2))
+    assert two["hit@1"] == pytest.approx(0.5) and two["hit@2"] == pytest.approx(1 - 1 / 6)  # C(2,2)/C(4,2) miss
+
+
+def _real_run(date: str, task: str, methods: tuple[str, ...], ndcg: float) -> dict:
+    rows = [
+        {
+            "task": task,
+            "words": REAL_WORDS,
+            "method": m,
+            "n": 2,
+            "ndcg@10": ndcg,
+            "recall@5": 0.5,
+            "recall@10": 0.5,
+            "hit@1": 0.5,
+            "nooverlap_recall@10": None,
+            "n_nooverlap": 0,
+            "sec_per_doc": 1.0,
+            "doc_words": 3000.0,
+        }
+        for m in methods
+    ]
+    meta = {"date": date, "commit": "abc", "machine": "box"}
+    settings = {"command": f"cmd {task}", "tasks": [task], "words": [1500], "methods": list(methods)}
+    questions = [{"task": task, "words": REAL_WORDS, "method": m} for m in methods]
+    return {"meta": meta, "settings": settings, "results": with_overall(rows), "per_question": questions}
+
+
+def test_real_rows_merge_and_their_overall_is_recomputed() -> None:
+    covid = _real_run("d1", "covidqa", ("bm25", "fused+entities"), 0.4)
+    merged = merge_results(covid, _real_run("d2", "qmsum", ("bm25",), 0.8))
+    overall = {r["method"]: r for r in merged["results"] if r["task"] == REAL_OVERALL}
+    assert overall["bm25"]["ndcg@10"] == pytest.approx(0.6) and overall["bm25"]["n"] == 4  # macro over both sets
+    assert overall["fused+entities"]["ndcg@10"] == pytest.approx(0.4) and overall["fused+entities"]["n"] == 2
+    assert [r["meta"]["date"] for r in merged["runs"]] == ["d1", "d2"]
+    again = merge_results(merged, _real_run("d3", "covidqa", ("bm25", "fused+entities"), 0.2))
+    assert [r["meta"]["date"] for r in again["runs"]] == ["d2", "d3"]  # the whole covidqa run was replaced
+    text = markdown_table(again)
+    assert "| covidqa | whole (3,000) | 2 |" in text and "| overall-real | whole (3,000) | 4 |" in text
+    assert "| covidqa | whole (3,000) | bm25 | 2 | 0.200 | 0.500 | 0.500 | 0.500 | – (0) | 1.00 |" in text
+
+
+@pytest.mark.slow
+def test_quick_run_covers_both_real_sets(shared_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "quality.json"
+    views = tmp_path / "views.pkl"
+    argv = ["--quick", "--tasks", "covidqa,qmsum", "--real-max-words", "300", "--methods", "bm25,dense,fused+entities"]
+    assert main([*argv, "--out", str(out), "--views-out", str(views), "--no-progress"]) == 0
+    results = json.loads(out.read_text(encoding="utf-8"))
+    rows = {(r["task"], r["method"]): r for r in results["results"]}
+    assert set(rows) == {
+        (t, m) for t in ("covidqa", "qmsum", REAL_OVERALL) for m in ("bm25", "dense", "fused+entities")
+    }
+    for (task, _), r in rows.items():
+        assert r["words"] == REAL_WORDS and r["n"] == (4 if task == REAL_OVERALL else 2)
+        assert all(0.0 <= r[k] <= 1.0 for k in ("ndcg@10", "recall@5", "recall@10", "hit@1"))
+        assert 250 <= r["doc_words"] < 1500  # cut after the paragraph/turn reaching 300 words
+    questions = [q for q in results["per_question"] if q["method"] == "fused+entities"]
+    assert len({q["id"] for q in questions}) == 4 and all(q["units"] > 1 for q in questions)
+    cases = load_cases(views)  # the default config's views, ready for tune_fusion to replay
+    assert len(cases) == 4 and {c.task for c in cases} == {"covidqa", "qmsum"}
+    default = rows[("covidqa", "fused+entities")]["ndcg@10"]
+    replayed = np.mean([replay(c, FusionConfig(), EntitiesConfig()) for c in cases if c.task == "covidqa"])
+    assert replayed == pytest.approx(default, abs=1e-9)  # replaying the default gives the benchmark's figure
