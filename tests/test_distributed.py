@@ -23,6 +23,7 @@ from shared_core.cli import main
 ray = pytest.importorskip("ray", reason='the batch runner needs the ray extra: pip install "attnret[ray]"')
 
 from shared_core.batch import read_output, run_batch  # noqa: E402
+from shared_core.batch.jobs import length_bucket, load_jobs, plan_batches  # noqa: E402
 
 RAY_ENV = {"RAY_DEDUP_LOGS": "0", "RAY_USAGE_STATS_ENABLED": "0"}
 CITIES = ["Lisbon", "Oslo", "Quito", "Hanoi", "Dakar", "Lima", "Perth", "Tunis", "Riga", "Accra", "Cusco", "Turin"]
@@ -163,6 +164,34 @@ def test_killed_cli_run_resumes_every_job_exactly_once(local_ray, tmp_path: Path
         if r["rank"] == 1:
             i = int(r["query"].split()[3])
             assert CITIES[i % len(CITIES)] in r["text"], r
+
+
+def test_job_ids_are_stable_and_planning_keeps_a_documents_questions_together():
+    fingerprints = {"default": "f0", "other": "f1"}
+    short, long = _document(0), _document(1) * 80  # ~0.4k and ~35k characters: different length buckets
+    rows = [
+        {"query": "Where does Mira 0 live?", "document": short},
+        {"query": "Where does Mira 0 live?", "document": short, "top_k": 3},
+        {"query": "Where does Mira 0 live?", "document": short, "config": "other"},
+        {"query": "What does Mira 1 do?", "document": long},
+        {"query": "Where does Mira 1 live?", "document": long},
+        {"query": "When was the line extended?", "document": _document(2)},
+        {"query": "Where does Mira 0 live?", "document": short},  # same content as row 1: same id, dropped
+    ]
+    loaded = load_jobs(enumerate(rows, 1), top_k=10, fingerprints=fingerprints)
+    ids = [j.job_id for j in loaded.jobs]
+    assert len(ids) == len(set(ids)) == 6 and loaded.duplicates == 1 and not loaded.errors
+    again = load_jobs(enumerate(rows, 1), top_k=10, fingerprints={"default": "changed", "other": "f1"})
+    assert again.jobs[0].job_id != ids[0]  # the config's content is part of the id...
+    assert again.jobs[2].job_id == ids[2]  # ... of the job's own config only
+
+    batches = plan_batches(loaded.jobs, batch_size=2, batch_chars=10**6)
+    assert sorted(j.job_id for b in batches for j in b) == sorted(ids)
+    assert [j.query for j in batches[0]] == ["What does Mira 1 do?", "Where does Mira 1 live?"]  # longest first
+    for batch in batches:
+        assert len(batch) <= 2 and len({length_bucket(j.size) for j in batch}) == 1
+    assert any(loaded.jobs[0] in b and loaded.jobs[1] in b for b in batches)  # one document's questions together
+    assert len(plan_batches(loaded.jobs, batch_size=16, batch_chars=500)) == 4  # char cap: one document per batch
 
 
 def test_cli_batch_user_errors_are_one_line(tmp_path: Path, capsys):

@@ -181,7 +181,8 @@ def run_batch(
     if pending:
         batches = plan_batches(pending, batch_size, batch_chars)
         logger.info("%d jobs to run in %d batches (%d skipped as done)", len(pending), len(batches), skipped)
-        we_started = _start_ray(None if ray_address is None else str(ray_address), num_cpus, show_progress)
+        address = None if ray_address in (None, "local") else str(ray_address)
+        we_started = _start_ray(address, num_cpus, show_progress)
         try:
             for table in _execute(
                 batches,
@@ -260,6 +261,7 @@ def _execute(
             "default": DEFAULT_CONFIG,
             "max_document_tokens": max_document_tokens,
             "trust_remote_code": trust_remote_code,
+            "cpu_threads": max(1, int(num_cpus_per_worker)),
         },
         batch_size=1,
         batch_format="pyarrow",

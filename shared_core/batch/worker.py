@@ -67,7 +67,12 @@ class RetrieveBatch:
         default: str,
         max_document_tokens: int | None = None,
         trust_remote_code: bool = False,
+        cpu_threads: int | None = None,
     ) -> None:
+        if cpu_threads is not None:  # the actor's CPU share; torch would otherwise use every core of the node
+            import torch
+
+            torch.set_num_threads(cpu_threads)
         self._configs = {name: RetrieverConfig.coerce(c) for name, c in configs.items()}
         self._retrievers: dict[str, AttentionRetriever] = {}
         self._max_tokens = max_document_tokens
