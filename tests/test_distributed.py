@@ -194,6 +194,27 @@ def test_job_ids_are_stable_and_planning_keeps_a_documents_questions_together():
     assert len(plan_batches(loaded.jobs, batch_size=16, batch_chars=500)) == 4  # char cap: one document per batch
 
 
+def test_parquet_jobs_and_jsonl_part_folders_round_trip(tmp_path: Path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from shared_core.batch.jobs import read_rows
+    from shared_core.batch.storage import HIT_SCHEMA, PartFolder
+
+    rows = [{"query": "q1", "document": "d1", "top_k": 2}, {"query": "q2", "document": "d2", "top_k": None}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "jobs.parquet")
+    assert [r for _, r in read_rows(str(tmp_path / "jobs.parquet"))] == rows
+
+    folder = PartFolder(str(tmp_path / "hits.jsonl"), HIT_SCHEMA)
+    hit = {"job_id": "j", "document_id": "d", "query": "q", "rank": 1, "start": 0, "end": 4, "text": "Text",
+           "score": 0.5, "scores": json.dumps({"fused": 0.5}), "reasons": ["attention"]}  # fmt: skip
+    (tmp_path / "hits.jsonl" / ".tmp-left-by-a-crash").write_text("{half a line", encoding="utf-8")
+    assert folder.remove_temporaries() == 1
+    folder.write(pa.Table.from_pylist([hit], schema=HIT_SCHEMA), "one")
+    assert [p.name for p in (tmp_path / "hits.jsonl").iterdir()] == ["part-one.jsonl"]
+    assert folder.job_ids() == {"j"} and read_output(str(tmp_path / "hits.jsonl")).to_pylist() == [hit]
+
+
 def test_cli_batch_user_errors_are_one_line(tmp_path: Path, capsys):
     jobs_file = tmp_path / "jobs.jsonl"
     jobs_file.write_text(json.dumps({"query": "q", "document": "d"}) + "\n", encoding="utf-8")

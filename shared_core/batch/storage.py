@@ -56,14 +56,14 @@ def resolve(path: str) -> tuple[pafs.FileSystem, str]:
 
 
 def open_input(path: str) -> Any:
-    """A readable binary stream of a file; a missing file raises FileNotFoundError naming it."""
+    """A readable, seekable binary file (Parquet needs to seek); a missing file raises FileNotFoundError naming it."""
     fs, inner = resolve(path)
     info = fs.get_file_info(inner)
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"no such file: {path}")
     if info.type != pafs.FileType.File:
         raise IsADirectoryError(f"{path} is not a file")
-    return fs.open_input_stream(inner)
+    return fs.open_input_file(inner)
 
 
 def file_size(path: str) -> int:
