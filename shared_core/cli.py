@@ -1,9 +1,9 @@
 """The `attnret` command line: search documents (and more subcommands as the core grows).
 
 Every user error (bad input, config, missing file or model) prints one line `attnret: error: ...` and exits
-with status 2; Ctrl-C exits with 130. Files are read as UTF-8 bytes without newline translation, so hit offsets
-index the file as stored (CRLF included). Text output escapes terminal control characters; `--json` keeps the
-exact text.
+with status 2; Ctrl-C exits with 130, a closed output pipe with 141. Files are read as UTF-8 bytes without
+newline translation, so hit offsets index the file as stored (CRLF included). Text output escapes terminal
+control characters; `--json` keeps the exact text.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -244,6 +245,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("\n")
         return 130
+    except BrokenPipeError:  # the reader went away (`attnret search ... | head`): stop quietly
+        try:  # the interpreter flushes stdout once more at exit: point it at /dev/null (Python's documented recipe)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        return 141
     except USER_ERRORS as exc:
         sys.stderr.write(f"attnret: error: {_one_line(exc)}\n")
         return 2

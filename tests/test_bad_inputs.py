@@ -895,3 +895,16 @@ def test_adapters_refuse_bad_queries(retriever: AttentionRetriever, query: Any, 
     assert nodes[0].score == 1.0
     with pytest.raises(error, match=__import__("re").escape(fragment)):
         AttentionLongDocRetriever([LDocument(text=STORY)]).retrieve(QueryBundle(query_str=query))
+
+
+def test_cli_closed_pipe_exits_141_quietly(
+    capsys: pytest.CaptureFixture[str], files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shared_core.cli as cli
+
+    def closed(names: Any) -> Any:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, "_read_documents", closed)
+    code, out, err = _cli(capsys, "search", "--file", str(files["doc"]), "--query", "q")
+    assert (code, out, err) == (141, "", "")
