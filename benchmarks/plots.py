@@ -83,9 +83,21 @@ def _finish(fig: Any, ax: Any, caption: str, path: Path) -> None:
     logger.info("wrote %s", path)
 
 
+def _flat_perf_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """perf.py's attnret group row as one row per series (first query, further query); other rows as they are."""
+    out = []
+    for r in rows:
+        if r.get("method") != "attnret":
+            out.append(r)
+            continue
+        out.append({**r, "method": "first_query", "seconds": r.get("first_query_s")})
+        out.append({"method": "next_query", "tokens": r["tokens"], "seconds": r.get("next_query_s")})
+    return out
+
+
 def memory_and_time(perf: dict[str, Any] | None, cascade: dict[str, Any] | None, out: Path) -> list[Path]:
     """Peak memory and seconds per document against tokens: perf.py's methods and cascade_needle.py's."""
-    perf_rows = (perf or {}).get("rows", [])
+    perf_rows = _flat_perf_rows((perf or {}).get("rows", []))
     cascade_rows = (cascade or {}).get("rows", [])
     caption = _caption(("perf", perf), ("cascade", cascade))
     written = []

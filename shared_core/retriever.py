@@ -36,6 +36,9 @@ from .validation import check_queries, check_query, check_top_k, coerce_document
 
 logger = logging.getLogger(__name__)
 
+_RECENT = 4
+"""Recent analyses kept with their text, so a document that extends one (a grown conversation) reuses its units."""
+
 __all__ = ["CALIBRATION_QUERY", "PREFILL_CHUNK", "AttentionRetriever"]
 
 Views = dict[str, np.ndarray]
@@ -75,6 +78,7 @@ class AttentionRetriever:
         self._analyses: KVStore[_Analysis] = KVStore(max(self.config.attention.kv_cache_size, 32))
         self._dense = DenseScorer(self.config.dense)
         self._lock = threading.Lock()
+        self._recent: dict[tuple[str, ...], list[tuple[str, _Analysis]]] = {}  # newest first, per unit settings
 
     # ----------------------------------------------------------------- setup
     def warm_up(self) -> None:
@@ -256,8 +260,7 @@ class AttentionRetriever:
         """Units, unit embeddings and entity index of a document, computed once and cached with it."""
         cfg = self.config
         entity_key = (cfg.entities.spacy_model, cfg.entities.labels, cfg.entities.match_names)
-        key = (
-            doc.content_hash,
+        settings = (
             cfg.units.model_dump_json(),
             cfg.dense.model_dump_json(),
             cfg.lexical.model_dump_json(),
@@ -266,8 +269,21 @@ class AttentionRetriever:
 
         def build() -> _Analysis:
             u = cfg.units
-            units = segment(doc.text, u.granularity, u.spacy_model, u.min_chars)
-            embeddings = self._dense.embed([x.text for x in units]) if cfg.dense.enabled else None
+            reused, start, paragraph = self._grown_from(doc.text, settings)
+            units = list(reused.units[: _kept(reused, paragraph)]) if reused else []
+            fresh = segment(doc.text[start:], u.granularity, u.spacy_model, u.min_chars)
+            units += [
+                Unit(len(units) + i, x.start + start, x.end + start, x.text, x.paragraph + paragraph)
+                for i, x in enumerate(fresh)
+            ]
+            embeddings = None
+            if cfg.dense.enabled:
+                old = (
+                    reused.embeddings[: _kept(reused, paragraph)] if reused and reused.embeddings is not None else None
+                )
+                n_old = 0 if old is None else len(old)
+                new = self._dense.embed([x.text for x in units[n_old:]])
+                embeddings = new if old is None else np.concatenate([old, new])
             entities = None
             if cfg.entities.enabled:
                 nlp = load_nlp(cfg.entities.spacy_model)
@@ -275,9 +291,24 @@ class AttentionRetriever:
                     doc.text, units, nlp, labels=cfg.entities.labels, match_names=cfg.entities.match_names
                 )
             lexical = LexicalIndex.build([x.text for x in units], cfg.lexical) if cfg.lexical.enabled else None
-            return _Analysis(units=tuple(units), embeddings=embeddings, entities=entities, lexical=lexical)
+            analysis = _Analysis(units=tuple(units), embeddings=embeddings, entities=entities, lexical=lexical)
+            with self._lock:
+                self._recent[settings] = [(doc.text, analysis), *self._recent.get(settings, [])][:_RECENT]
+            return analysis
 
-        return self._analyses.get_or_create(key, build)
+        return self._analyses.get_or_create((doc.content_hash, *settings), build)
+
+    def _grown_from(self, text: str, settings: tuple[str, ...]) -> tuple[_Analysis | None, int, int]:
+        """A recent analysis of a text that `text` extends (a conversation grown by a turn), where to resume, and the
+        paragraph index there: the units of every paragraph before the earlier text's last one are reused."""
+        with self._lock:
+            recent = list(self._recent.get(settings, []))
+        for old_text, analysis in recent:
+            if len(old_text) < len(text) and text.startswith(old_text) and analysis.units:
+                last = analysis.units[-1].paragraph
+                first_of_last = next(x for x in analysis.units if x.paragraph == last)
+                return analysis, first_of_last.start, last  # a paragraph starts where its first unit does
+        return None, 0, 0
 
     def _views(self, queries: list[str], doc: Document, analysis: _Analysis) -> list[Views]:
         """Per query, the raw per-unit score of each enabled view (one document read for all the queries)."""
@@ -336,6 +367,11 @@ class AttentionRetriever:
             token_scores = scoring.aggregate_heads(per_layer, att.head_aggregation) * tokens.n_doc_tokens
             out.append(scoring.pool(token_scores, lo, hi, att.pooling, att.topk, att.threshold_std))
         return out
+
+
+def _kept(analysis: _Analysis, paragraph: int) -> int:
+    """How many leading units of `analysis` lie in paragraphs before `paragraph`."""
+    return sum(1 for u in analysis.units if u.paragraph < paragraph)
 
 
 def _top(per_doc: list[list[Hit]], top_k: int) -> list[Hit]:

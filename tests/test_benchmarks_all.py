@@ -38,8 +38,11 @@ def test_quick_run_writes_results_readme_and_plots(shared_data: Path, tmp_path: 
 
     perf = json.loads((results / "perf.json").read_text(encoding="utf-8"))
     measured = {r["method"] for r in perf["rows"]}
-    assert {"bare_prefill", "first_query", "next_query", "naive_eager", "dense", "bm25"} <= measured
+    assert {"bare_prefill", "attnret", "naive_eager", "dense", "bm25"} <= measured
     assert all(r["seconds"] > 0 or r["method"] == "bm25" for r in perf["rows"])
+    attnret = next(r for r in perf["rows"] if r["method"] == "attnret")
+    assert 0 < attnret["analysis_s"] < attnret["first_query_s"] < attnret["queries_50_s"]
+    assert attnret["stats"]["prefills"] == 2 and attnret["stats"]["calibration_passes"] == 2  # one read, one grown
 
     needle = json.loads((results / "cascade_needle.json").read_text(encoding="utf-8"))
     assert {r["method"] for r in needle["rows"]} == {"full", "cascade", "cascade_end", "streaming", "truncate"}

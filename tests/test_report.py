@@ -67,12 +67,19 @@ def test_plots_leave_out_missing_results(tmp_path: Path) -> None:
 def test_perf_table_shows_time_memory_and_ratios_of_every_method() -> None:
     from benchmarks.perf import table
 
-    figures = {"bare_prefill": (4.0, 500), "first_query": (2.0, 300), "next_query": (0.2, 8), "dense": (1.0, 31)}
-    rows = [{"method": k, "tokens": 1759, "target": 1500, "seconds": s, "peak_mb": m} for k, (s, m) in figures.items()]
+    attnret = {"first_query_s": 2.0, "analysis_s": 0.4, "next_query_s": 0.2, "queries_50_s": 10.0, "grown_s": 0.1}
+    rows = [
+        {"method": "bare_prefill", "seconds": 4.0, "peak_mb": 500},
+        {"method": "attnret", "seconds": 2.0, "peak_mb": 300, "kept_mb": 0.0, **attnret},
+        {"method": "dense", "seconds": 1.0, "peak_mb": 31, "queries_50_s": 1.5},
+    ]
+    rows = [{**r, "tokens": 1759, "target": 1500} for r in rows]
     header, rule, line = table(rows).splitlines()
     names, values = ([c.strip() for c in row.split("|")[1:-1]] for row in (header, line))
     cells = dict(zip(names, values, strict=True))
-    assert rule.count("---") == len(cells) == 13
-    assert cells["next/first"] == "0.100" and cells["first/bare"] == "0.500"
-    assert cells["dense s"] == "1.000" and cells["dense peak MB"] == "31" and cells["attnret peak MB"] == "300"
-    assert cells["naive eager peak MB"] == "—" and cells["bm25 peak MB"] == "—"  # not measured: a dash, not a zero
+    assert rule.count("---") == len(cells) == 17
+    assert cells["next/first"] == "0.100" and cells["first/bare"] == "0.500" and cells["50/first"] == "5.000"
+    assert cells["first query s (analysis s)"] == "2.00 (0.40)" and cells["queries/s"] == "5.00"
+    assert cells["grown/first"] == "0.050" and cells["attnret peak MB"] == "300"
+    assert cells["dense s (50)"] == "1.000 (1.50)"
+    assert cells["naive eager peak MB"] == "—" and cells["bm25 s (50)"] == "— (—)"  # not measured: a dash, not a zero

@@ -1,0 +1,170 @@
+"""Many questions over one document: one read, then every further question at a fraction of it, past the window too.
+
+Counted through `AttentionRetriever.stats` (work done), never timed: a further query past the window runs no new
+document pass, kept passes survive a restart through the disk spill, and a grown document reads only its new part.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shared_core import AttentionRetriever, Document
+
+STORY = (
+    "Mary moved to the bathroom. John went to the hallway. Daniel went back to the hallway. "
+    "Sandra moved to the garden. John moved to the office. Sandra journeyed to the bathroom. "
+    "Mary moved to the hallway. Daniel travelled to the office. John went back to the garden. "
+    "John moved to the bedroom. Bill picked up the apple. Fred went to the kitchen."
+)
+LONG = "\n\n".join([STORY] * 6)
+QUERIES = ["Who picked up the apple?", "Where is Sandra?", "Where did John go?"]
+SMALL_CASCADE = {"sink_tokens": 8, "cascades": 2, "window": 32, "stride": 64}
+
+
+def _past_window(tmp: Path | None = None, **cascade: object) -> AttentionRetriever:
+    """A retriever whose window (160 tokens) puts LONG past it, with a small cascade."""
+    extra = {"reuse_dir": str(tmp)} if tmp is not None else {}
+    return AttentionRetriever({"model": {"max_tokens": 160}, "cascade": {**SMALL_CASCADE, **extra, **cascade}})
+
+
+def _scores(hits: list) -> list[float]:
+    return [h.scores["attention"] for h in hits]
+
+
+def test_retrieve_many_equals_retrieve_per_query_within_the_window(retriever: AttentionRetriever) -> None:
+    docs = [STORY, Document(text="Fred went to the kitchen. Bill picked up the apple.", id="b")]
+    many = retriever.retrieve_many(QUERIES, docs, top_k=4)
+    for query, hits in zip(QUERIES, many, strict=True):
+        single = retriever.retrieve(query, docs, top_k=4)
+        assert [(h.document_id, h.start, h.end) for h in hits] == [(h.document_id, h.start, h.end) for h in single]
+        np.testing.assert_allclose([h.score for h in hits], [h.score for h in single], atol=1e-6)
+
+
+def test_one_prefill_and_one_calibration_pass_serve_every_query() -> None:
+    r = AttentionRetriever()
+    r.score_units_many(QUERIES, STORY)
+    assert r.stats["prefills"] == 1
+    assert r.stats["calibration_passes"] == 1  # the "N/A" pass does not depend on the query
+    assert r.stats["query_passes"] == len(QUERIES) + 1
+    r.score_units("Where is the milk?", STORY)
+    assert r.stats["prefills"] == 1 and r.stats["calibration_passes"] == 1
+    assert r.stats["query_passes"] == len(QUERIES) + 2
+
+
+def test_queries_past_the_window_share_one_pass_and_equal_single_calls(tmp_path: Path) -> None:
+    batch = _past_window(tmp_path)
+    many = batch.score_units_many(QUERIES, LONG)
+    assert batch.stats["cascade_passes"] == 1 and batch.stats["cascade_replays"] == 0
+    single = _past_window(reuse=False)
+    for query, hits in zip(QUERIES, many, strict=True):
+        np.testing.assert_allclose(_scores(hits), _scores(single.score_units(query, LONG)), atol=1e-5)
+    assert single.stats["cascade_passes"] == len(QUERIES)  # without reuse, each new query reads the document
+
+
+def test_a_further_query_past_the_window_replays_the_kept_pass(tmp_path: Path) -> None:
+    r = _past_window(tmp_path)
+    r.score_units(QUERIES[0], LONG)
+    tokens = r.stats["cascade_tokens"]
+    replayed = r.score_units("Where is the apple?", LONG)
+    assert r.stats["cascade_passes"] == 1 and r.stats["cascade_tokens"] == tokens  # no new document pass
+    assert r.stats["cascade_replays"] == 1
+    fresh = _past_window(reuse=False).score_units("Where is the apple?", LONG)
+    np.testing.assert_allclose(_scores(replayed), _scores(fresh), atol=1e-5)  # replay is exact up to rounding
+    assert [h.score for h in replayed] == pytest.approx([h.score for h in fresh], abs=1e-4)
+
+
+def test_a_grown_document_reads_only_its_new_part() -> None:
+    within = AttentionRetriever()
+    within.score_units(QUERIES[0], STORY)
+    grown = STORY + " Then Mary went back to the kitchen and picked up the milk."
+    before = within.stats["prefill_tokens"]
+    hits = within.score_units("Where is the milk?", grown)
+    n_old = len(within._document_tokens(Document(STORY)).ids)
+    n_new = len(within._document_tokens(Document(grown)).ids)
+    assert within.stats["prefix_tokens_reused"] >= n_old - 8  # the tokenizer may merge across the old end
+    assert within.stats["prefill_tokens"] - before <= n_new - n_old + 8
+    fresh = AttentionRetriever().score_units("Where is the milk?", grown)
+    np.testing.assert_allclose(_scores(hits), _scores(fresh), atol=1e-4)
+
+    past = _past_window(reuse_disk=False)
+    past.score_units(QUERIES[0], LONG)
+    longer = LONG + "\n\nThen Mary went back to the kitchen and picked up the milk."
+    read_before = past.stats["cascade_tokens"]
+    resumed = past.score_units("Where is the milk?", longer)
+    n_longer = len(past._document_tokens(Document(longer)).ids)
+    assert past.stats["cascade_passes"] == 2
+    assert past.stats["cascade_tokens"] - read_before <= n_longer - len(past._document_tokens(Document(LONG)).ids) + 64
+    fresh_past = _past_window(reuse=False).score_units("Where is the milk?", longer)
+    np.testing.assert_allclose(_scores(resumed), _scores(fresh_past), atol=1e-5)  # same chunks: same scores
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    from shared_core import AttentionRetriever
+    doc, folder = open(sys.argv[1], encoding="utf-8").read(), sys.argv[2]
+    cascade = {"sink_tokens": 8, "cascades": 2, "window": 32, "stride": 64, "reuse_dir": folder, "reuse_memory": 1}
+    r = AttentionRetriever({"model": {"max_tokens": 160}, "cascade": cascade})
+    hits = r.score_units("Who picked up the apple?", doc)
+    print(json.dumps({"stats": r.stats, "attention": [h.scores["attention"] for h in hits]}))
+    """
+)
+
+
+def test_the_disk_spill_survives_a_restart_is_keyed_and_rebuilt_when_corrupt(tmp_path: Path) -> None:
+    doc_file = tmp_path / "doc.txt"
+    doc_file.write_text(LONG, encoding="utf-8")
+    folder = tmp_path / "kept"
+    subprocess.run([sys.executable, "-c", SCRIPT, str(doc_file), str(folder)], check=True, capture_output=True)
+    files = list(folder.glob("*.safetensors"))
+    assert len(files) == 1  # a pass larger than reuse_memory is spilled, atomically (no temporary file left)
+    assert not list(folder.glob("*.tmp"))
+
+    restarted = _past_window(folder, reuse_memory=1)
+    restarted.score_units("Where is the apple?", LONG)
+    assert restarted.stats["cascade_passes"] == 0 and restarted.stats["cascade_replays"] == 1
+
+    changed = _past_window(folder, reuse_memory=1)
+    changed.score_units("Where is the apple?", LONG.replace("Bill", "Jeff"))
+    assert changed.stats["cascade_passes"] == 1  # another text: another key, never the old pass
+    other_settings = _past_window(folder, reuse_memory=1, ema_decay=0.5)
+    other_settings.score_units("Where is the apple?", LONG)
+    assert other_settings.stats["cascade_passes"] == 1  # other cascade settings: another key
+
+    original = files[0].read_bytes()
+    files[0].write_bytes(original[: len(original) // 2])  # a partial file (a killed write)
+    partial = _past_window(folder, reuse_memory=1)
+    hits = partial.score_units("Where is the apple?", LONG)
+    assert partial.stats["cascade_passes"] == 1  # detected, deleted and read again, never used
+    fresh = _past_window(reuse=False).score_units("Where is the apple?", LONG)
+    np.testing.assert_allclose(_scores(hits), _scores(fresh), atol=1e-5)
+
+    corrupt = bytearray(files[0].read_bytes())
+    corrupt[-100] ^= 0xFF  # same size, one flipped byte in the tensor data
+    files[0].write_bytes(bytes(corrupt))
+    flipped = _past_window(folder, reuse_memory=1)
+    flipped.score_units("Where is the apple?", LONG)
+    assert flipped.stats["cascade_passes"] == 1  # the checksum catches it
+
+
+def test_a_grown_document_reuses_the_analysis_of_its_unchanged_paragraphs() -> None:
+    first = "Mary moved to the bathroom. John went to the hallway.\n\nSandra moved to the garden."
+    grown = first + " Then she took the milk.\n\nBill picked up the apple. Fred went to the kitchen."
+    r = AttentionRetriever()
+    r.units(first)
+    units = r.units(grown)
+    fresh = AttentionRetriever().units(grown)
+    assert [(u.start, u.end, u.paragraph, u.index) for u in units] == [
+        (u.start, u.end, u.paragraph, u.index) for u in fresh
+    ]
+    assert all(grown[u.start : u.end] == u.text for u in units)
+    embedded = r._analysis(Document(grown)).embeddings
+    expected = AttentionRetriever()._analysis(Document(grown)).embeddings
+    assert embedded is not None and expected is not None
+    np.testing.assert_allclose(embedded, expected, atol=1e-5)
