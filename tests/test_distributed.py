@@ -1,7 +1,7 @@
 """The Ray Data batch runner: same hits as `retrieve`, bad jobs recorded, a killed run resumed exactly once, the CLI.
 
-One local Ray (2 CPUs, no dashboard) serves the in-process runs of the session; the interrupted run is a CLI
-subprocess that starts its own local Ray and is killed with its whole process group.
+One local Ray (2 CPUs, no dashboard) serves this module's in-process runs; in one of them a worker process is killed
+mid-run. The interrupted run is a CLI subprocess that starts its own local Ray and is killed with its process group.
 """
 
 from __future__ import annotations
@@ -164,6 +164,41 @@ def test_killed_cli_run_resumes_every_job_exactly_once(local_ray, tmp_path: Path
         if r["rank"] == 1:
             i = int(r["query"].split()[3])
             assert CITIES[i % len(CITIES)] in r["text"], r
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_run_loses_no_job(local_ray, tmp_path: Path):
+    import threading
+
+    import psutil
+
+    n = 8
+    jobs = [{"query": f"Where does Mira {i} live?", "document": _document(i), "top_k": 2} for i in range(20, 20 + n)]
+    out = tmp_path / "hits.parquet"
+    killed: list[int] = []  # part files present when the worker was killed
+
+    def kill_a_worker_after_the_first_part() -> None:
+        deadline = time.monotonic() + 120
+        while not list(out.glob("part-*")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for proc in psutil.Process().children(recursive=True):  # only this test's own Ray processes
+            try:
+                if "MapWorker(MapBatches(RetrieveBatch))" in " ".join(proc.cmdline()):
+                    proc.kill()
+                    killed.append(len(list(out.glob("part-*"))))
+                    return
+            except psutil.Error:
+                continue
+
+    killer = threading.Thread(target=kill_a_worker_after_the_first_part, daemon=True)
+    killer.start()
+    summary = run_batch(jobs, out, batch_size=1)
+    killer.join(timeout=5)
+    assert killed, "no worker process was found to kill"
+    assert killed[0] < n, "the kill did not land mid-run"
+    assert (summary.done, summary.failed) == (n, 0), summary.line()
+    counts = Counter(r["job_id"] for r in read_output(str(out)).to_pylist())
+    assert len(counts) == n and set(counts.values()) == {2}, counts
 
 
 def test_job_ids_are_stable_and_planning_keeps_a_documents_questions_together():
