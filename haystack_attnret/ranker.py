@@ -16,12 +16,15 @@ from haystack.utils import ComponentDevice
 
 from shared_core import AttentionRetriever, RetrieverConfig
 from shared_core import Document as CoreDocument
-from shared_core.validation import check_top_k
+from shared_core.candidates import Candidate
+from shared_core.validation import check_query, check_top_k
 
 logger = logging.getLogger(__name__)
 
 Granularity = Literal["document", "sentence", "paragraph"]
 _GRANULARITIES = ("document", "sentence", "paragraph")
+RETRIEVAL_SCORE_KEY = "retrieval_score"
+"""Meta key holding a document's first-stage score in the ranker's output."""
 
 
 @component
@@ -29,13 +32,21 @@ class AttentionRanker:
     """Rank documents by the attention a causal LM's query pays them, or return their best sentences/paragraphs.
 
     `granularity="document"` returns the given documents rescored (copies; inputs are not mutated),
-    best first, cut to `top_k`. `"sentence"`/`"paragraph"` return the `top_k` best units across the
-    documents as new `Document`s whose `meta` is the source's meta plus `source_id`, `start`, `end`
-    (char offsets in the source content) and `reasons`. `score_threshold` drops results scoring below it
-    (document scores are in [0, 1], relative to the documents ranked together; unit scores are in [0, 1]
-    within their document, scaled by their document's score when several documents are given).
-    Documents without text (`content` None or blank) cannot be scored: they are passed through after
-    the ranked results with `score=None` and do not count against `top_k`.
+    best first, cut to `top_k`: all documents of the query are read in ONE prompt
+    (`AttentionRetriever.score_candidates`; splits of one source, by `meta["source_id"]`, next to each other in
+    `meta["split_idx_start"]` order, others in the order given), each as the values of `meta_fields_to_embed`
+    then its content, joined by `embedding_separator` (as Haystack's sentence-transformers ranker reads them).
+    Document scores are absolute, in [0, 1] (0 = no evidence of relevance in any view, 1 = every view saturated;
+    docs/rerank.md): comparable across the documents of a call and across calls, so a single document gets a real
+    score and `score_threshold` means the same in every call. Documents are deduplicated by id first, keeping the
+    one with the highest (first-stage) score, as Haystack's rankers do; the first-stage score is kept in the
+    result's `meta["retrieval_score"]` (when it had one).
+    `"sentence"`/`"paragraph"` return the `top_k` best units across the documents as new `Document`s whose `meta`
+    is the source's meta plus `source_id`, `start`, `end` (char offsets in the source content) and `reasons` (unit
+    scores are in [0, 1] within their document, scaled by their document's score when several documents are given).
+    `score_threshold` drops results scoring below it. Documents without text (`content` None or blank) cannot be
+    scored: they come after the scored results with `score=None` and count against `top_k` (a hard cap); any
+    `score_threshold` drops them.
 
     Loading from pipeline YAML: Haystack 3 only imports classes from allowlisted modules when it
     deserializes a pipeline (`haystack.core.serialization_security`). This package does not add itself
@@ -68,6 +79,8 @@ class AttentionRanker:
         granularity: Granularity = "document",
         score_threshold: float | None = None,
         device: ComponentDevice | None = None,
+        meta_fields_to_embed: list[str] | None = None,
+        embedding_separator: str = "\n",
     ) -> None:
         """
         Create the ranker; the model loads in `warm_up` (or on the first `run`).
@@ -77,6 +90,8 @@ class AttentionRanker:
         :param granularity: "document" ranks the documents; "sentence"/"paragraph" return units inside them.
         :param score_threshold: Drop results scoring below this; None keeps all.
         :param device: Device to run the model on; None keeps the config's `model.device` ("auto" by default).
+        :param meta_fields_to_embed: Meta fields read before the content (granularity "document"); None = none.
+        :param embedding_separator: Joins those meta values and the content.
         """
         check_top_k(top_k)
         _check_threshold(score_threshold)
@@ -91,6 +106,10 @@ class AttentionRanker:
         self.granularity = granularity
         self.score_threshold = score_threshold
         self.device = device
+        self.meta_fields_to_embed = _check_meta_fields(meta_fields_to_embed)
+        if not isinstance(embedding_separator, str):
+            raise TypeError(f"embedding_separator must be a str, got {type(embedding_separator).__name__}")
+        self.embedding_separator = embedding_separator
         self._retriever: AttentionRetriever | None = None
         self._lock = threading.Lock()
 
@@ -121,6 +140,8 @@ class AttentionRanker:
             granularity=self.granularity,
             score_threshold=self.score_threshold,
             device=self.device.to_dict() if self.device is not None else None,
+            meta_fields_to_embed=self.meta_fields_to_embed,
+            embedding_separator=self.embedding_separator,
         )
 
     @classmethod
@@ -154,26 +175,26 @@ class AttentionRanker:
         :param documents: Documents to rank; an empty list gives an empty result without loading the model.
         :param top_k: Overrides the init `top_k` when not None.
         :param score_threshold: Overrides the init `score_threshold` when not None.
-        :returns: `{"documents": [...]}`, best first, then any documents without text (score None).
+        :returns: `{"documents": [...]}`, best first, then any documents without text (score None), at most
+            `top_k` in all; with a threshold, only the scored documents at or above it.
         """
         top_k = self.top_k if top_k is None else top_k
         score_threshold = self.score_threshold if score_threshold is None else score_threshold
         check_top_k(top_k)
         _check_threshold(score_threshold)
+        check_query(query)
+        documents = _deduplicate(_check_documents(documents))
         if not documents:
             return {"documents": []}
-        textual = [doc for doc in documents if isinstance(doc.content, str) and doc.content.strip()]
-        passthrough = [
-            dataclasses.replace(doc, score=None)
-            for doc in documents
-            if not (isinstance(doc.content, str) and doc.content.strip())
-        ]
+        textual = [doc for doc in documents if _has_text(doc)]
+        passthrough = [_rescored(doc, None) for doc in documents if not _has_text(doc)]
         if passthrough:
-            logger.debug("passing %d document(s) without text through unscored", len(passthrough))
+            logger.debug("%d document(s) without text come after the scored ones, with score None", len(passthrough))
         ranked = self._rank(query, textual, top_k) if textual else []
+        results = (ranked + passthrough)[:top_k]
         if score_threshold is not None:
-            ranked = [doc for doc in ranked if doc.score is not None and doc.score >= score_threshold]
-        return {"documents": ranked + passthrough}
+            results = [doc for doc in results if doc.score is not None and doc.score >= score_threshold]
+        return {"documents": results}
 
     @component.output_types(documents=list[Document])
     async def run_async(
@@ -191,11 +212,12 @@ class AttentionRanker:
     def _rank(self, query: str, documents: list[Document], top_k: int) -> list[Document]:
         self.warm_up()
         assert self._retriever is not None
-        core_docs = [CoreDocument(text=doc.content or "", id=doc.id) for doc in documents]
         if self.granularity == "document":
-            scores = self._retriever.score_documents(query, core_docs)
+            candidates = [self._candidate(doc) for doc in documents]
+            scores = [hit.score for hit in self._retriever.score_candidates(query, candidates)]
             order = sorted(range(len(documents)), key=lambda i: (-scores[i], i))[:top_k]
-            return [dataclasses.replace(documents[i], score=float(scores[i])) for i in order]
+            return [_rescored(documents[i], float(scores[i])) for i in order]
+        core_docs = [CoreDocument(text=doc.content or "", id=doc.id) for doc in documents]
         hits = self._retriever.retrieve(query, core_docs, top_k=top_k)
         return [
             Document(
@@ -211,6 +233,57 @@ class AttentionRanker:
             )
             for hit in hits
         ]
+
+    def _candidate(self, doc: Document) -> Candidate:
+        """The document as read by the candidate-set scorer: embedded meta values, then its content."""
+        meta = [str(doc.meta[k]) for k in self.meta_fields_to_embed or [] if doc.meta.get(k) not in (None, "")]
+        source, start = doc.meta.get("source_id"), doc.meta.get("split_idx_start")
+        return Candidate(
+            text=self.embedding_separator.join([*meta, doc.content or ""]),
+            id=doc.id,
+            source=source if isinstance(source, str) else None,
+            start=start if isinstance(start, int) and not isinstance(start, bool) else None,
+        )
+
+
+def _has_text(doc: Document) -> bool:
+    return isinstance(doc.content, str) and bool(doc.content.strip())
+
+
+def _rescored(doc: Document, score: float | None) -> Document:
+    """A copy of `doc` with the new score, its first-stage score (if any) kept in meta["retrieval_score"]."""
+    meta = doc.meta if doc.score is None else {**doc.meta, RETRIEVAL_SCORE_KEY: doc.score}
+    return dataclasses.replace(doc, score=score, meta=meta)
+
+
+def _check_documents(documents: Any) -> list[Document]:
+    """`documents` must be a list of Haystack Documents (TypeError naming the offending item otherwise)."""
+    if isinstance(documents, str | Document) or not isinstance(documents, list | tuple):
+        raise TypeError(f"documents must be a list of haystack Document, got {type(documents).__name__}")
+    for i, doc in enumerate(documents):
+        if not isinstance(doc, Document):
+            raise TypeError(f"documents[{i}] must be a haystack Document, got {type(doc).__name__}")
+    return list(documents)
+
+
+def _deduplicate(documents: list[Document]) -> list[Document]:
+    """One document per id, the one with the highest score (None lowest; first seen among equals), in first-seen
+    order: what Haystack's own rankers do before ranking."""
+    best: dict[str, Document] = {}
+    for doc in documents:
+        kept = best.get(doc.id)
+        score = -math.inf if doc.score is None else doc.score
+        if kept is None or score > (-math.inf if kept.score is None else kept.score):
+            best[doc.id] = doc
+    return list(best.values())
+
+
+def _check_meta_fields(fields: Any) -> list[str] | None:
+    if fields is None:
+        return None
+    if isinstance(fields, str) or not isinstance(fields, list | tuple) or not all(isinstance(f, str) for f in fields):
+        raise TypeError("meta_fields_to_embed must be a list of str or None")
+    return list(fields)
 
 
 def _check_threshold(score_threshold: Any) -> None:

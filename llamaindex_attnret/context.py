@@ -23,9 +23,12 @@ from llama_index.core.schema import (
 from llama_index.core.schema import Document as LIDocument
 
 from shared_core import Document, Hit
+from shared_core.candidates import Candidate
 
 NODE_SEPARATOR = "\n\n"
 REASONS_KEY = "attnret_reasons"
+RETRIEVAL_SCORE_KEY = "retrieval_score"
+"""Metadata key of the first-stage score kept by `keep_retrieval_score` (as LlamaIndex's own rerankers name it)."""
 
 
 @dataclass(frozen=True)
@@ -78,10 +81,33 @@ def node_text(node: BaseNode) -> str:
     return node.get_content(metadata_mode=MetadataMode.NONE) or ""
 
 
+def node_candidate(item: NodeWithScore, metadata_mode: MetadataMode) -> Candidate:
+    """The node as a candidate of the candidate-set scorer: its content in `metadata_mode` (metadata the mode shows,
+    then the text, as the sentence-transformers rerank reads it), grouped with its ref doc, at its start offset."""
+    node = item.node
+    return Candidate(
+        text=node.get_content(metadata_mode=metadata_mode) or "",
+        id=node.node_id,
+        source=node.ref_doc_id,
+        start=_start(node) if node.ref_doc_id else None,
+    )
+
+
+def rescored(item: NodeWithScore, score: float | None, keep_retrieval_score: bool) -> NodeWithScore:
+    """A new NodeWithScore with `score`; with `keep_retrieval_score`, a copy of the node whose metadata holds the
+    first-stage score under "retrieval_score" (the input node is never mutated)."""
+    node = item.node
+    if keep_retrieval_score:
+        node = node.model_copy(update={"metadata": {**node.metadata, RETRIEVAL_SCORE_KEY: item.score}})
+    return NodeWithScore(node=node, score=score)
+
+
 def split_scoreable(nodes: Sequence[NodeWithScore]) -> tuple[list[tuple[int, NodeWithScore]], list[NodeWithScore]]:
     """(position, node) pairs that have text to score, and the nodes without text (in input order)."""
     scoreable: list[tuple[int, NodeWithScore]] = []
     textless: list[NodeWithScore] = []
+    if isinstance(nodes, str | NodeWithScore) or not isinstance(nodes, Sequence):
+        raise TypeError(f"nodes must be a list of NodeWithScore, got {type(nodes).__name__}")
     for position, item in enumerate(nodes):
         if not isinstance(item, NodeWithScore):
             raise TypeError(f"nodes must be NodeWithScore objects, got {type(item).__name__} at position {position}")

@@ -12,12 +12,12 @@ from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
-from llama_index.core.schema import NodeWithScore, QueryBundle
+from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
 from shared_core import AttentionRetriever, RetrieverConfig
-from shared_core.validation import check_top_k
+from shared_core.validation import check_query, check_top_k
 
-from .context import SourceContext, build_contexts, split_scoreable, unit_node
+from .context import build_contexts, node_candidate, rescored, split_scoreable, unit_node
 from .shared import shared_retriever, with_granularity
 
 logger = logging.getLogger(__name__)
@@ -27,16 +27,21 @@ Granularity = Literal["node", "sentence", "paragraph"]
 
 
 class AttentionRerank(BaseNodePostprocessor):
-    """Rerank retrieved nodes by query-row attention of a causal LM reading their source document.
+    """Rerank retrieved nodes by query-row attention of a causal LM reading them together, or extract their units.
 
-    `granularity="node"` returns the given nodes, rescored and cut to `top_n`. `"sentence"` and
-    `"paragraph"` return the `top_n` best units inside the nodes as new `TextNode`s (SOURCE = the
-    node's ref doc, PARENT = the node, metadata copied plus `attnret_reasons`, char offsets of the
-    original document). Nodes sharing a `ref_doc_id` are ordered by `start_char_idx` and scored in
-    one context; a node without `ref_doc_id` is scored alone. Nodes without text (image nodes,
-    empty text) cannot be scored: they are appended after the ranked nodes with score None (they do
-    not count against `top_n`). Inputs are never mutated. The model loads on first use and is shared
-    by every postprocessor with the same config.
+    `granularity="node"` returns the given nodes rescored, best first, cut to `top_n`: every node of the query is
+    read in ONE prompt (`AttentionRetriever.score_candidates`; nodes sharing a `ref_doc_id` next to each other in
+    `start_char_idx` order, others in the order given), its content taken in `metadata_mode` (default EMBED, as the
+    sentence-transformers rerank). Scores are absolute, in [0, 1] (0 = no evidence of relevance in any view, 1 =
+    every view saturated; docs/rerank.md), comparable across the nodes of a call, so a single node gets a real score
+    and a following `SimilarityPostprocessor(similarity_cutoff=...)` works. `keep_retrieval_score=True` keeps the
+    first-stage score in the returned node's metadata under "retrieval_score" (on a copy of the node).
+    `"sentence"` and `"paragraph"` return the `top_n` best units inside the nodes as new `TextNode`s (SOURCE = the
+    node's ref doc, PARENT = the node, metadata copied plus `attnret_reasons`, char offsets of the original
+    document): nodes sharing a `ref_doc_id` are joined in `start_char_idx` order and read as one long document.
+    Nodes without text (image nodes, empty text) cannot be scored: they come after the scored nodes with score None
+    and count against `top_n` (so a `top_n` is a hard cap); a similarity cutoff drops them. Inputs are never
+    mutated. The model loads on first use and is shared by every postprocessor with the same config.
     """
 
     top_n: int = Field(default=5, gt=0, description="Number of nodes (or units) to return.")
@@ -46,6 +51,12 @@ class AttentionRerank(BaseNodePostprocessor):
     )
     granularity: Granularity = Field(
         default="node", description="'node' reranks the nodes; 'sentence'/'paragraph' return units inside them."
+    )
+    keep_retrieval_score: bool = Field(
+        default=False, description="Keep the first-stage score in the node's metadata under 'retrieval_score'."
+    )
+    metadata_mode: MetadataMode = Field(
+        default=MetadataMode.EMBED, description="Which metadata is read with a node's text (granularity 'node')."
     )
 
     _retriever: AttentionRetriever | None = PrivateAttr(default=None)
@@ -76,8 +87,8 @@ class AttentionRerank(BaseNodePostprocessor):
     @property
     def retriever(self) -> AttentionRetriever:
         """The shared core retriever for this config and granularity (built on first access)."""
-        if self._retriever is None:
-            config = self.config if self.granularity == "node" else with_granularity(self.config, self.granularity)
+        config = self.config if self.granularity == "node" else with_granularity(self.config, self.granularity)
+        if self._retriever is None or self._retriever.config != config:  # fields may be reassigned after first use
             self._retriever = shared_retriever(config)
         return self._retriever
 
@@ -86,12 +97,15 @@ class AttentionRerank(BaseNodePostprocessor):
     ) -> list[NodeWithScore]:
         if query_bundle is None:
             raise ValueError("AttentionRerank needs a query: pass query_bundle or query_str.")
-        if not nodes:
+        if not isinstance(query_bundle, QueryBundle):
+            raise TypeError(f"query_bundle must be a QueryBundle, got {type(query_bundle).__name__}")
+        check_query(query_bundle.query_str)
+        scoreable, textless = split_scoreable(nodes)  # TypeError for anything but a list of NodeWithScore
+        if not scoreable and not textless:
             return []
-        scoreable, textless = split_scoreable(nodes)
         if textless:
-            logger.debug("passing %d node(s) without text through unscored", len(textless))
-        passthrough = [NodeWithScore(node=item.node, score=None) for item in textless]
+            logger.debug("%d node(s) without text come after the scored ones, with score None", len(textless))
+        passthrough = [rescored(item, None, self.keep_retrieval_score) for item in textless]
 
         dispatcher.event(
             ReRankStartEvent(query=query_bundle, nodes=nodes, top_n=self.top_n, model_name=self.model_name)
@@ -105,8 +119,8 @@ class AttentionRerank(BaseNodePostprocessor):
                 EventPayload.TOP_K: self.top_n,
             },
         ) as event:
-            ranked = self._rank(query_bundle.query_str, build_contexts(scoreable)) if scoreable else []
-            new_nodes = ranked + passthrough
+            ranked = self._rank(query_bundle.query_str, scoreable) if scoreable else []
+            new_nodes = (ranked + passthrough)[: self.top_n]
             event.on_end(payload={EventPayload.NODES: new_nodes})
         dispatcher.event(ReRankEndEvent(nodes=new_nodes))
         return new_nodes
@@ -116,18 +130,12 @@ class AttentionRerank(BaseNodePostprocessor):
     ) -> list[NodeWithScore]:
         return await asyncio.to_thread(self._postprocess_nodes, nodes, query_bundle)
 
-    def _rank(self, query: str, contexts: list[SourceContext]) -> list[NodeWithScore]:
+    def _rank(self, query: str, scoreable: list[tuple[int, NodeWithScore]]) -> list[NodeWithScore]:
         if self.granularity == "node":
-            scored = [
-                (score, member.position, member.node)
-                for context in contexts
-                for member, score in zip(context.members, self._node_scores(query, context), strict=True)
-            ]
-            scored.sort(key=lambda entry: (-entry[0], entry[1]))
-            return [NodeWithScore(node=node, score=score) for score, _, node in scored[: self.top_n]]
-        documents = [context.document() for context in contexts]
-        hits = self.retriever.retrieve(query, documents, top_k=self.top_n)
+            candidates = [node_candidate(item, self.metadata_mode) for _, item in scoreable]
+            hits = self.retriever.score_candidates(query, candidates)
+            order = sorted(range(len(hits)), key=lambda i: (-hits[i].score, i))[: self.top_n]
+            return [rescored(scoreable[i][1], hits[i].score, self.keep_retrieval_score) for i in order]
+        contexts = build_contexts(scoreable)
+        hits = self.retriever.retrieve(query, [context.document() for context in contexts], top_k=self.top_n)
         return [unit_node(contexts[hit.document_index], hit) for hit in hits]
-
-    def _node_scores(self, query: str, context: SourceContext) -> list[float]:
-        return [float(s) for s in self.retriever.score_spans(query, context.document(), context.spans)]

@@ -15,8 +15,8 @@ from haystack.dataclasses import ByteStream
 from haystack.utils import ComponentDevice, Device, DeviceMap
 
 from haystack_attnret import AttentionRanker
-from shared_core import Document as CoreDocument
 from shared_core import RetrieverConfig
+from shared_core.candidates import Candidate
 
 TYPE = "haystack_attnret.ranker.AttentionRanker"
 STORY = (
@@ -95,6 +95,8 @@ def test_to_dict_defaults_bake_in_no_device() -> None:
             "granularity": "document",
             "score_threshold": None,
             "device": None,
+            "meta_fields_to_embed": None,
+            "embedding_separator": "\n",
         },
     }
 
@@ -163,8 +165,48 @@ def test_documents_without_text_pass_through_unscored() -> None:
     ranker = AttentionRanker()
     out = ranker.run(query=QUERY, documents=docs)["documents"]
     assert [d.id for d in out] == [d.id for d in docs] and all(d.score is None for d in out)
-    assert [d.score for d in docs] == [0.8, 0.3]
+    assert [d.meta["retrieval_score"] for d in out] == [0.8, 0.3]  # the first-stage score is kept
+    assert [d.score for d in docs] == [0.8, 0.3] and all("retrieval_score" not in d.meta for d in docs)
+    assert len(ranker.run(query=QUERY, documents=docs, top_k=1)["documents"]) == 1  # they count against top_k
+    assert ranker.run(query=QUERY, documents=docs, score_threshold=0.0)["documents"] == []  # and fail a threshold
     assert ranker._retriever is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"query": QUERY, "documents": "text"}, "documents"),
+        ({"query": QUERY, "documents": Document(content="x")}, "documents"),
+        ({"query": QUERY, "documents": ["plain string"]}, r"documents\[0\]"),
+        ({"query": QUERY, "documents": [Document(content="x"), {"content": "y"}]}, r"documents\[1\]"),
+        ({"query": None, "documents": [Document(content="x")]}, "query"),
+        ({"query": 3, "documents": []}, "query"),
+    ],
+)
+def test_wrong_input_types_are_type_errors(kwargs: dict[str, Any], match: str) -> None:
+    ranker = AttentionRanker()
+    with pytest.raises(TypeError, match=match):
+        ranker.run(**kwargs)
+    assert ranker._retriever is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"), [({"meta_fields_to_embed": "title"}, TypeError), ({"embedding_separator": None}, TypeError)]
+)
+def test_meta_field_options_are_validated(kwargs: dict[str, Any], error: type[Exception]) -> None:
+    with pytest.raises(error):
+        AttentionRanker(**kwargs)
+
+
+def test_candidate_text_embeds_the_chosen_meta_fields() -> None:
+    ranker = AttentionRanker(meta_fields_to_embed=["title", "missing", "empty"], embedding_separator=" | ")
+    doc = Document(
+        content="Body text.", meta={"title": "Brass keys", "empty": "", "source_id": "s", "split_idx_start": 7}
+    )
+    c = ranker._candidate(doc)
+    assert (c.text, c.id, c.source, c.start) == ("Brass keys | Body text.", doc.id, "s", 7)
+    assert AttentionRanker()._candidate(doc).text == "Body text."
+    assert AttentionRanker.from_dict(ranker.to_dict()).meta_fields_to_embed == ["title", "missing", "empty"]
 
 
 # ------------------------------------------------------------------ integration (real model)
@@ -185,24 +227,29 @@ def test_document_granularity_delegates_and_orders(documents: list[Document]) ->
     ranker.warm_up()
     assert ranker._retriever is retriever  # idempotent
 
-    out = ranker.run(query=QUERY, documents=documents, top_k=2)["documents"]
-    expected = retriever.score_documents(QUERY, [CoreDocument(text=d.content, id=d.id) for d in documents[:2]])
+    out = ranker.run(query=QUERY, documents=documents, top_k=3)["documents"]
+    hits = retriever.score_candidates(QUERY, [Candidate(text=d.content, id=d.id) for d in documents[:2]])
+    expected = [h.score for h in hits]
     ranked = sorted(zip(documents[:2], expected, strict=True), key=lambda p: -p[1])
     assert [(d.id, d.score) for d in out[:2]] == [(d.id, pytest.approx(s)) for d, s in ranked]
+    assert out[0].id == documents[1].id  # the story holds the brass key
     assert out[2].meta == {"n": 2} and out[2].score is None
-    assert documents[1].score == 0.4  # inputs untouched
+    assert documents[1].score == 0.4 and "retrieval_score" not in documents[1].meta  # inputs untouched
+    assert next(d for d in out if d.id == documents[1].id).meta["retrieval_score"] == 0.4
 
-    assert len(ranker.run(query=QUERY, documents=documents)["documents"]) == 2  # init top_k=1 + pass-through
-    high = ranker.run(query=QUERY, documents=documents, top_k=2, score_threshold=max(expected) + 1.0)
-    assert [d.meta["n"] for d in high["documents"]] == [2]
+    assert [d.id for d in ranker.run(query=QUERY, documents=documents)["documents"]] == [documents[1].id]  # top_k=1
+    high = ranker.run(query=QUERY, documents=documents, top_k=3, score_threshold=max(expected) + 1e-6)
+    assert high["documents"] == []  # a threshold drops the textless document too
 
 
 @pytest.mark.integration
 def test_sentence_granularity_returns_new_documents_with_offsets(documents: list[Document]) -> None:
     ranker = AttentionRanker(granularity="sentence", top_k=4)
     out = ranker.run(query=QUERY, documents=documents)["documents"]
-    units, passthrough = out[:4], out[4:]
-    assert [d.meta["n"] for d in passthrough] == [2]
+    assert len(out) == 4 and all(d.score is not None for d in out)  # top_k is a hard cap: the textless one is cut
+    every = ranker.run(query=QUERY, documents=documents, top_k=50)["documents"]
+    assert every[-1].meta["n"] == 2 and every[-1].score is None and len(every) > 5  # all sentences, then textless
+    units = out
     by_id = {d.id: d for d in documents}
     for unit in units:
         source = by_id[unit.meta["source_id"]]
@@ -211,7 +258,49 @@ def test_sentence_granularity_returns_new_documents_with_offsets(documents: list
         assert 0.0 <= unit.score <= 1.0
     assert [u.score for u in units] == sorted((u.score for u in units), reverse=True)
     kept = ranker.run(query=QUERY, documents=documents, score_threshold=0.5)["documents"]
-    assert all(d.score >= 0.5 for d in kept[:-1]) and kept[-1].meta["n"] == 2
+    assert kept and all(d.score >= 0.5 for d in kept) and len(kept) < len(units)
 
     async_out = asyncio.run(ranker.run_async(query=QUERY, documents=documents))["documents"]
     assert [(d.content, d.meta.get("start")) for d in async_out] == [(d.content, d.meta.get("start")) for d in out]
+
+
+KEY = "Mary left the brass key on the desk in the office."
+CHUNKS = [
+    "The lighthouse keeper painted the door green.",
+    "Ships passed the harbour at dawn while gulls circled.",
+    KEY,
+    "John travelled to the garden where the roses were in bloom.",
+]
+
+
+@pytest.mark.integration
+def test_standalone_documents_get_distinct_scores_relevant_first_in_any_order() -> None:
+    ranker = AttentionRanker(top_k=4)
+    docs = [Document(content=t, meta={"source": f"doc{i}"}, score=0.5) for i, t in enumerate(CHUNKS)]
+    for given in (docs, docs[::-1]):
+        out = ranker.run(query="Where did Mary leave the brass key?", documents=given)["documents"]
+        assert out[0].content == KEY
+        scores = [d.score for d in out]
+        assert len(set(scores)) == 4 and scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
+
+
+@pytest.mark.integration
+def test_single_document_scores_and_threshold() -> None:
+    ranker = AttentionRanker()
+    query = "Where did Mary leave the brass key?"
+    (relevant,) = ranker.run(query=query, documents=[Document(content=KEY)])["documents"]
+    (irrelevant,) = ranker.run(query=query, documents=[Document(content=CHUNKS[0])])["documents"]
+    assert 0.0 <= irrelevant.score < relevant.score <= 1.0
+    cut = (relevant.score + irrelevant.score) / 2
+    kept = ranker.run(query=query, documents=[Document(content=CHUNKS[0]), Document(content=KEY)], score_threshold=cut)
+    assert [d.content for d in kept["documents"]] == [KEY]
+
+
+@pytest.mark.integration
+def test_duplicate_ids_keep_the_highest_first_stage_score() -> None:
+    a = Document(id="same", content=KEY, score=0.2)
+    b = Document(id="same", content=KEY, score=0.9)
+    c = Document(content=CHUNKS[1], score=0.5)
+    out = AttentionRanker().run(query="Where is the brass key?", documents=[a, c, b])["documents"]
+    assert [d.id for d in out] == ["same", c.id]
+    assert out[0].meta["retrieval_score"] == 0.9 and out[0].score != 0.9

@@ -7,17 +7,21 @@ import time
 from typing import Any
 
 import pytest
-from llama_index.core import SummaryIndex
+from llama_index.core import SummaryIndex, VectorStoreIndex
 from llama_index.core.base.base_retriever import BaseRetriever
+from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.callbacks import CallbackManager, CBEventType, LlamaDebugHandler
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events import BaseEvent
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
+from llama_index.core.llms import MockLLM
+from llama_index.core.postprocessor import SimilarityPostprocessor
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import (
     Document,
     ImageNode,
+    MetadataMode,
     NodeRelationship,
     NodeWithScore,
     QueryBundle,
@@ -29,7 +33,7 @@ from llama_index.retrievers.bm25 import BM25Retriever
 from pydantic import Field, ValidationError
 
 from llamaindex_attnret import AttentionLongDocRetriever, AttentionRerank
-from llamaindex_attnret.context import NODE_SEPARATOR, build_contexts, split_scoreable
+from llamaindex_attnret.context import NODE_SEPARATOR, build_contexts, node_candidate, split_scoreable
 from llamaindex_attnret.shared import shared_retriever
 from shared_core import RetrieverConfig
 
@@ -128,12 +132,40 @@ def test_empty_nodes() -> None:
 
 def test_nodes_without_text_pass_through_without_loading_the_model() -> None:
     nodes = [NodeWithScore(node=ImageNode(image="aGVsbG8="), score=0.9), NodeWithScore(node=TextNode(text="  \n"))]
-    rerank = AttentionRerank()
+    rerank = AttentionRerank(keep_retrieval_score=True)
     out = rerank.postprocess_nodes(nodes, query_str=QUERY)
     assert [o.node.node_id for o in out] == [n.node.node_id for n in nodes]
     assert all(o.score is None for o in out)
-    assert nodes[0].score == 0.9  # input untouched
+    assert out[0].node.metadata["retrieval_score"] == 0.9
+    assert nodes[0].score == 0.9 and "retrieval_score" not in nodes[0].node.metadata  # input untouched
+    assert len(AttentionRerank(top_n=1).postprocess_nodes(nodes, query_str=QUERY)) == 1  # they count against top_n
+    assert SimilarityPostprocessor(similarity_cutoff=0.0).postprocess_nodes(out) == []  # and fail a cutoff
     assert rerank._retriever is None
+
+
+@pytest.mark.parametrize(
+    ("nodes", "match"),
+    [
+        ("text", "nodes"),
+        (NodeWithScore(node=TextNode(text="x")), "nodes"),
+        ([TextNode(text="a node, not a NodeWithScore")], "NodeWithScore"),
+        ([NodeWithScore(node=TextNode(text="x")), "y"], "position 1"),
+    ],
+)
+def test_wrong_input_types_are_type_errors(nodes: Any, match: str) -> None:
+    rerank = AttentionRerank()
+    with pytest.raises(TypeError, match=match):
+        rerank.postprocess_nodes(nodes, query_str=QUERY)
+    with pytest.raises(TypeError, match="query"):
+        rerank.postprocess_nodes([NodeWithScore(node=TextNode(text="x"))], query_str=42)  # type: ignore[arg-type]
+    assert rerank._retriever is None
+
+
+def test_new_fields_default_and_round_trip() -> None:
+    rerank = AttentionRerank()
+    assert (rerank.keep_retrieval_score, rerank.metadata_mode) == (False, MetadataMode.EMBED)
+    again = AttentionRerank.from_dict(AttentionRerank(keep_retrieval_score=True, metadata_mode="none").to_dict())
+    assert (again.keep_retrieval_score, again.metadata_mode) == (True, MetadataMode.NONE)
 
 
 def test_contexts_put_siblings_in_document_order() -> None:
@@ -170,7 +202,7 @@ def test_retriever_init_validation() -> None:
 
 # ------------------------------------------------------------------ integration (real model)
 @pytest.mark.integration
-def test_node_rerank_scores_nodes_in_their_source_context() -> None:
+def test_node_rerank_reads_all_nodes_in_one_candidate_set() -> None:
     doc = Document(text=STORY, id_="story")
     chunks = _chunks(doc)
     lone = NodeWithScore(node=TextNode(id_="lone", text="Daniel keeps a spare key in the garage."), score=0.1)
@@ -178,22 +210,21 @@ def test_node_rerank_scores_nodes_in_their_source_context() -> None:
     nodes = [chunks[3], image, chunks[0], lone, chunks[2], chunks[1]]
     before = [(n.node.node_id, n.score, dict(n.node.metadata)) for n in nodes]
 
-    out = AttentionRerank(top_n=3).postprocess_nodes(nodes, query_str=QUERY)
+    out = AttentionRerank(top_n=6).postprocess_nodes(nodes, query_str=QUERY)
 
     assert [(n.node.node_id, n.score, dict(n.node.metadata)) for n in nodes] == before
-    assert len(out) == 4 and out[-1].node.node_id == "img" and out[-1].score is None
-    ranked = out[:3]
+    assert len(out) == 6 and out[-1].node.node_id == "img" and out[-1].score is None
+    ranked = out[:5]
     assert [r.score for r in ranked] == sorted((r.score for r in ranked), reverse=True)
+    assert ranked[0].node.node_id in {"story-0", "story-2"}  # a paragraph holding the brass key
     core = shared_retriever(RetrieverConfig())
-    context_text = NODE_SEPARATOR.join(c.node.text for c in chunks)
-    spans, start = [], 0
-    for c in chunks:
-        spans.append((start, start + len(c.node.text)))
-        start += len(c.node.text) + len(NODE_SEPARATOR)
-    expected = dict(zip([c.node.node_id for c in chunks], core.score_spans(QUERY, context_text, spans), strict=True))
-    expected["lone"] = core.score_spans(QUERY, lone.node.text, [(0, len(lone.node.text))])[0]
-    best = sorted(expected.items(), key=lambda kv: -kv[1])[:3]
+    texts = [n for n in nodes if n.node.node_id != "img"]
+    candidates = [node_candidate(n, MetadataMode.EMBED) for n in texts]
+    assert candidates[0].text.startswith("chunk: 3") and candidates[0].source == "story"  # EMBED mode, grouped
+    expected = {c.id: h.score for c, h in zip(candidates, core.score_candidates(QUERY, candidates), strict=True)}
+    best = sorted(expected.items(), key=lambda kv: -kv[1])
     assert [(r.node.node_id, r.score) for r in ranked] == [(k, pytest.approx(v)) for k, v in best]
+    assert len(AttentionRerank(top_n=3).postprocess_nodes(nodes, query_str=QUERY)) == 3  # textless count too
 
 
 @pytest.mark.integration
@@ -285,3 +316,75 @@ def test_long_doc_retriever_first_stage_picks_documents() -> None:
     retriever = AttentionLongDocRetriever([story, other], top_k=20, first_stage=first_stage)
     hits = retriever.retrieve("Who painted the lighthouse door?")
     assert hits and {h.node.ref_doc_id for h in hits} == {"other"}
+
+
+KEY = "Mary left the brass key on the desk in the office."
+CHUNKS = [
+    "The lighthouse keeper painted the door green.",
+    "Ships passed the harbour at dawn while gulls circled.",
+    KEY,
+    "John travelled to the garden where the roses were in bloom.",
+]
+KEY_QUERY = "Where did Mary leave the brass key?"
+
+
+@pytest.mark.integration
+def test_standalone_nodes_get_distinct_scores_relevant_first_in_any_order() -> None:
+    nodes = [NodeWithScore(node=TextNode(id_=f"n{i}", text=t), score=0.5) for i, t in enumerate(CHUNKS)]
+    rerank = AttentionRerank(top_n=4)
+    for given in (nodes, nodes[::-1]):
+        out = rerank.postprocess_nodes(given, query_str=KEY_QUERY)
+        assert out[0].node.node_id == "n2"
+        scores = [o.score for o in out]
+        assert len(set(scores)) == 4 and scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
+
+
+@pytest.mark.integration
+def test_single_node_scores_and_similarity_cutoff() -> None:
+    rerank = AttentionRerank(keep_retrieval_score=True)
+    relevant = NodeWithScore(node=TextNode(id_="key", text=KEY), score=0.3)
+    irrelevant = NodeWithScore(node=TextNode(id_="door", text=CHUNKS[0]), score=0.8)
+    (r,) = rerank.postprocess_nodes([relevant], query_str=KEY_QUERY)
+    (i,) = rerank.postprocess_nodes([irrelevant], query_str=KEY_QUERY)
+    assert 0.0 <= i.score < r.score <= 1.0
+    assert (r.node.metadata["retrieval_score"], i.node.metadata["retrieval_score"]) == (0.3, 0.8)
+    assert "retrieval_score" not in relevant.node.metadata
+    cutoff = SimilarityPostprocessor(similarity_cutoff=(r.score + i.score) / 2)
+    both = rerank.postprocess_nodes([irrelevant, relevant], query_str=KEY_QUERY)
+    assert [n.node.node_id for n in cutoff.postprocess_nodes(both)] == ["key"]
+
+
+class _MiniLMEmbedding(BaseEmbedding):
+    """LlamaIndex embedding over the core's dense model (all-MiniLM-L6-v2, offline)."""
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "_MiniLMEmbedding"
+
+    def _get_query_embedding(self, query: str) -> list[float]:
+        return shared_retriever(RetrieverConfig()).dense.embed([query])[0].tolist()
+
+    def _get_text_embedding(self, text: str) -> list[float]:
+        return shared_retriever(RetrieverConfig()).dense.embed([text])[0].tolist()
+
+    async def _aget_query_embedding(self, query: str) -> list[float]:
+        return self._get_query_embedding(query)
+
+
+@pytest.mark.integration
+def test_vector_index_query_engine_context_is_reordered_by_the_reranker() -> None:
+    docs = [Document(text=t, id_=f"d{i}") for i, t in enumerate(CHUNKS)]
+    index = VectorStoreIndex.from_documents(docs, embed_model=_MiniLMEmbedding())
+    first = index.as_retriever(similarity_top_k=4).retrieve(KEY_QUERY)
+    rerank = AttentionRerank(top_n=3, keep_retrieval_score=True)
+    engine = index.as_query_engine(llm=MockLLM(), similarity_top_k=4, node_postprocessors=[rerank])
+    response = engine.query(KEY_QUERY)
+    got = [(n.node.ref_doc_id, n.score) for n in response.source_nodes]
+    expected = rerank.postprocess_nodes(first, query_str=KEY_QUERY)
+    assert got == [(n.node.ref_doc_id, pytest.approx(n.score)) for n in expected]
+    assert len(got) == 3 and got[0][0] == "d2"
+    by_doc = {n.node.ref_doc_id: n.score for n in first}
+    assert all(
+        n.node.metadata["retrieval_score"] == pytest.approx(by_doc[n.node.ref_doc_id]) for n in response.source_nodes
+    )
+    assert [n.score for n in response.source_nodes] != [by_doc[d] for d, _ in got]  # our scores, not the vector's
