@@ -908,3 +908,13 @@ def test_cli_closed_pipe_exits_141_quietly(
     monkeypatch.setattr(cli, "_read_documents", closed)
     code, out, err = _cli(capsys, "search", "--file", str(files["doc"]), "--query", "q")
     assert (code, out, err) == (141, "", "")
+
+
+def test_duplicate_documents_score_alike(retriever: AttentionRetriever) -> None:
+    docs = [STORY, Document(text=STORY, id="copy")]
+    snapshot = copy.deepcopy(docs)
+    per_doc = retriever.score_all("Who picked up the apple?", docs)
+    assert docs == snapshot
+    assert [h.score for h in per_doc[0]] == pytest.approx([h.score for h in per_doc[1]])
+    hits = retriever.retrieve("Who picked up the apple?", docs, top_k=2)
+    assert {h.document_index for h in hits} == {0, 1} and hits[0].text == hits[1].text
