@@ -334,6 +334,11 @@ class RetrieverConfig(_Section):
     fusion: FusionConfig = Field(default_factory=FusionConfig)
     entities: EntitiesConfig = Field(default_factory=EntitiesConfig)
     cascade: CascadeConfig = Field(default_factory=CascadeConfig)
+    views: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Plug-in views to compute, by the name they were registered under "
+        "(`shared_core.views.register_view`), each with its options; weight each in fusion.weights.",
+    )
     show_progress: bool = Field(False, description="Show tqdm progress bars (the CLI turns them on).")
 
     @classmethod

@@ -8,6 +8,7 @@ index), compute each view's per-unit scores (`attention_engine` for the attentio
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Sequence
@@ -28,11 +29,11 @@ from .entities import EntityIndex, load_nlp
 from .explain import Explanation, build_explanation
 from .heads import HeadSelection
 from .kv_store import KVStore
-from .lexical import LexicalIndex
 from .model_loading import LoadedModel
 from .prompt import DocumentTokens, PromptLayout
 from .segmentation import segment, units_from_spans
 from .validation import check_queries, check_query, check_top_k, coerce_document, coerce_documents
+from .views import build_views
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +48,11 @@ Views = dict[str, np.ndarray]
 
 @dataclass(frozen=True)
 class _Analysis:
-    """What is computed once per document text, whatever the query: units, embeddings, entities."""
+    """What is computed once per document text, whatever the query: units, entities, each view's prepared state."""
 
     units: tuple[Unit, ...]
-    embeddings: np.ndarray | None
     entities: EntityIndex | None
-    lexical: LexicalIndex | None
+    states: dict[str, Any]
 
 
 class AttentionRetriever:
@@ -78,6 +78,7 @@ class AttentionRetriever:
         self._analyses: KVStore[_Analysis] = KVStore(max(self.config.attention.kv_cache_size, 32))
         self._dense = DenseScorer(self.config.dense)
         self._lock = threading.Lock()
+        self.views = build_views(self)
         self._recent: dict[tuple[str, ...], list[tuple[str, _Analysis]]] = {}  # newest first, per unit settings
 
     # ----------------------------------------------------------------- setup
@@ -193,9 +194,8 @@ class AttentionRetriever:
         check_query(query)
         doc = coerce_document(document, 0)
         units = units_from_spans(doc.text, spans)
-        lex = self.config.lexical
-        lexical = LexicalIndex.build([u.text for u in units], lex) if lex.enabled else None
-        views = self._views([query], doc, _Analysis(tuple(units), None, None, lexical))[0]
+        states = {name: view.prepare(doc, units) for name, view in self.views.items()}
+        views = self._views([query], doc, _Analysis(tuple(units), None, states))[0]
         return [float(x) for x in ranking.fuse_views(views, self.config.fusion)]
 
     def prune(self, query: str, documents: Sequence[str | Document], budget_tokens: int, **options: Any) -> list[Any]:
@@ -257,41 +257,33 @@ class AttentionRetriever:
         return self.engine.document_tokens(doc)
 
     def _analysis(self, doc: Document) -> _Analysis:
-        """Units, unit embeddings and entity index of a document, computed once and cached with it."""
+        """Units, entity index and every view's per-document state, computed once per text and cached with it."""
         cfg = self.config
         entity_key = (cfg.entities.spacy_model, cfg.entities.labels, cfg.entities.match_names)
-        settings = (
-            cfg.units.model_dump_json(),
-            cfg.dense.model_dump_json(),
-            cfg.lexical.model_dump_json(),
-            str(entity_key),
-        )
+        view_key = {"dense": cfg.dense.model_dump(), "lexical": cfg.lexical.model_dump(), **cfg.views}
+        settings = (cfg.units.model_dump_json(), json.dumps(view_key, sort_keys=True, default=str), str(entity_key))
 
         def build() -> _Analysis:
             u = cfg.units
             reused, start, paragraph = self._grown_from(doc.text, settings)
-            units = list(reused.units[: _kept(reused, paragraph)]) if reused else []
+            kept = _kept(reused, paragraph) if reused is not None else 0
+            units = list(reused.units[:kept]) if reused is not None else []
             fresh = segment(doc.text[start:], u.granularity, u.spacy_model, u.min_chars)
             units += [
                 Unit(len(units) + i, x.start + start, x.end + start, x.text, x.paragraph + paragraph)
                 for i, x in enumerate(fresh)
             ]
-            embeddings = None
-            if cfg.dense.enabled:
-                old = (
-                    reused.embeddings[: _kept(reused, paragraph)] if reused and reused.embeddings is not None else None
-                )
-                n_old = 0 if old is None else len(old)
-                new = self._dense.embed([x.text for x in units[n_old:]])
-                embeddings = new if old is None else np.concatenate([old, new])
+            states = {
+                name: view.prepare(doc, units, (kept, reused.states.get(name)) if reused is not None else None)
+                for name, view in self.views.items()
+            }
             entities = None
             if cfg.entities.enabled:
                 nlp = load_nlp(cfg.entities.spacy_model)
                 entities = EntityIndex.build(
                     doc.text, units, nlp, labels=cfg.entities.labels, match_names=cfg.entities.match_names
                 )
-            lexical = LexicalIndex.build([x.text for x in units], cfg.lexical) if cfg.lexical.enabled else None
-            analysis = _Analysis(units=tuple(units), embeddings=embeddings, entities=entities, lexical=lexical)
+            analysis = _Analysis(units=tuple(units), entities=entities, states=states)
             with self._lock:
                 self._recent[settings] = [(doc.text, analysis), *self._recent.get(settings, [])][:_RECENT]
             return analysis
@@ -313,14 +305,16 @@ class AttentionRetriever:
     def _views(self, queries: list[str], doc: Document, analysis: _Analysis) -> list[Views]:
         """Per query, the raw per-unit score of each enabled view (one document read for all the queries)."""
         units = list(analysis.units)
-        out: list[Views] = [{"attention": a} for a in self._attention_views(queries, doc, units)]
-        if self.config.dense.enabled:
-            vectors = analysis.embeddings if analysis.embeddings is not None else [u.text for u in units]
-            for q, views in zip(queries, out, strict=True):
-                views["dense"] = self._dense.score(q, vectors)
-        if analysis.lexical is not None:
-            for q, views in zip(queries, out, strict=True):
-                views["lexical"] = analysis.lexical.score(q)
+        out: list[Views] = [{} for _ in queries]
+        for name, view in self.views.items():
+            scored = view.score(queries, doc, units, analysis.states.get(name))
+            if len(scored) != len(queries):
+                raise ValueError(f"view {name!r} returned {len(scored)} score arrays for {len(queries)} queries")
+            for views, values in zip(out, scored, strict=True):
+                array = np.asarray(values, dtype=np.float64)
+                if array.shape != (len(units),) or not np.all(np.isfinite(array)):
+                    raise ValueError(f"view {name!r} must return one finite score per unit ({len(units)})")
+                views[name] = array
         return out
 
     def _score_many(self, queries: list[str], doc: Document, index: int) -> list[tuple[list[Hit], Views]]:
@@ -352,20 +346,6 @@ class AttentionRetriever:
                     )
                 )
             out.append((hits, views))
-        return out
-
-    def _attention_views(self, queries: list[str], doc: Document, units: list[Unit]) -> list[np.ndarray]:
-        """Per query, calibrated pooled attention per unit, in multiples of a uniform share (1/n per token).
-
-        Scaling by the document's token count makes the view comparable across documents of any length.
-        """
-        att = self.config.attention
-        tokens, per_query = self.engine.head_token_scores(queries, doc)
-        lo, hi = scoring.unit_token_ranges(tokens.offsets, [(u.start, u.end) for u in units])
-        out = []
-        for per_layer in per_query:
-            token_scores = scoring.aggregate_heads(per_layer, att.head_aggregation) * tokens.n_doc_tokens
-            out.append(scoring.pool(token_scores, lo, hi, att.pooling, att.topk, att.threshold_std))
         return out
 
 

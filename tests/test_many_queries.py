@@ -164,7 +164,7 @@ def test_a_grown_document_reuses_the_analysis_of_its_unchanged_paragraphs() -> N
         (u.start, u.end, u.paragraph, u.index) for u in fresh
     ]
     assert all(grown[u.start : u.end] == u.text for u in units)
-    embedded = r._analysis(Document(grown)).embeddings
-    expected = AttentionRetriever()._analysis(Document(grown)).embeddings
+    embedded = r._analysis(Document(grown)).states["dense"]
+    expected = AttentionRetriever()._analysis(Document(grown)).states["dense"]
     assert embedded is not None and expected is not None
     np.testing.assert_allclose(embedded, expected, atol=1e-5)
