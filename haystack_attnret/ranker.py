@@ -34,8 +34,9 @@ class AttentionRanker:
     `granularity="document"` returns the given documents rescored (copies; inputs are not mutated),
     best first, cut to `top_k`: all documents of the query are read in ONE prompt
     (`AttentionRetriever.score_candidates`; splits of one source, by `meta["source_id"]`, next to each other in
-    `meta["split_idx_start"]` order, others in the order given), each as the values of `meta_fields_to_embed`
-    then its content, joined by `embedding_separator` (as Haystack's sentence-transformers ranker reads them).
+    `meta["split_idx_start"]` order; sources in reverse input order, the first stage's best nearest the query),
+    each as the values of `meta_fields_to_embed` then its content, joined by `embedding_separator` (as Haystack's
+    sentence-transformers ranker reads them).
     Document scores are absolute, in [0, 1] (0 = no evidence of relevance in any view, 1 = every view saturated;
     docs/rerank.md): comparable across the documents of a call and across calls, so a single document gets a real
     score and `score_threshold` means the same in every call. Documents are deduplicated by id first, keeping the
