@@ -46,6 +46,7 @@ from shared_core.cascade import CascadeConfig
 from shared_core.cascade_scoring import cascade_token_scores
 from shared_core.config import AttentionConfig, ModelConfig
 from shared_core.heads import HeadSelection, select_heads
+from shared_core.model_family import text_config
 from shared_core.model_loading import load_model, model_id
 from shared_core.prompt import PromptLayout
 
@@ -250,7 +251,7 @@ def unit_scores(token: np.ndarray, scored: np.ndarray, offsets: np.ndarray, unit
 
 def layout_limit(model: Any) -> int:
     """The model window in tokens."""
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    cfg = text_config(model)
     return int(getattr(cfg, "max_position_embeddings", 0) or 2048)
 
 

@@ -29,7 +29,7 @@ from .cascade_state import CascadeState, fork_cache, replay_scores, shared_chunk
 from .config import RetrieverConfig
 from .document import Document
 from .heads import HeadSelection, select_heads
-from .kv_store import KVStore
+from .lru import LRUCache
 from .model_loading import LoadedModel, cache_root, load_model, model_id
 from .prompt import DocumentTokens, PromptLayout, QueryTokens
 from .state_store import StateStore, state_key
@@ -78,12 +78,12 @@ class AttentionEngine:
         self.layout: PromptLayout | None = None
         self.selection: HeadSelection | None = None
         size = config.attention.kv_cache_size
-        self.prefills: KVStore[_Prefilled] = KVStore(size)
-        self.tokens: KVStore[DocumentTokens] = KVStore(max(size, 32))
-        self.calibrations: KVStore[PerLayer] = KVStore(max(size, 32))
+        self.prefills: LRUCache[_Prefilled] = LRUCache(size)
+        self.tokens: LRUCache[DocumentTokens] = LRUCache(max(size, 32))
+        self.calibrations: LRUCache[PerLayer] = LRUCache(max(size, 32))
         # raw (uncalibrated) scores of documents past the window, per (document, query, heads): repeated queries and
         # the "N/A" calibration cost nothing once computed
-        self.cascade_results: KVStore[PerLayer] = KVStore(max(size, 8) * 16)
+        self.cascade_results: LRUCache[PerLayer] = LRUCache(max(size, 8) * 16)
         self.states = StateStore(parse_bytes(config.cascade.reuse_memory) or 0, None)
         self._init_lock = threading.Lock()
         self._stats_lock = threading.Lock()
@@ -98,7 +98,7 @@ class AttentionEngine:
             if self.loaded is not None:
                 return
             cfg = self.config
-            loaded = load_model(cfg.model, trust_remote_code=self.trust_remote_code)
+            loaded = load_model(cfg.model, trust_remote_code=self.trust_remote_code, show_progress=cfg.show_progress)
             self.layout = PromptLayout(loaded.tokenizer, cfg.model.prompt, cfg.model.instruction)
             self.selection = select_heads(cfg.attention, loaded.num_layers, loaded.num_heads, model_id(cfg.model))
             if cfg.cascade.reuse and cfg.cascade.reuse_disk:

@@ -19,6 +19,8 @@ import torch
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
+from .model_family import forward_with_cache
+
 ATTN_IMPLEMENTATION = "attnret"
 
 _registered = False
@@ -75,8 +77,6 @@ def run_observed(module: Any, cache: Any, observer: AttentionObserver | None, **
 
     The one forward wrapper of the package: prefill, query passes, cascade chunks and replays all go through it.
     """
-    from .model_loading import forward_with_cache  # model_loading registers this module's attention: no cycle
-
     with observing(observer), torch.no_grad():
         try:
             forward_with_cache(module, cache, **inputs)

@@ -43,7 +43,6 @@ never an out-of-memory crash).
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -53,50 +52,17 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from .cascade_config import CascadeConfig, parse_bytes  # noqa: F401  (re-exported: the config lives apart)
+from .model_family import ModelShape, RotaryFn, apply_rope, layer_kinds, model_rotary, rotate_half  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
 CommitFn = Callable[[int, torch.Tensor, torch.Tensor, int], None]
 """(layer_idx, keys without RoPE [B,H,c,d], values [B,H,c,d], index of the chunk's first token) after a commit."""
-RotaryFn = Callable[[int, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-"""(layer_idx, positions [1, n] long) -> (cos, sin), each [1, n, rot_dim] float32, in the model's RoPE layout."""
-
-_FULL_TYPES = {"full_attention", "attention", None}
-_SLIDING_TYPES = {"sliding_attention"}
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Memory estimates and the decision to use the cascade
 # ---------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """The few model dimensions the memory estimates need."""
-
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    hidden_size: int
-    intermediate_size: int
-    max_positions: int
-
-    @classmethod
-    def of(cls, model: Any) -> ModelShape:
-        """Read them from a transformers model (its text config)."""
-        cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-        heads = cfg.num_attention_heads
-        hidden = cfg.hidden_size
-        return cls(
-            num_layers=cfg.num_hidden_layers,
-            num_heads=heads,
-            num_kv_heads=getattr(cfg, "num_key_value_heads", None) or heads,
-            head_dim=getattr(cfg, "head_dim", None) or hidden // heads,
-            hidden_size=hidden,
-            intermediate_size=getattr(cfg, "intermediate_size", None) or 4 * hidden,
-            max_positions=getattr(cfg, "max_position_embeddings", None) or 0,
-        )
 
 
 def _activation_bytes(shape: ModelShape, tokens: int, kv: int) -> int:
@@ -158,75 +124,6 @@ def cascade_needed(
         used = layers_used or shape.num_layers
         return budget is not None and estimate_full_bytes(shape, n_tokens, used, dtype_bytes) > budget
     return bool(config.enabled)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# RoPE helpers
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    """The ``rotate_half`` of Llama-style RoPE: (x1, x2) -> (-x2, x1) over the last dim."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: bool = False) -> torch.Tensor:
-    """Rotate x [B,H,n,d] by cos/sin [1|B,n,r] (r <= d: partial rotary), or undo that rotation; fp32 math."""
-    cos, sin = cos[:, None].float(), sin[:, None].float()
-    r = cos.shape[-1]
-    xf = x.float()
-    rot, rest = xf[..., :r], xf[..., r:]
-    if inverse:
-        out = (rot * cos - rotate_half(rot) * sin) / (cos * cos + sin * sin)
-    else:
-        out = rot * cos + rotate_half(rot) * sin
-    if rest.shape[-1]:
-        out = torch.cat((out, rest), dim=-1)
-    return out.to(x.dtype)
-
-
-def model_rotary(model: Any) -> RotaryFn:
-    """The model's own rotary embedding as a `RotaryFn` (per layer type where the model has several)."""
-    base = getattr(model, "base_model", model)
-    rotary = getattr(base, "rotary_emb", None)
-    if rotary is None:
-        raise ValueError(
-            f"the cascading KV cache needs a RoPE model with a `rotary_emb` module; {type(model).__name__} has none"
-        )
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    layer_types = getattr(cfg, "layer_types", None)
-    takes_type = "layer_type" in inspect.signature(rotary.forward).parameters
-
-    def rope(layer_idx: int, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        probe = torch.empty(0, dtype=torch.float32, device=positions.device)
-        if takes_type and layer_types is not None:
-            return rotary(probe, positions, layer_types[layer_idx])
-        return rotary(probe, positions)
-
-    return rope
-
-
-def layer_kinds(model: Any) -> tuple[list[str], list[int | None]]:
-    """Per layer: 'full' or 'sliding' and the sliding window; unsupported layer kinds are a ValueError."""
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    n = cfg.num_hidden_layers
-    types = getattr(cfg, "layer_types", None) or [None] * n
-    window = getattr(cfg, "sliding_window", None)
-    kinds: list[str] = []
-    windows: list[int | None] = []
-    for t in types[:n]:
-        if t in _SLIDING_TYPES or (t is None and window is not None and getattr(cfg, "use_sliding_window", True)):
-            if not window:
-                raise ValueError(f"layer type {t!r} without a sliding_window in the model config")
-            kinds.append("sliding")
-            windows.append(int(window))
-        elif t in _FULL_TYPES:
-            kinds.append("full")
-            windows.append(None)
-        else:
-            raise ValueError(f"the cascading KV cache does not support layer type {t!r}")
-    return kinds, windows
 
 
 # ---------------------------------------------------------------------------------------------------------------

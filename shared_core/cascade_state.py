@@ -29,6 +29,7 @@ import torch
 from .capture import run_observed
 from .cascade import CascadeLayer, CascadingCache, _Slots, apply_rope, layer_kinds, model_rotary
 from .heads import HeadSelection
+from .model_family import text_config
 from .scoring import RowObserver
 
 Structure = tuple[int, tuple[int, ...], tuple[int, ...], int]
@@ -205,7 +206,7 @@ def replay_scores(
     device = next(model.parameters()).device
     rope = model_rotary(model)
     n = len(state.ids)
-    heads = model.config.get_text_config().num_attention_heads
+    heads = text_config(model).num_attention_heads
     if out is None:
         out = torch.zeros(len(queries), len(picked), heads, n, dtype=torch.float32)
     selection = HeadSelection(dict.fromkeys(picked), "replay")

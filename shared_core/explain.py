@@ -10,8 +10,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared_core.document import Document, Hit
-from shared_core.entities import EntityIndex
+from .document import Document, Hit
+from .entities import EntityIndex
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from shared_core.section import ConfigSection as _Section
+from .section import ConfigSection as _Section
 
 
 class FusionConfig(_Section):

@@ -15,7 +15,7 @@ import bm25s
 import numpy as np
 from pydantic import Field
 
-from shared_core.section import ConfigSection as _Section
+from .section import ConfigSection as _Section
 
 # bm25s logs every index build at DEBUG on its own logger; keep callers' logs readable.
 logging.getLogger("bm25s").setLevel(logging.WARNING)

@@ -6,16 +6,17 @@ loads take seconds. Models are shared process-wide per (name, revision, device, 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import importlib.util
-import inspect
 import json
 import logging
 import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ import torch
 
 from . import capture
 from .config import ModelConfig
+from .model_family import ModelShape, decoder, forward_with_cache  # noqa: F401  (forward_with_cache re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -42,32 +44,39 @@ class ModelLoadError(ValueError):
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A causal LM ready for capture, its tokenizer and the shape facts the scorer needs."""
+    """A causal LM ready for capture, its tokenizer and its shape (`model_family.ModelShape`)."""
 
     model: Any
     tokenizer: Any
     name: str
     device: torch.device
     dtype: torch.dtype
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    max_positions: int
+    shape: ModelShape
 
     @property
     def decoder(self) -> Any:
         """The decoder stack without the LM head (we never need logits)."""
-        return self.model.get_decoder() if hasattr(self.model, "get_decoder") else self.model.model
+        return decoder(self.model)
 
+    @property
+    def num_layers(self) -> int:
+        """Decoder layers."""
+        return self.shape.num_layers
 
-def forward_with_cache(module: Any, cache: Any, **inputs: Any) -> Any:
-    """Run ``module`` with a KV cache under the keyword its ``forward`` takes.
+    @property
+    def num_heads(self) -> int:
+        """Query heads per layer."""
+        return self.shape.num_heads
 
-    transformers renamed ``past_key_values`` to ``cache`` (5.2x; the old name warns until 5.40), and we support both.
-    """
-    params = inspect.signature(module.forward).parameters
-    keyword = "cache" if "cache" in params else "past_key_values"
-    return module(**inputs, **{keyword: cache}, use_cache=True)
+    @property
+    def num_kv_heads(self) -> int:
+        """Key/value heads per layer (fewer than query heads with GQA)."""
+        return self.shape.num_kv_heads
+
+    @property
+    def max_positions(self) -> int:
+        """The model's window (max_position_embeddings; 2048 when the config does not say)."""
+        return self.shape.max_positions or 2048
 
 
 def cache_root(config: ModelConfig) -> Path:
@@ -95,16 +104,19 @@ def model_id(config: ModelConfig) -> str:
     return config.name or DEFAULT_MODEL_ID
 
 
-def resolve_device(spec: str) -> torch.device:
-    """'auto' = CUDA when available, else CPU; anything else is passed to torch.device."""
+def resolve_device(spec: str, setting: str = "model.device") -> torch.device:
+    """The one device resolver of the package: 'auto' = CUDA when available, else CPU (pass 'mps' to use Apple's
+    GPU); anything else is passed to torch.device and checked. `setting` names the config field in errors."""
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(spec)
     except RuntimeError as exc:
-        raise ValueError(f"model.device: unknown device {spec!r}") from exc
+        raise ValueError(f"{setting}: unknown device {spec!r}") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("model.device is 'cuda' but CUDA is not available on this machine")
+        raise ValueError(f"{setting} is 'cuda' but CUDA is not available on this machine")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"{setting} is 'mps' but MPS is not available on this machine")
     return device
 
 
@@ -123,7 +135,22 @@ def remote_code_allowed(explicit: bool = False) -> bool:
     return explicit or os.environ.get(TRUST_REMOTE_CODE_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
-def load_model(config: ModelConfig, *, trust_remote_code: bool = False) -> LoadedModel:
+@contextlib.contextmanager
+def quiet_loading(show_progress: bool = False) -> Iterator[None]:
+    """Hide transformers' weight-loading and conversion progress bars unless progress was asked for."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    if not show_progress:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+
+
+def load_model(config: ModelConfig, *, trust_remote_code: bool = False, show_progress: bool = False) -> LoadedModel:
     """Load (or reuse) the model named by `config`; raises ValueError naming what to install when missing.
 
     Remote code runs only when the caller grants it (`trust_remote_code=True` or the environment variable), never
@@ -137,7 +164,8 @@ def load_model(config: ModelConfig, *, trust_remote_code: bool = False) -> Loade
     with _models_lock:
         loaded = _models.get(key)
         if loaded is None:
-            loaded = _load(source, config, device, dtype, remote)
+            with quiet_loading(show_progress):
+                loaded = _load(source, config, device, dtype, remote)
             _models[key] = loaded
         return loaded
 
@@ -167,20 +195,10 @@ def _load(source: str, config: ModelConfig, device: torch.device, dtype: torch.d
             f"(`{DEFAULT_INSTALL_HINT}`)."
         ) from exc
     model.to(device).eval().requires_grad_(False)
-    text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(f"model {source!r} has no fast tokenizer; offsets are needed to map tokens to text")
-    n_heads = text_config.num_attention_heads
     return LoadedModel(
-        model=model,
-        tokenizer=tokenizer,
-        name=source,
-        device=device,
-        dtype=dtype,
-        num_layers=text_config.num_hidden_layers,
-        num_heads=n_heads,
-        num_kv_heads=getattr(text_config, "num_key_value_heads", None) or n_heads,
-        max_positions=getattr(text_config, "max_position_embeddings", None) or 2048,
+        model=model, tokenizer=tokenizer, name=source, device=device, dtype=dtype, shape=ModelShape.of(model)
     )
 
 

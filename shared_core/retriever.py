@@ -28,7 +28,7 @@ from .document import Document, Hit, Unit
 from .entities import EntityIndex, load_nlp
 from .explain import Explanation, build_explanation
 from .heads import HeadSelection
-from .kv_store import KVStore
+from .lru import LRUCache
 from .model_loading import LoadedModel
 from .prompt import DocumentTokens, PromptLayout
 from .segmentation import segment, units_from_spans
@@ -75,7 +75,7 @@ class AttentionRetriever:
             raise TypeError(f"trust_remote_code must be a bool, got {type(trust_remote_code).__name__}")
         self.trust_remote_code = trust_remote_code
         self.engine = AttentionEngine(self.config, trust_remote_code)
-        self._analyses: KVStore[_Analysis] = KVStore(max(self.config.attention.kv_cache_size, 32))
+        self._analyses: LRUCache[_Analysis] = LRUCache(max(self.config.attention.kv_cache_size, 32))
         self._dense = DenseScorer(self.config.dense)
         self._lock = threading.Lock()
         self.views = build_views(self)

@@ -1,4 +1,4 @@
-"""A bounded LRU of prefilled documents (KV cache and token alignment), safe across threads."""
+"""A bounded, thread-safe LRU cache: every per-document state of the core (prefills, analyses, scores) lives in one."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Generic, TypeVar
 V = TypeVar("V")
 
 
-class KVStore(Generic[V]):
-    """LRU map from (model, layout, content hash) to a prefilled document; one prefill per key at a time."""
+class LRUCache(Generic[V]):
+    """LRU map from a key (model, template, content hash, settings) to a value built once per key at a time."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
@@ -65,6 +65,6 @@ class KVStore(Generic[V]):
             return len(self._items)
 
     def clear(self) -> None:
-        """Forget every cached document."""
+        """Forget every cached value."""
         with self._lock:
             self._items.clear()
