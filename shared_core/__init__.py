@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from .retriever import AttentionRetriever
 
 __all__ = ["AttentionRetriever", "Document", "Hit", "RetrieverConfig", "Unit"]
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
 
 def __getattr__(name: str) -> Any:

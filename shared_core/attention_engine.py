@@ -325,9 +325,9 @@ class AttentionEngine:
         for i, q in enumerate(queries):
             per_layer: PerLayer = {}
             for j, layer in enumerate(selection.layers):
-                part = scores[i, j, :, tokens.doc_start : tokens.doc_start + tokens.n_doc_tokens]
+                scored = scores[i, j, :, tokens.doc_start : tokens.doc_start + tokens.n_doc_tokens]
                 chosen = selection.per_layer[layer]
-                per_layer[layer] = part[list(chosen)] if chosen is not None else part
+                per_layer[layer] = scored[list(chosen)] if chosen is not None else scored
             self.cascade_results.put(result_key(q), per_layer)
             out[q] = per_layer
         return out

@@ -58,7 +58,8 @@ def register() -> None:
         if _registered:
             return
         AttentionInterface.register(ATTN_IMPLEMENTATION, _capture_attention_forward)
-        AttentionMaskInterface.register(ATTN_IMPLEMENTATION, ALL_MASK_ATTENTION_FUNCTIONS._global_mapping["sdpa"])
+        mask = ALL_MASK_ATTENTION_FUNCTIONS._global_mapping["sdpa"]
+        AttentionMaskInterface.register(ATTN_IMPLEMENTATION, mask)  # type: ignore[arg-type]
         _registered = True
 
 

@@ -277,6 +277,19 @@ class _CascadeLayerBase(CacheLayerMixin):
     def _kept_view(self) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    def commit(self, plan: _Plan) -> None:
+        """Fold the pending chunk into the layer's kept slots following `plan`."""
+        raise NotImplementedError
+
+    def kept_positions(self) -> torch.Tensor:
+        """Source token index [B, H_kv, K] of every kept slot, in position order."""
+        raise NotImplementedError
+
+    def _empty(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The zero-length keys and values set by `lazy_initialization` (nothing kept yet)."""
+        assert self.keys is not None and self.values is not None
+        return self.keys, self.values
+
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -347,7 +360,7 @@ class CascadeLayer(_CascadeLayerBase):
     def _kept_view(self) -> tuple[torch.Tensor, torch.Tensor]:
         slots = self.ordered_slots()
         if slots is None or len(slots) == 0:
-            return self.keys, self.values
+            return self._empty()
         cos, sin = self.owner.rope(self.layer_idx, 0, len(slots), slots.k.device)
         return apply_rope(slots.k, cos, sin), slots.v
 
@@ -419,7 +432,7 @@ class SlidingCascadeLayer(_CascadeLayerBase):
 
     def _kept_view(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.slots is None or len(self.slots) == 0:
-            return self.keys, self.values
+            return self._empty()
         n = len(self.slots)
         cos, sin = self.owner.rope(self.layer_idx, self.owner.structure.kept - n, n, self.slots.k.device)
         return apply_rope(self.slots.k, cos, sin), self.slots.v
@@ -494,7 +507,7 @@ class CascadingCache(Cache):
     def get_mask_sizes(self, query_length: int, layer_idx: int) -> tuple[int, int]:
         if layer_idx >= len(self.layers):
             return self.get_seq_length() + query_length, 0
-        return self.layers[layer_idx].get_mask_sizes(query_length)
+        return self.layer(layer_idx).get_mask_sizes(query_length)
 
     def get_max_length(self, layer_idx: int | None = None) -> int:
         return self.config.capacity
@@ -534,10 +547,16 @@ class CascadingCache(Cache):
         if not self.pending_len:
             return
         plan = self.structure.plan(self.pending_len)
-        for layer in self.layers:
-            layer.commit(plan)
+        for i in range(len(self.layers)):
+            self.layer(i).commit(plan)
         self.pending_len = 0
         self._rope_cache.clear()
+
+    def layer(self, layer_idx: int) -> _CascadeLayerBase:
+        """Layer `layer_idx` with its cascade type (the base class types `layers` as any cache layer)."""
+        layer = self.layers[layer_idx]
+        assert isinstance(layer, _CascadeLayerBase)
+        return layer
 
     def rope(self, layer_idx: int, start: int, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin for positions start..start+length-1 of this layer's kind (memoised until the next commit)."""

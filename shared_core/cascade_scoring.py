@@ -81,7 +81,7 @@ class EmaObserver:
         softcap: float | None,
     ) -> None:
         """Sampled rows -> mean softmax -> summed over the query heads of each key head -> the layer's EMA input."""
-        layer = self.cache.layers[layer_idx]
+        layer = self.cache.layer(layer_idx)
         if layer.is_sliding:  # sliding layers keep a plain window: no EMA needed
             return
         rows = self._rows(query.shape[2], query.device)
@@ -221,8 +221,8 @@ def cascade_token_scores(
         _score_end(model, cache, q_dev, picked, out, shape)
     seconds = time.perf_counter() - t0
     logger.debug("cascade pass: %d tokens, %d chunks, %.2fs, kept %d", n, n_chunks, seconds, cache.kept)
-    state = recorder.state() if recorder is not None else None
-    return CascadeScores(out, picked, n_chunks, cache.kept, need, seconds, state=state)
+    kept_state = recorder.state() if recorder is not None else None
+    return CascadeScores(out, picked, n_chunks, cache.kept, need, seconds, state=kept_state)
 
 
 def _score_end(
@@ -242,7 +242,7 @@ def _score_end(
             _forward(model, ids, torch.arange(kept, kept + ids.shape[1], device=ids.device)[None], cache, obs)
             for i, layer in enumerate(picked):
                 probs = obs.captured[layer].float().cpu()
-                pos = cache.layers[layer].kept_positions()[0].cpu()  # [Hkv, K_layer]
+                pos = cache.layer(layer).kept_positions()[0].cpu()  # [Hkv, K_layer]
                 k_layer = pos.shape[-1]
                 src = probs[:, probs.shape[-1] - ids.shape[1] - k_layer : probs.shape[-1] - ids.shape[1]]
                 index = pos.repeat_interleave(rep, dim=0) if pos.shape[0] > 1 else pos.expand(shape.num_heads, -1)

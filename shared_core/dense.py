@@ -77,7 +77,7 @@ def _hub_offline() -> Iterator[None]:
     try:
         import huggingface_hub.constants as hub_constants
     except ImportError:  # pragma: no cover - sentence-transformers depends on huggingface_hub
-        hub_constants = None
+        hub_constants = None  # type: ignore[assignment]
     previous_constant = getattr(hub_constants, "HF_HUB_OFFLINE", None)
     if hub_constants is not None:
         hub_constants.HF_HUB_OFFLINE = True
@@ -85,7 +85,7 @@ def _hub_offline() -> Iterator[None]:
         yield
     finally:
         if hub_constants is not None:
-            hub_constants.HF_HUB_OFFLINE = previous_constant
+            hub_constants.HF_HUB_OFFLINE = bool(previous_constant)
         if previous is None:
             os.environ.pop("HF_HUB_OFFLINE", None)
         else:

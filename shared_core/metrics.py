@@ -48,7 +48,7 @@ def rank_by_score(scores: Sequence[float] | np.ndarray, seed: int = 0) -> list[i
         raise ValueError(f"scores must be one-dimensional, got shape {values.shape}")
     keys = np.where(np.isnan(values), -np.inf, values)
     tiebreak = np.random.default_rng(seed).random(values.shape[0])
-    return [int(i) for i in np.lexsort((tiebreak, -keys))]
+    return [int(i) for i in np.lexsort(np.stack([tiebreak, -keys]))]
 
 
 def expected_gains(scores: Sequence[float] | np.ndarray, gold: set[int]) -> np.ndarray:

@@ -194,7 +194,7 @@ def _load(source: str, config: ModelConfig, device: torch.device, dtype: torch.d
             f"(this machine may be offline), a local folder, a .gguf file, or None for the embedded default "
             f"(`{DEFAULT_INSTALL_HINT}`)."
         ) from exc
-    model.to(device).eval().requires_grad_(False)
+    model.to(device).eval().requires_grad_(False)  # type: ignore[arg-type]
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(f"model {source!r} has no fast tokenizer; offsets are needed to map tokens to text")
     return LoadedModel(
@@ -236,7 +236,7 @@ def _converted_gguf(path: Path, config: ModelConfig) -> Path:
         logger.info("converting %s to safetensors in %s (once; later loads are fast)", path.name, target)
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-        model.hf_quantizer = None  # the weights are dequantized: save them as a plain checkpoint
+        model.hf_quantizer = None  # type: ignore[assignment]  # dequantized: saved as a plain checkpoint
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         try:

@@ -182,8 +182,9 @@ class AttentionRetriever:
                 per_query[j].append(hits)
                 views[j].append(doc_views)
         if len(docs) > 1:
-            for per_doc, doc_views in zip(per_query, views, strict=True):
-                for hits, weight in zip(per_doc, ranking.document_scores(doc_views, self.config.fusion), strict=True):
+            for per_doc, query_views in zip(per_query, views, strict=True):
+                weights = ranking.document_scores(query_views, self.config.fusion)
+                for hits, weight in zip(per_doc, weights, strict=True):
                     for h in hits:
                         h.scores["document"] = weight
                         h.score *= 0.5 + 0.5 * weight
@@ -195,8 +196,8 @@ class AttentionRetriever:
         doc = coerce_document(document, 0)
         units = units_from_spans(doc.text, spans)
         states = {name: view.prepare(doc, units) for name, view in self.views.items()}
-        views = self._views([query], doc, _Analysis(tuple(units), None, states))[0]
-        return [float(x) for x in ranking.fuse_views(views, self.config.fusion)]
+        scored = self._views([query], doc, _Analysis(tuple(units), None, states))[0]
+        return [float(x) for x in ranking.fuse_views(scored, self.config.fusion)]
 
     def prune(self, query: str, documents: Sequence[str | Document], budget_tokens: int, **options: Any) -> list[Any]:
         """Each document cut to `budget_tokens` reader tokens, order kept: see `shared_core.pruning.prune`."""

@@ -88,7 +88,7 @@ def segment(text: str, granularity: str, spacy_model: str, min_chars: int = 1) -
     return [Unit(index=i, start=s, end=e, text=text[s:e], paragraph=p) for i, (s, e, p) in enumerate(merged)]
 
 
-def units_from_spans(text: str, spans: list[tuple[int, int]]) -> list[Unit]:
+def units_from_spans(text: str, spans: Sequence[tuple[int, int]]) -> list[Unit]:
     """Units for caller-given character spans (validated, kept in the given order; overlaps are allowed).
 
     Each span is a pair of ints (numpy ints too; bools and floats are refused) with 0 <= start < end <= len(text).

@@ -16,6 +16,7 @@ import tempfile
 import threading
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -151,11 +152,11 @@ def _chunk_meta(state: CascadeState) -> list[list[object]]:
     ]
 
 
-def _state(tensors: dict[str, torch.Tensor], chunks: list[list[object]]) -> CascadeState:
+def _state(tensors: dict[str, torch.Tensor], chunks: list[list[Any]]) -> CascadeState:
     records = []
     for i, (start, end, sinks, fill, arrivals, seen) in enumerate(chunks):
-        structure = (int(sinks), tuple(int(x) for x in fill), tuple(int(x) for x in arrivals), int(seen))  # type: ignore[union-attr]
-        records.append(ChunkRecord(int(start), int(end), tensors[f"kept.{i}"], tensors[f"ema.{i}"], structure))  # type: ignore[arg-type]
+        structure = (int(sinks), tuple(int(x) for x in fill), tuple(int(x) for x in arrivals), int(seen))
+        records.append(ChunkRecord(int(start), int(end), tensors[f"kept.{i}"], tensors[f"ema.{i}"], structure))
     return CascadeState(ids=tensors["ids"], keys=tensors["keys"], values=tensors["values"], chunks=tuple(records))
 
 
