@@ -32,6 +32,7 @@ from .heads import HeadSelection, select_heads
 from .lru import LRUCache
 from .model_loading import LoadedModel, cache_root, load_model, model_id
 from .prompt import DocumentTokens, PromptLayout, QueryTokens
+from .query_batch import QueryBatch, pad_id, run_query_batch
 from .state_store import StateStore, state_key
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ STAT_KEYS = (
     "prefill_tokens",
     "prefix_tokens_reused",
     "query_passes",
+    "query_batches",
     "query_tokens",
     "calibration_passes",
     "cascade_passes",
@@ -180,7 +182,8 @@ class AttentionEngine:
         if inside:
             prefilled = self._prefilled(doc, tokens)
             baseline = self._calibration(prefilled, doc, selection) if calibrate else None
-            scored.update({q: _calibrated(self._query_pass(prefilled, parts[q], selection), baseline) for q in inside})
+            raw = self._query_passes(prefilled, [parts[q] for q in inside], selection)
+            scored.update({q: _calibrated(r, baseline) for q, r in zip(inside, raw, strict=True)})
         return tokens, [scored[q] for q in queries]
 
     def _needs_cascade(self, tokens: DocumentTokens, part: QueryTokens) -> bool:
@@ -266,15 +269,44 @@ class AttentionEngine:
         return cache, best_len
 
     @torch.inference_mode()
-    def _query_pass(self, prefilled: _Prefilled, part: QueryTokens, selection: HeadSelection) -> PerLayer:
-        """Run only the query part against a copy-on-write view of the cached document."""
-        loaded = self.model
+    def _query_passes(
+        self, prefilled: _Prefilled, parts: list[QueryTokens], selection: HeadSelection
+    ) -> list[PerLayer]:
+        """Every query part against the cached document, `attention.query_batch` parts per forward."""
+        loaded, tokens = self.model, prefilled.tokens
+        for part in parts:
+            self._check_fits(prefilled, part)
+        size = self.config.attention.query_batch
+        if size <= 1 or len(parts) == 1 or not supports_replay(loaded.model):
+            return [self._query_pass(prefilled, part, selection) for part in parts]
+        depth = selection.deepest + 1
+        layers = [(layer.keys, layer.values) for layer in prefilled.cache.layers[:depth]]
+        out: list[PerLayer] = []
+        for i in range(0, len(parts), size):
+            group = parts[i : i + size]
+            batch = QueryBatch.of(group, pad_id(loaded.tokenizer))
+            captured = run_query_batch(loaded.decoder, layers, batch, selection, loaded.device)
+            total = len(tokens.ids) + batch.ids.shape[1]
+            for b in range(len(group)):
+                mine = {layer: probs[b] for layer, probs in captured.items()}
+                out.append(scoring.document_token_scores(mine, total, tokens.doc_start, tokens.n_doc_tokens))
+            self._count(query_passes=len(group), query_batches=1, query_tokens=sum(batch.lengths))
+        return out
+
+    def _check_fits(self, prefilled: _Prefilled, part: QueryTokens) -> None:
         n_prefix = len(prefilled.tokens.ids)
         if n_prefix + len(part.ids) > self.window:
             raise ValueError(
                 f"document ({n_prefix} tokens) plus query ({len(part.ids)} tokens) exceed the model window of "
                 f"{self.window} tokens; shorten the query or the document"
             )
+
+    @torch.inference_mode()
+    def _query_pass(self, prefilled: _Prefilled, part: QueryTokens, selection: HeadSelection) -> PerLayer:
+        """Run only the query part against a copy-on-write view of the cached document."""
+        loaded = self.model
+        n_prefix = len(prefilled.tokens.ids)
+        self._check_fits(prefilled, part)
         observer = scoring.RowObserver(selection, torch.tensor(part.rows, dtype=torch.long))
         ids = torch.tensor([part.ids], device=loaded.device)
         capture.run_observed(loaded.decoder, fork_cache(prefilled.cache), observer, input_ids=ids)
@@ -339,7 +371,13 @@ class AttentionEngine:
         try:
             with torch.inference_mode():
                 scores = replay_scores(
-                    self.model.model, state, suffixes, selection.layers, progress=lambda d, t: bar.update(1)
+                    self.model.model,
+                    state,
+                    suffixes,
+                    selection.layers,
+                    progress=lambda d, t: bar.update(1),
+                    batch_size=self.config.attention.query_batch,
+                    pad=pad_id(self.model.tokenizer),
                 )
         finally:
             bar.close()

@@ -30,6 +30,8 @@ from .capture import run_observed
 from .cascade import CascadeLayer, CascadingCache, _Slots, apply_rope, layer_kinds, model_rotary
 from .heads import HeadSelection
 from .model_family import text_config
+from .prompt import QueryTokens
+from .query_batch import QueryBatch, run_query_batch
 from .scoring import RowObserver
 
 Structure = tuple[int, tuple[int, ...], tuple[int, ...], int]
@@ -192,11 +194,14 @@ def replay_scores(
     chunks: Sequence[ChunkRecord] | None = None,
     out: torch.Tensor | None = None,
     progress: Callable[[int, int], None] | None = None,
+    batch_size: int = 1,
+    pad: int = 0,
 ) -> torch.Tensor:
     """Per query, layer and query head, the resident score of every token, from a kept state: [Q, len(layers), Hq, n].
 
     For each chunk only the queries run (against the chunk's kept tokens and the chunk itself), as in the first
     pass. `chunks` restricts the replay (a resumed pass replays the shared chunks only) and `out` receives it.
+    With `batch_size` > 1 up to that many queries run in one forward per chunk (`query_batch`), padded with `pad`.
     """
     from transformers import DynamicCache
 
@@ -221,6 +226,18 @@ def replay_scores(
         keys = torch.cat([k_kept, state.keys[:depth, :, chunk.start : chunk.end].to(device)], dim=2)
         values = torch.cat([v_kept, state.values[:depth, :, chunk.start : chunk.end].to(device)], dim=2)
         keys = apply_rope(keys, cos, sin)  # every layer at once: layers take the batch dimension
+        if batch_size > 1 and len(q_dev) > 1:
+            prefix = [(keys[layer : layer + 1], values[layer : layer + 1]) for layer in range(depth)]
+            for first in range(0, len(queries), batch_size):
+                group = [_as_part(ids, rows) for ids, rows in queries[first : first + batch_size]]
+                batch = QueryBatch.of(group, pad)
+                captured = run_query_batch(model.base_model, prefix, batch, selection, device)
+                for b in range(len(group)):
+                    part = [captured[layer][b, :, kept : kept + c] for layer in picked]
+                    out[first + b, :, :, chunk.start : chunk.end] = torch.stack(part).float().cpu()
+            if progress is not None:
+                progress(done, len(todo))
+            continue
         base = DynamicCache(config=model.config)
         for layer in range(depth):
             base.update(keys[layer : layer + 1], values[layer : layer + 1], layer)
@@ -233,6 +250,10 @@ def replay_scores(
         if progress is not None:
             progress(done, len(todo))
     return out
+
+
+def _as_part(ids: torch.Tensor, rows: torch.Tensor) -> QueryTokens:
+    return QueryTokens(ids=[int(x) for x in ids.reshape(-1)], rows=[int(x) for x in rows.reshape(-1)])
 
 
 def fork_cache(cache: Any) -> Any:

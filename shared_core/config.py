@@ -273,6 +273,12 @@ class AttentionConfig(_Section):
         description="How per-head scores combine: mean over heads and layers, max over heads then mean over layers, "
         "or sum over the head set (QRHead).",
     )
+    query_batch: int = Field(
+        16,
+        ge=1,
+        description="Query parts run together in one forward against a document (many-query calls and replays "
+        "past the window); 1 = one forward per query. Results are the same up to float rounding.",
+    )
     kv_cache_size: int = Field(
         4, ge=0, description="Documents whose prefilled KV cache is kept (LRU); 0 disables reuse."
     )

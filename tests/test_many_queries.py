@@ -27,10 +27,13 @@ QUERIES = ["Who picked up the apple?", "Where is Sandra?", "Where did John go?"]
 SMALL_CASCADE = {"sink_tokens": 8, "cascades": 2, "window": 32, "stride": 64}
 
 
-def _past_window(tmp: Path | None = None, **cascade: object) -> AttentionRetriever:
+def _past_window(tmp: Path | None = None, query_batch: int = 16, **cascade: object) -> AttentionRetriever:
     """A retriever whose window (160 tokens) puts LONG past it, with a small cascade."""
     extra = {"reuse_dir": str(tmp)} if tmp is not None else {}
-    return AttentionRetriever({"model": {"max_tokens": 160}, "cascade": {**SMALL_CASCADE, **extra, **cascade}})
+    config = {"max_tokens": 160}
+    return AttentionRetriever(
+        {"model": config, "attention": {"query_batch": query_batch}, "cascade": {**SMALL_CASCADE, **extra, **cascade}}
+    )
 
 
 def _scores(hits: list) -> list[float]:
@@ -51,7 +54,7 @@ def test_one_prefill_and_one_calibration_pass_serve_every_query() -> None:
     r.score_units_many(QUERIES, STORY)
     assert r.stats["prefills"] == 1
     assert r.stats["calibration_passes"] == 1  # the "N/A" pass does not depend on the query
-    assert r.stats["query_passes"] == len(QUERIES) + 1
+    assert r.stats["query_passes"] == len(QUERIES) + 1 and r.stats["query_batches"] == 1  # one forward for all
     r.score_units("Where is the milk?", STORY)
     assert r.stats["prefills"] == 1 and r.stats["calibration_passes"] == 1
     assert r.stats["query_passes"] == len(QUERIES) + 2
@@ -77,6 +80,18 @@ def test_a_further_query_past_the_window_replays_the_kept_pass(tmp_path: Path) -
     fresh = _past_window(reuse=False).score_units("Where is the apple?", LONG)
     np.testing.assert_allclose(_scores(replayed), _scores(fresh), atol=1e-5)  # replay is exact up to rounding
     assert [h.score for h in replayed] == pytest.approx([h.score for h in fresh], abs=1e-4)
+
+
+def test_batched_replay_equals_single_replays(tmp_path: Path) -> None:
+    r = _past_window(tmp_path)
+    r.score_units(QUERIES[0], LONG)
+    later = ["Where is the apple?", "Who went to the kitchen?", "Where was Daniel?"]
+    batched = r.score_units_many(later, LONG)  # one replay, the three queries in one forward per chunk
+    assert r.stats["cascade_passes"] == 1 and r.stats["cascade_replays"] == 1
+    one_by_one = _past_window(tmp_path / "other", query_batch=1)
+    one_by_one.score_units(QUERIES[0], LONG)
+    for query, hits in zip(later, batched, strict=True):
+        np.testing.assert_allclose(_scores(hits), _scores(one_by_one.score_units(query, LONG)), atol=1e-5)
 
 
 def test_a_grown_document_reads_only_its_new_part() -> None:
