@@ -123,6 +123,9 @@ def test_split_windows_share_the_scale(retriever: AttentionRetriever, monkeypatc
     split = retriever.score_candidates(QUERY, cs)
     assert max(range(len(cs)), key=lambda i: split[i].score) == 3 == max(range(len(cs)), key=lambda i: whole[i].score)
     assert split[3].score > max(split[i].score for i in range(3))
+    monkeypatch.undo()
+    capped = retriever.score_candidates(QUERY, cs, window_tokens=30)  # the public cap splits the same way
+    assert capped[3].score > max(capped[i].score for i in range(3))
 
 
 @pytest.mark.integration
@@ -131,6 +134,10 @@ def test_options_are_checked(retriever: AttentionRetriever) -> None:
         retriever.score_candidates(QUERY, [RELEVANT], pooling="max")
     with pytest.raises(ValueError, match="orders"):
         retriever.score_candidates(QUERY, [RELEVANT], orders=3)
+    with pytest.raises(ValueError, match="window_tokens"):
+        retriever.score_candidates(QUERY, [RELEVANT], window_tokens=0)
+    with pytest.raises(TypeError, match="window_tokens"):
+        retriever.score_candidates(QUERY, [RELEVANT], window_tokens=1.5)
     with pytest.raises(TypeError, match="query"):
         retriever.score_candidates(None, [RELEVANT])  # type: ignore[arg-type]
     two = retriever.score_candidates(QUERY, [IRRELEVANT, RELEVANT], orders=2)
