@@ -157,26 +157,8 @@ def load_cases(path: Path) -> list[Case]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Per-query adaptive weights (replayed here; see docs/quality.md)
-
-
-def _top(values: np.ndarray, k: int) -> set[int]:
-    return set(np.argsort(-values, kind="stable")[:k].tolist())
-
-
-def agreement_weights(views: dict[str, np.ndarray], weights: dict[str, float], strength: float, k: int = 10):
-    """Weights scaled per query by how much each view's top ``k`` overlaps the other views' (a view that
-    disagrees with the rest on this query counts less): ``w_v * (agree_v / mean agree) ** strength``."""
-    names = [v for v in views if weights.get(v, 0) > 0]
-    if len(names) < 2:
-        return dict(weights)
-    k = max(1, min(k, len(next(iter(views.values())))))
-    tops = {v: _top(views[v], k) for v in names}
-    agree = {v: np.mean([len(tops[v] & tops[u]) / k for u in names if u != v]) for v in names}
-    mean = float(np.mean(list(agree.values())))
-    if mean <= 0:
-        return dict(weights)
-    return {v: (weights[v] * (max(agree[v], 1e-3) / mean) ** strength if v in agree else w) for v, w in weights.items()}
+# Per-query adaptive weights: agreement of the views is the library's (fusion.adaptive = "agreement"); lexical
+# overlap is replayed here only (it lost on held-in, docs/quality.md)
 
 
 def overlap_weights(
@@ -213,10 +195,7 @@ def replay(case: Case, fusion: FusionConfig, entities: EntitiesConfig, tags: dic
     scores = []
     for d, (views, units, index) in enumerate(case.docs):
         config = fusion
-        if tags.get("adaptive") == "agreement":
-            weights = agreement_weights(views, fusion.weights, tags["strength"])
-            config = fusion.model_copy(update={"weights": weights})
-        elif tags.get("adaptive") == "overlap":
+        if tags.get("adaptive") == "overlap":
             weights = overlap_weights(views, fusion.weights, tags["strength"], _coverage(case, d))
             config = fusion.model_copy(update={"weights": weights})
         used = {k: v for k, v in views.items() if config.weights.get(k, 0) > 0}
@@ -235,16 +214,13 @@ def candidates(granularities: Sequence[str] = ("sentence",)) -> list[Candidate]:
         weights = {"attention": att, "dense": den, "lexical": lex}
         name = f"a{att:g}/d{den:g}/l{lex:g} {method}{' +ent' if ent else ''}"
         out.append(Candidate(name, FusionConfig(method=method, weights=weights), EntitiesConfig(enabled=ent)))
-    for mode, strength in itertools.product(("agreement", "overlap"), (0.5, 1.0, 2.0)):
-        out.append(
-            Candidate(
-                f"default, {mode} adaptive x{strength:g}",
-                FusionConfig(),
-                EntitiesConfig(),
-                lever=f"adaptive-{mode}",
-                tags={"adaptive": mode, "strength": strength},
-            )
-        )
+    for strength in (0.5, 1.0, 2.0):
+        agreement = FusionConfig(adaptive="agreement", adaptive_strength=strength)
+        name = f"default, agreement adaptive x{strength:g}"
+        out.append(Candidate(name, agreement, EntitiesConfig(), lever="adaptive-agreement"))
+        tags = {"adaptive": "overlap", "strength": strength}
+        name = f"default, overlap adaptive x{strength:g}"
+        out.append(Candidate(name, FusionConfig(), EntitiesConfig(), lever="adaptive-overlap", tags=tags))
     for g in granularities:
         if g != "sentence":
             out.append(Candidate(f"default, {g} units", FusionConfig(), EntitiesConfig(), g, lever="units"))

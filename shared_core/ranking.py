@@ -14,7 +14,7 @@ import numpy as np
 
 from .document import Unit
 from .entities import EntitiesConfig, EntityIndex, Expansion, expand
-from .fusion import FusionConfig, fuse, minmax
+from .fusion import FusionConfig, adaptive_weights, fuse, minmax
 
 REASON_TOP = 5  # a view is named as a reason for a unit it ranks in its own top 5
 
@@ -45,7 +45,10 @@ def rank_units(
     entities: EntitiesConfig,
     query: str | None = None,
 ) -> UnitRanking:
-    """Fuse the views, expand through entities and give each unit its final score and reasons."""
+    """Fuse the views (with per-query weights when `fusion.adaptive` says so), expand through entities and give
+    each unit its final score and reasons."""
+    if fusion.adaptive != "none" and len(views) > 1:
+        fusion = fusion.model_copy(update={"weights": adaptive_weights(views, fusion)})
     fused = fuse_views(views, fusion)
     final = fused.copy()
     order = np.argsort(-fused, kind="stable")
