@@ -235,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     lengths = [600] if args.quick else [int(x) for x in args.tokens.split(",")]
     methods = ["bare_prefill", "attnret", "naive_eager", "dense", "bm25"]
     rows: list[dict[str, Any]] = []
+    meta = {**run_metadata(), "device": args.device, "torch_threads": torch.get_num_threads()}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)  # written after every measurement: a cut run keeps its rows
     for n in lengths:
         for method in methods:
             if method == "naive_eager" and naive_gb(n) > args.naive_budget_gb:
@@ -246,9 +249,7 @@ def main(argv: list[str] | None = None) -> int:
                 res["target"] = n
                 rows.append(res)
                 logger.info("  %.2f s, %.0f MB", res.get("seconds", float("nan")), res["peak_mb"])
-    meta = {**run_metadata(), "device": args.device}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n", encoding="utf-8")
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n", encoding="utf-8")
     section = run_section(meta, command_line("benchmarks.perf", argv), table(rows), args.device)
     if args.readme:

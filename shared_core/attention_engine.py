@@ -86,7 +86,8 @@ class AttentionEngine:
         # raw (uncalibrated) scores of documents past the window, per (document, query, heads): repeated queries and
         # the "N/A" calibration cost nothing once computed
         self.cascade_results: LRUCache[PerLayer] = LRUCache(max(size, 8) * 16)
-        self.states = StateStore(parse_bytes(config.cascade.reuse_memory) or 0, None)
+        cascade = config.cascade
+        self.states = StateStore(parse_bytes(cascade.reuse_memory) or 0, None, parse_bytes(cascade.reuse_disk_limit))
         self._init_lock = threading.Lock()
         self._stats_lock = threading.Lock()
         self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)

@@ -64,20 +64,23 @@ class CascadeConfig(_Section):
     reuse_dir: str | None = Field(
         None, description="Folder of spilled passes; None = <model cache folder>/cascade ($ATTNRET_CACHE/cascade)."
     )
+    reuse_disk_limit: str | int = Field(
+        "16GB", description="Most bytes of spilled passes kept in `reuse_dir`; the least recently used go first."
+    )
 
-    @field_validator("reuse_memory", mode="before")
+    @field_validator("reuse_memory", "reuse_disk_limit", mode="before")
     @classmethod
-    def _reuse_memory_parses(cls, v: Any) -> Any:
+    def _reuse_sizes_parse(cls, v: Any, info: Any) -> Any:
         try:
             parse_bytes(v)
         except ValueError as exc:
-            raise ValueError(str(exc).replace("cascade.memory_budget", "cascade.reuse_memory")) from None
+            raise ValueError(str(exc).replace("cascade.memory_budget", f"cascade.{info.field_name}")) from None
         return v
 
     @property
     def scoring_key(self) -> str:
         """The settings a pass's scores depend on (the reuse settings only say where results are kept)."""
-        return self.model_dump_json(exclude={"reuse", "reuse_memory", "reuse_disk", "reuse_dir"})
+        return self.model_dump_json(exclude={"reuse", "reuse_memory", "reuse_disk", "reuse_dir", "reuse_disk_limit"})
 
     @field_validator("memory_budget")
     @classmethod

@@ -14,6 +14,7 @@ import logging
 import os
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -35,9 +36,10 @@ def state_key(*parts: object) -> str:
 class StateStore:
     """Cascade states by key; `get` looks in memory, then on disk; `put` keeps in memory and spills the overflow."""
 
-    def __init__(self, memory_bytes: int, folder: Path | None) -> None:
+    def __init__(self, memory_bytes: int, folder: Path | None, disk_bytes: int | None = None) -> None:
         self.memory_bytes = memory_bytes
         self.folder = folder
+        self.disk_bytes = disk_bytes
         self._items: OrderedDict[str, tuple[str, CascadeState]] = OrderedDict()  # key -> (family, state)
         self._lock = threading.Lock()
 
@@ -101,7 +103,9 @@ class StateStore:
             save_file(tensors, tmp, metadata=meta)
             os.replace(tmp, path)
             tmp = None
+            _touch(path)
             logger.info("kept cascade pass spilled to %s (%.1f MB)", path, state.nbytes / 1e6)
+            self._trim(keep=path)
         except OSError as exc:  # a full or read-only cache folder: the pass is simply not kept
             logger.warning(
                 "could not spill a cascade pass to %s (%s); later queries will read the document again", path, exc
@@ -109,6 +113,18 @@ class StateStore:
         finally:
             if tmp is not None:
                 Path(tmp).unlink(missing_ok=True)
+
+    def _trim(self, keep: Path) -> None:
+        """Delete the least recently used spilled files beyond `disk_bytes` (never the one just written)."""
+        if self.disk_bytes is None or self.folder is None:
+            return
+        files = sorted(self.folder.glob("*.safetensors"), key=lambda f: f.stat().st_mtime, reverse=True)
+        total = 0
+        for f in files:
+            total += f.stat().st_size
+            if total > self.disk_bytes and f != keep:
+                f.unlink(missing_ok=True)
+                logger.info("spilled cascade pass %s removed (reuse_disk_limit)", f.name)
 
     def _load(self, key: str) -> CascadeState | None:
         from safetensors import safe_open
@@ -125,6 +141,7 @@ class StateStore:
             if meta.get("checksum") != _checksum(tensors):
                 raise ValueError("checksum mismatch")
             state = _state(tensors, json.loads(meta["chunks"]))
+            _touch(path)  # recently used: the last to be trimmed
         except Exception as exc:  # any unreadable file is rebuilt, never used
             logger.warning(
                 "kept cascade pass %s is unreadable (%s): deleting it; the document is read again", path, exc
@@ -135,6 +152,12 @@ class StateStore:
             if state.nbytes <= self.memory_bytes:
                 self._items[key] = ("disk", state)
         return state
+
+
+def _touch(path: Path) -> None:
+    """Mark a file as just used, at full clock precision (file systems round their own timestamps)."""
+    now = time.time_ns()
+    os.utime(path, ns=(now, now))
 
 
 def _tensors(state: CascadeState) -> dict[str, torch.Tensor]:

@@ -13,8 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from shared_core import AttentionRetriever, Document
+from shared_core.cascade_state import CascadeState, ChunkRecord
+from shared_core.state_store import StateStore
 
 STORY = (
     "Mary moved to the bathroom. John went to the hallway. Daniel went back to the hallway. "
@@ -183,3 +186,25 @@ def test_a_grown_document_reuses_the_analysis_of_its_unchanged_paragraphs() -> N
     expected = AttentionRetriever()._analysis(Document(grown)).states["dense"]
     assert embedded is not None and expected is not None
     np.testing.assert_allclose(embedded, expected, atol=1e-5)
+
+
+def _fake_state(n: int, seed: int) -> CascadeState:
+    g = torch.Generator().manual_seed(seed)
+    kept = torch.zeros(2, 1, 0, dtype=torch.int32)
+    chunk = ChunkRecord(0, n, kept, torch.zeros(2, 1, 0), (0, (0,), (0,), 0))
+    keys, values = torch.randn(2, 1, n, 4, generator=g), torch.randn(2, 1, n, 4, generator=g)
+    return CascadeState(ids=torch.arange(n), keys=keys, values=values, chunks=(chunk,))
+
+
+def test_spilled_passes_stay_within_the_disk_limit_and_round_trip(tmp_path: Path) -> None:
+    first, second = _fake_state(64, 0), _fake_state(64, 1)
+    store = StateStore(memory_bytes=0, folder=tmp_path, disk_bytes=first.nbytes + 4096)  # room for one file
+    store.put("a", "family", first)
+    loaded = StateStore(0, tmp_path).get("a")
+    assert loaded is not None and torch.equal(loaded.keys, first.keys) and torch.equal(loaded.values, first.values)
+    assert [(c.start, c.end, c.structure) for c in loaded.chunks] == [
+        (c.start, c.end, c.structure) for c in first.chunks
+    ]
+    store.put("b", "family", second)
+    assert sorted(p.stem for p in tmp_path.glob("*.safetensors")) == ["b"]  # the older pass was trimmed
+    assert StateStore(0, tmp_path).get("a") is None
