@@ -304,3 +304,6 @@ def test_benchmark_quick_run_writes_results_and_readme(shared_data: Path, tmp_pa
     assert len(overall) == 2 * len(bench.METHODS)
     text = readme.read_text(encoding="utf-8")
     assert bench.README_START in text and bench.README_END in text and "| babi-qa2 | 300 | 25% |" in text
+    again = tmp_path / "again.json"
+    assert bench.main(["--render", str(out), "--out", str(again)]) == 0  # tables re-drawn from the JSON, no run
+    assert bench.readme_section(json.loads(again.read_text(encoding="utf-8"))) in text
