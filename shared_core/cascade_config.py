@@ -65,7 +65,7 @@ class CascadeConfig(_Section):
         None, description="Folder of spilled passes; None = <model cache folder>/cascade ($ATTNRET_CACHE/cascade)."
     )
     reuse_disk_limit: str | int = Field(
-        "16GB", description="Most bytes of spilled passes kept in `reuse_dir`; the least recently used go first."
+        "8GB", description="Most bytes of spilled passes kept in `reuse_dir`; the least recently used go first."
     )
 
     @field_validator("reuse_memory", "reuse_disk_limit", mode="before")
