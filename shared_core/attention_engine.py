@@ -183,8 +183,8 @@ class AttentionEngine:
         if inside:
             prefilled = self._prefilled(doc, tokens)
             baseline = self._calibration(prefilled, doc, selection) if calibrate else None
-            raw = self._query_passes(prefilled, [parts[q] for q in inside], selection)
-            scored.update({q: _calibrated(r, baseline) for q, r in zip(inside, raw, strict=True)})
+            passes = self._query_passes(prefilled, [parts[q] for q in inside], selection)
+            scored.update({q: _calibrated(r, baseline) for q, r in zip(inside, passes, strict=True)})
         return tokens, [scored[q] for q in queries]
 
     def _needs_cascade(self, tokens: DocumentTokens, part: QueryTokens) -> bool:

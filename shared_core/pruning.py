@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from .document import Document, Hit, Unit
-from .validation import check_query
+from .validation import check_query, coerce_documents
 
 if TYPE_CHECKING:
     from .retriever import AttentionRetriever
@@ -264,7 +264,7 @@ def prune(
     check_query(query)
     budget = check_budget(budget_tokens)
     options = PruneOptions(unit, neighbours, marker, entity_share, reader_tokenizer)
-    docs = _coerce(documents)
+    docs = coerce_documents(documents, allow_blank=True)
     scorer = scoring_retriever(retriever, options.unit)
     counter = reader_counter(retriever, options.reader_tokenizer)
     granularity = scorer.config.units.granularity
@@ -295,26 +295,14 @@ def prune(
     return out
 
 
-def _coerce(documents: Any) -> list[Document]:
-    """Documents as core Documents; blank ones are allowed (they prune to an empty text)."""
-    if isinstance(documents, str | Document):
-        raise TypeError("documents must be a sequence of str/Document (wrap a single document in a list)")
-    if not isinstance(documents, Sequence):
-        raise TypeError(f"documents must be a sequence, got {type(documents).__name__}")
-    if not documents:
-        raise ValueError("documents is empty")
-    out = []
-    for i, d in enumerate(documents):
-        doc = Document(text=d) if isinstance(d, str) else d
-        if not isinstance(doc, Document) or not isinstance(doc.text, str):
-            raise TypeError(f"document {i} must be a str or shared_core.Document with str text, got {type(d).__name__}")
-        out.append(doc)
-    return out
-
-
 def _trivial(text: str, budget: int, counter: TokenCounter, doc_id: str | None, index: int) -> PrunedDocument | None:
     """The result when no choice is needed: a blank document (no units) or one that fits the budget whole."""
-    base = {"budget_tokens": budget, "document_id": doc_id, "document_index": index, "original_length": len(text)}
+    base: dict[str, Any] = {
+        "budget_tokens": budget,
+        "document_id": doc_id,
+        "document_index": index,
+        "original_length": len(text),
+    }
     if not text.strip():
         return PrunedDocument(
             text="",
@@ -391,7 +379,7 @@ def prune_scores(
     early = _trivial(text, budget, counter, document_id, document_index)
     if early is not None:
         return early
-    base = {
+    base: dict[str, Any] = {
         "budget_tokens": budget,
         "document_id": document_id,
         "document_index": document_index,

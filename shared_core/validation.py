@@ -43,8 +43,8 @@ def check_top_k(top_k: Any, name: str = "top_k") -> int:
     return value
 
 
-def coerce_document(document: Any, index: int) -> Document:
-    """A str or core Document with non-blank text, as a Document."""
+def coerce_document(document: Any, index: int, allow_blank: bool = False) -> Document:
+    """A str or core Document with non-blank text (blank allowed where a caller has a result for it), as a Document."""
     if isinstance(document, Document):
         doc = document
     elif isinstance(document, str):
@@ -53,13 +53,13 @@ def coerce_document(document: Any, index: int) -> Document:
         raise TypeError(f"document {index} must be a str or shared_core.Document, got {type(document).__name__}")
     if not isinstance(doc.text, str):
         raise TypeError(f"document {index} text must be a str, got {type(doc.text).__name__}")
-    if not doc.text.strip():
+    if not doc.text.strip() and not allow_blank:
         raise ValueError(f"document {index} is empty or whitespace")
     check_text(doc.text, f"document {index}")
     return doc
 
 
-def coerce_documents(documents: Any) -> list[Document]:
+def coerce_documents(documents: Any, allow_blank: bool = False) -> list[Document]:
     """A non-empty sequence of documents (a bare str or Document is refused: wrap it in a list)."""
     if isinstance(documents, str | Document):
         raise TypeError("documents must be a sequence of str/Document (wrap a single document in a list)")
@@ -67,7 +67,7 @@ def coerce_documents(documents: Any) -> list[Document]:
         raise TypeError(f"documents must be a sequence, got {type(documents).__name__}")
     if not documents:
         raise ValueError("documents is empty")
-    return [coerce_document(d, i) for i, d in enumerate(documents)]
+    return [coerce_document(d, i, allow_blank) for i, d in enumerate(documents)]
 
 
 def check_queries(queries: Any) -> list[str]:
