@@ -182,8 +182,16 @@ class AttentionEngine:
         inside = [q for q in parts if q not in past]
         if inside:
             prefilled = self._prefilled(doc, tokens)
-            baseline = self._calibration(prefilled, doc, selection) if calibrate else None
-            passes = self._query_passes(prefilled, [parts[q] for q in inside], selection)
+            key = self._calibration_key(doc, selection)
+            baseline = self.calibrations.get(key) if calibrate else None
+            todo = [parts[q] for q in inside]
+            if calibrate and baseline is None:  # a new document: its "N/A" pass rides in the same batch
+                todo.append(calibration[CALIBRATION_QUERY])
+            passes = self._query_passes(prefilled, todo, selection)
+            if calibrate and baseline is None:
+                baseline = passes.pop()
+                self.calibrations.put(key, baseline)
+                self._count(calibration_passes=1)
             scored.update({q: _calibrated(r, baseline) for q, r in zip(inside, passes, strict=True)})
         return tokens, [scored[q] for q in queries]
 
@@ -207,16 +215,9 @@ class AttentionEngine:
     def _prefilled(self, doc: Document, tokens: DocumentTokens) -> _Prefilled:
         return self.prefills.get_or_create(self._prefill_key(doc), lambda: self._prefill(doc, tokens))
 
-    def _calibration(self, prefilled: _Prefilled, doc: Document, selection: HeadSelection) -> PerLayer:
-        """The "N/A" query pass of a document, once per document and head selection."""
-
-        def run() -> PerLayer:
-            self._count(calibration_passes=1)
-            part = self.prompt.query(CALIBRATION_QUERY, self.config.attention.query_rows)
-            return self._query_pass(prefilled, part, selection)
-
-        key = (*self._prefill_key(doc), tuple(selection.per_layer.items()), self.config.attention.query_rows)
-        return self.calibrations.get_or_create(key, run)
+    def _calibration_key(self, doc: Document, selection: HeadSelection) -> tuple[Any, ...]:
+        """The "N/A" pass depends on the document and the heads read, never on the query: once per document."""
+        return (*self._prefill_key(doc), tuple(selection.per_layer.items()), self.config.attention.query_rows)
 
     @torch.inference_mode()
     def _prefill(self, doc: Document, tokens: DocumentTokens) -> _Prefilled:
