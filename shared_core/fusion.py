@@ -30,7 +30,7 @@ class FusionConfig(_Section):
         description="Per-query weights within a document: 'agreement' scales each view's weight by how much its "
         "top `adaptive_k` units overlap the other views' on this query, w * (agree / mean agree) ** "
         "`adaptive_strength`, so a view that disagrees with the rest counts less; 'none' keeps the weights fixed "
-        "(default: agreement gained on the real held-in sets but not on held-out ones, docs/quality.md).",
+        "(the default: agreement's gains so far are below the noise of the sets measured, docs/quality.md).",
     )
     adaptive_strength: float = Field(2.0, ge=0, description="Exponent of the agreement ratio (0 = fixed weights).")
     adaptive_k: int = Field(10, gt=0, description="How many top units of each view the agreement compares.")
