@@ -758,16 +758,17 @@ def covidqa_examples(
 def _covid_span(text: str, answer: dict, doc_id: str, qid: object) -> GoldSpan | None:
     """The answer's exact span in ``text``: its offset when the text matches there, else the nearest occurrence."""
     answer_text = str(answer.get("text", ""))
-    start = answer.get("answer_start")
-    if not answer_text.strip() or not isinstance(start, int):
+    given = answer.get("answer_start")
+    if not answer_text.strip() or not isinstance(given, int):
         return None
+    start: int = given
     if text[start : start + len(answer_text)] != answer_text:
         hits = _find_all(text, answer_text)
         if not hits:
             if start + len(answer_text) <= len(text):  # only warn for answers inside the (possibly cut) text
                 logger.warning("COVID-QA paper %s question %s: answer text not found; dropped", doc_id, qid)
             return None
-        start = min(hits, key=lambda h: abs(h - start))
+        start = min(hits, key=lambda h: abs(h - given))
     s, e = start, start + len(answer_text)
     while s < e and text[s].isspace():
         s += 1
