@@ -83,6 +83,7 @@ class AttentionEngine:
         self.prefills: LRUCache[_Prefilled] = LRUCache(size)
         self.tokens: LRUCache[DocumentTokens] = LRUCache(max(size, 32))
         self.calibrations: LRUCache[PerLayer] = LRUCache(max(size, 32))
+        self.query_results: LRUCache[PerLayer] = LRUCache(64)  # raw scores per (document, heads, query)
         # raw (uncalibrated) scores of documents past the window, per (document, query, heads): repeated queries and
         # the "N/A" calibration cost nothing once computed
         self.cascade_results: LRUCache[PerLayer] = LRUCache(max(size, 8) * 16)
@@ -138,11 +139,12 @@ class AttentionEngine:
     def share(self, other: AttentionEngine) -> None:
         """Use `other`'s document states (their keys hold everything the states depend on)."""
         self.prefills, self.tokens, self.calibrations = other.prefills, other.tokens, other.calibrations
+        self.query_results = other.query_results
         self.cascade_results, self.states = other.cascade_results, other.states
 
     def clear(self) -> None:
         """Drop every prefilled document, kept pass and cached score held in memory."""
-        for store in (self.prefills, self.tokens, self.calibrations, self.cascade_results):
+        for store in (self.prefills, self.tokens, self.calibrations, self.query_results, self.cascade_results):
             store.clear()
         self.states.clear()
 
@@ -184,15 +186,20 @@ class AttentionEngine:
             prefilled = self._prefilled(doc, tokens)
             key = self._calibration_key(doc, selection)
             baseline = self.calibrations.get(key) if calibrate else None
-            todo = [parts[q] for q in inside]
-            if calibrate and baseline is None:  # a new document: its "N/A" pass rides in the same batch
-                todo.append(calibration[CALIBRATION_QUERY])
-            passes = self._query_passes(prefilled, todo, selection)
+            raw = {q: hit for q in inside if (hit := self.query_results.get((*key, q))) is not None}
+            todo = [q for q in inside if q not in raw]
+            if calibrate and baseline is None and CALIBRATION_QUERY not in todo:
+                todo.append(CALIBRATION_QUERY)  # a new document: its "N/A" pass rides in the same batch
+            passes = self._query_passes(prefilled, [{**calibration, **parts}[q] for q in todo], selection)
+            raw.update(zip(todo, passes, strict=True))
+            for q in todo:
+                if q in parts:
+                    self.query_results.put((*key, q), raw[q])  # a repeated query (or a duplicate text) is free
             if calibrate and baseline is None:
-                baseline = passes.pop()
+                baseline = raw[CALIBRATION_QUERY]
                 self.calibrations.put(key, baseline)
                 self._count(calibration_passes=1)
-            scored.update({q: _calibrated(r, baseline) for q, r in zip(inside, passes, strict=True)})
+            scored.update({q: _calibrated(raw[q], baseline) for q in inside})
         return tokens, [scored[q] for q in queries]
 
     def _needs_cascade(self, tokens: DocumentTokens, part: QueryTokens) -> bool:
