@@ -421,6 +421,8 @@ class AttentionEngine:
                     progress=progress,
                     keep=cfg.reuse,
                     resume=resume,
+                    batch_size=self.config.attention.query_batch,
+                    pad=pad_id(self.model.tokenizer),
                 )
         finally:
             bar.close()

@@ -302,6 +302,9 @@ class _CascadeLayerBase(CacheLayerMixin):
         if self.owner.frozen:
             parts_k = [kk, self.pending_k, key_states] if self.pending_k is not None else [kk, key_states]
             parts_v = [vv, self.pending_v, value_states] if self.pending_v is not None else [vv, value_states]
+            b = key_states.shape[0]  # a batch of query parts reads the one document's kept keys (expanded views)
+            parts_k = [t.expand(b, -1, -1, -1) if t.shape[0] != b else t for t in parts_k]
+            parts_v = [t.expand(b, -1, -1, -1) if t.shape[0] != b else t for t in parts_v]
             return torch.cat(parts_k, dim=2), torch.cat(parts_v, dim=2)
         if self.pending_k is not None:
             raise RuntimeError("CascadingCache: commit() the previous chunk before reading the next one")

@@ -40,8 +40,9 @@ import torch
 
 from . import capture
 from .cascade import CascadeConfig, CascadingCache, ModelShape, check_budget
-from .cascade_state import CascadeState, StateRecorder, replay_scores, resume_cache, supports_replay
+from .cascade_state import CascadeState, StateRecorder, as_part, replay_scores, resume_cache, supports_replay
 from .heads import HeadSelection
+from .query_batch import BatchRowObserver, QueryBatch
 from .scoring import RowObserver
 
 logger = logging.getLogger(__name__)
@@ -158,6 +159,8 @@ def cascade_token_scores(
     progress: ProgressFn | None = None,
     keep: bool = False,
     resume: tuple[CascadeState, int] | None = None,
+    batch_size: int = 1,
+    pad: int = 0,
 ) -> CascadeScores:
     """Read `doc_ids` (the prompt part before the query: template head + document) through a cascading cache and
     score every token for each ``(query_ids, query_rows)`` suffix; rows index `query_ids` (the query's own tokens).
@@ -168,7 +171,8 @@ def cascade_token_scores(
 
     `keep=True` records a `CascadeState` (returned as `.state`) from which `replay_scores` scores later queries
     without reading the document again. `resume=(state, r)` takes the first `r` chunks from an earlier state of a
-    document sharing their tokens (replayed for these queries) and reads only the rest.
+    document sharing their tokens (replayed for these queries) and reads only the rest. With `batch_size` > 1 the
+    queries run against each chunk in batches of that many, right-padded with `pad` (`query_batch`).
     """
     t0 = time.perf_counter()
     doc_ids, checked, picked = _check_inputs(model, doc_ids, queries, layers)
@@ -201,7 +205,10 @@ def cascade_token_scores(
         kept = cache.get_seq_length()
         positions = torch.arange(kept, kept + (end - start), device=device)[None]
         _forward(model, doc_ids[None, start:end], positions, cache, ema)
-        if config.scoring == "resident":
+        if config.scoring == "resident" and batch_size > 1 and len(checked) > 1:
+            with cache.frozen_view():
+                _resident_batches(model, cache, checked, selection, picked, out, start, end, kept, batch_size, pad)
+        elif config.scoring == "resident":
             with cache.frozen_view():
                 for j, (ids, rows) in enumerate(q_dev):
                     obs = RowObserver(selection, rows)
@@ -223,6 +230,39 @@ def cascade_token_scores(
     logger.debug("cascade pass: %d tokens, %d chunks, %.2fs, kept %d", n, n_chunks, seconds, cache.kept)
     kept_state = recorder.state() if recorder is not None else None
     return CascadeScores(out, picked, n_chunks, cache.kept, need, seconds, state=kept_state)
+
+
+def _resident_batches(
+    model: Any,
+    cache: CascadingCache,
+    queries: list[tuple[torch.Tensor, torch.Tensor]],
+    selection: HeadSelection,
+    picked: list[int],
+    out: torch.Tensor,
+    start: int,
+    end: int,
+    kept: int,
+    batch_size: int,
+    pad: int,
+) -> None:
+    """The resident query passes of one chunk, `batch_size` queries per forward (inside `cache.frozen_view()`)."""
+    device = next(model.parameters()).device
+    c = end - start
+    for first in range(0, len(queries), batch_size):
+        group = [as_part(ids, rows) for ids, rows in queries[first : first + batch_size]]
+        batch = QueryBatch.of(group, pad)
+        ids = batch.ids.to(device)
+        length = ids.shape[1]
+        positions = torch.arange(kept + c, kept + c + length, device=device)[None].expand(ids.shape[0], -1)
+        observer = BatchRowObserver(selection, batch.weights)
+        _forward(model, ids, positions, cache, observer)
+        for b in range(len(group)):
+            part = []
+            for layer in picked:
+                probs = observer.captured[layer][b]
+                lo = probs.shape[-1] - length - c
+                part.append(probs[:, lo : lo + c])
+            out[first + b, :, :, start:end] = torch.stack(part).float().cpu()
 
 
 def _score_end(

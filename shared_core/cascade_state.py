@@ -229,7 +229,7 @@ def replay_scores(
         if batch_size > 1 and len(q_dev) > 1:
             prefix = [(keys[layer : layer + 1], values[layer : layer + 1]) for layer in range(depth)]
             for first in range(0, len(queries), batch_size):
-                group = [_as_part(ids, rows) for ids, rows in queries[first : first + batch_size]]
+                group = [as_part(ids, rows) for ids, rows in queries[first : first + batch_size]]
                 batch = QueryBatch.of(group, pad)
                 captured = run_query_batch(model.base_model, prefix, batch, selection, device)
                 for b in range(len(group)):
@@ -252,7 +252,8 @@ def replay_scores(
     return out
 
 
-def _as_part(ids: torch.Tensor, rows: torch.Tensor) -> QueryTokens:
+def as_part(ids: torch.Tensor, rows: torch.Tensor) -> QueryTokens:
+    """A (query ids, query rows) pair of tensors as the prompt layout's `QueryTokens`."""
     return QueryTokens(ids=[int(x) for x in ids.reshape(-1)], rows=[int(x) for x in rows.reshape(-1)])
 
 
