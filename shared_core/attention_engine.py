@@ -32,7 +32,7 @@ from .heads import HeadSelection, select_heads
 from .lru import LRUCache
 from .model_loading import LoadedModel, cache_root, load_model, model_id
 from .prompt import DocumentTokens, PromptLayout, QueryTokens
-from .query_batch import QueryBatch, pad_id, run_query_batch
+from .query_batch import SharedPrefixCache, batched_scores, pad_id
 from .state_store import StateStore, state_key
 
 logger = logging.getLogger(__name__)
@@ -289,18 +289,16 @@ class AttentionEngine:
         if size <= 1 or len(parts) == 1 or not supports_replay(loaded.model):
             return [self._query_pass(prefilled, part, selection) for part in parts]
         depth = selection.deepest + 1
-        layers = [(layer.keys, layer.values) for layer in prefilled.cache.layers[:depth]]
-        out: list[PerLayer] = []
-        for i in range(0, len(parts), size):
-            group = parts[i : i + size]
-            batch = QueryBatch.of(group, pad_id(loaded.tokenizer))
-            captured = run_query_batch(loaded.decoder, layers, batch, selection, loaded.device)
-            total = len(tokens.ids) + batch.ids.shape[1]
-            for b in range(len(group)):
-                mine = {layer: probs[b] for layer, probs in captured.items()}
-                out.append(scoring.document_token_scores(mine, total, tokens.doc_start, tokens.n_doc_tokens))
-            self._count(query_passes=len(group), query_batches=1, query_tokens=sum(batch.lengths))
-        return out
+        prefix = SharedPrefixCache([(layer.keys, layer.values) for layer in prefilled.cache.layers[:depth]])
+        pad = pad_id(loaded.tokenizer)
+        scored = batched_scores(loaded.decoder, prefix, len(tokens.ids), parts, selection, loaded.device, size, pad)
+        self._count(
+            query_passes=len(parts), query_batches=-(-len(parts) // size), query_tokens=sum(len(p.ids) for p in parts)
+        )
+        return [  # kv = document + padded query part: `document_token_scores` right-aligns on it
+            scoring.document_token_scores(c, next(iter(c.values())).shape[-1], tokens.doc_start, tokens.n_doc_tokens)
+            for c in scored
+        ]
 
     def _check_fits(self, prefilled: _Prefilled, part: QueryTokens) -> None:
         n_prefix = len(prefilled.tokens.ids)
@@ -312,10 +310,9 @@ class AttentionEngine:
 
     @torch.inference_mode()
     def _query_pass(self, prefilled: _Prefilled, part: QueryTokens, selection: HeadSelection) -> PerLayer:
-        """Run only the query part against a copy-on-write view of the cached document."""
+        """Run only the query part against a copy-on-write view of the cached document (checked by `_query_passes`)."""
         loaded = self.model
         n_prefix = len(prefilled.tokens.ids)
-        self._check_fits(prefilled, part)
         observer = scoring.RowObserver(selection, torch.tensor(part.rows, dtype=torch.long))
         ids = torch.tensor([part.ids], device=loaded.device)
         capture.run_observed(loaded.decoder, fork_cache(prefilled.cache), observer, input_ids=ids)

@@ -42,7 +42,7 @@ from . import capture
 from .cascade import CascadeConfig, CascadingCache, ModelShape, check_budget
 from .cascade_state import CascadeState, StateRecorder, as_part, replay_scores, resume_cache, supports_replay
 from .heads import HeadSelection
-from .query_batch import BatchRowObserver, QueryBatch
+from .query_batch import batched_scores
 from .scoring import RowObserver
 
 logger = logging.getLogger(__name__)
@@ -172,7 +172,8 @@ def cascade_token_scores(
     `keep=True` records a `CascadeState` (returned as `.state`) from which `replay_scores` scores later queries
     without reading the document again. `resume=(state, r)` takes the first `r` chunks from an earlier state of a
     document sharing their tokens (replayed for these queries) and reads only the rest. With `batch_size` > 1 the
-    queries run against each chunk in batches of that many, right-padded with `pad` (`query_batch`).
+    queries run against each chunk in batches of that many, right-padded with `pad` (`query_batch`); 1 = one
+    forward per query.
     """
     t0 = time.perf_counter()
     doc_ids, checked, picked = _check_inputs(model, doc_ids, queries, layers)
@@ -192,11 +193,14 @@ def cascade_token_scores(
     first = 0
     if resume is not None and recorder is not None:
         state, shared = resume
-        replay_scores(model, state, checked, picked, chunks=state.chunks[:shared], out=out)
+        replay_scores(
+            model, state, checked, picked, chunks=state.chunks[:shared], out=out, batch_size=batch_size, pad=pad
+        )
         first = resume_cache(model, cache, state, shared, device)
         recorder.resume_from(state, shared)
     doc_ids = doc_ids.to(device)
     q_dev = [(ids.to(device)[None], rows.to(device)) for ids, rows in checked]
+    parts = [as_part(ids, rows) for ids, rows in checked]
     n_chunks = 0
     for start in range(first, n, config.stride):
         end = min(n, start + config.stride)
@@ -205,21 +209,14 @@ def cascade_token_scores(
         kept = cache.get_seq_length()
         positions = torch.arange(kept, kept + (end - start), device=device)[None]
         _forward(model, doc_ids[None, start:end], positions, cache, ema)
-        if config.scoring == "resident" and batch_size > 1 and len(checked) > 1:
+        if config.scoring == "resident":
+            c = end - start
             with cache.frozen_view():
-                _resident_batches(model, cache, checked, selection, picked, out, start, end, kept, batch_size, pad)
-        elif config.scoring == "resident":
-            with cache.frozen_view():
-                for j, (ids, rows) in enumerate(q_dev):
-                    obs = RowObserver(selection, rows)
-                    q_pos = torch.arange(kept + end - start, kept + end - start + ids.shape[1], device=device)[None]
-                    _forward(model, ids, q_pos, cache, obs)
-                    chunk = []
-                    for layer in picked:
-                        probs = obs.captured[layer]
-                        lo = probs.shape[-1] - ids.shape[1] - (end - start)
-                        chunk.append(probs[:, lo : lo + end - start])
-                    out[j, :, :, start:end] = torch.stack(chunk).float().cpu()  # one transfer per chunk
+                base = getattr(model, "base_model", model)
+                scored = batched_scores(base, cache, kept + c, parts, selection, device, batch_size, pad)
+            for j, captured in enumerate(scored):
+                chunk = [captured[layer][:, kept : kept + c] for layer in picked]
+                out[j, :, :, start:end] = torch.stack(chunk).float().cpu()  # one transfer per chunk
         cache.commit()
         n_chunks += 1
         if progress is not None:
@@ -230,39 +227,6 @@ def cascade_token_scores(
     logger.debug("cascade pass: %d tokens, %d chunks, %.2fs, kept %d", n, n_chunks, seconds, cache.kept)
     kept_state = recorder.state() if recorder is not None else None
     return CascadeScores(out, picked, n_chunks, cache.kept, need, seconds, state=kept_state)
-
-
-def _resident_batches(
-    model: Any,
-    cache: CascadingCache,
-    queries: list[tuple[torch.Tensor, torch.Tensor]],
-    selection: HeadSelection,
-    picked: list[int],
-    out: torch.Tensor,
-    start: int,
-    end: int,
-    kept: int,
-    batch_size: int,
-    pad: int,
-) -> None:
-    """The resident query passes of one chunk, `batch_size` queries per forward (inside `cache.frozen_view()`)."""
-    device = next(model.parameters()).device
-    c = end - start
-    for first in range(0, len(queries), batch_size):
-        group = [as_part(ids, rows) for ids, rows in queries[first : first + batch_size]]
-        batch = QueryBatch.of(group, pad)
-        ids = batch.ids.to(device)
-        length = ids.shape[1]
-        positions = torch.arange(kept + c, kept + c + length, device=device)[None].expand(ids.shape[0], -1)
-        observer = BatchRowObserver(selection, batch.weights)
-        _forward(model, ids, positions, cache, observer)
-        for b in range(len(group)):
-            part = []
-            for layer in picked:
-                probs = observer.captured[layer][b]
-                lo = probs.shape[-1] - length - c
-                part.append(probs[:, lo : lo + c])
-            out[first + b, :, :, start:end] = torch.stack(part).float().cpu()
 
 
 def _score_end(

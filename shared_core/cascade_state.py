@@ -26,13 +26,11 @@ from typing import Any
 
 import torch
 
-from .capture import run_observed
 from .cascade import CascadeLayer, CascadingCache, _Slots, apply_rope, layer_kinds, model_rotary
 from .heads import HeadSelection
 from .model_family import text_config
 from .prompt import QueryTokens
-from .query_batch import QueryBatch, run_query_batch
-from .scoring import RowObserver
+from .query_batch import SharedPrefixCache, batched_scores
 
 Structure = tuple[int, tuple[int, ...], tuple[int, ...], int]
 """The cascade's counters before a chunk: (sinks, fill per sub-cache, arrivals per sub-cache, tokens seen)."""
@@ -201,10 +199,8 @@ def replay_scores(
 
     For each chunk only the queries run (against the chunk's kept tokens and the chunk itself), as in the first
     pass. `chunks` restricts the replay (a resumed pass replays the shared chunks only) and `out` receives it.
-    With `batch_size` > 1 up to that many queries run in one forward per chunk (`query_batch`), padded with `pad`.
+    Up to `batch_size` queries run in one forward per chunk (`query_batch`), right-padded with `pad`.
     """
-    from transformers import DynamicCache
-
     picked = sorted(layers)
     if picked[-1] >= state.n_layers:
         raise ValueError(f"layer {picked[-1]} is deeper than the kept state ({state.n_layers} layers)")
@@ -215,7 +211,7 @@ def replay_scores(
     if out is None:
         out = torch.zeros(len(queries), len(picked), heads, n, dtype=torch.float32)
     selection = HeadSelection(dict.fromkeys(picked), "replay")
-    q_dev = [(ids.reshape(1, -1).to(device), rows.reshape(-1).long().to(device)) for ids, rows in queries]
+    parts = [as_part(ids, rows) for ids, rows in queries]
     todo = list(state.chunks if chunks is None else chunks)
     for done, chunk in enumerate(todo, 1):
         kept, c = int(chunk.kept.shape[-1]), chunk.end - chunk.start
@@ -226,26 +222,10 @@ def replay_scores(
         keys = torch.cat([k_kept, state.keys[:depth, :, chunk.start : chunk.end].to(device)], dim=2)
         values = torch.cat([v_kept, state.values[:depth, :, chunk.start : chunk.end].to(device)], dim=2)
         keys = apply_rope(keys, cos, sin)  # every layer at once: layers take the batch dimension
-        if batch_size > 1 and len(q_dev) > 1:
-            prefix = [(keys[layer : layer + 1], values[layer : layer + 1]) for layer in range(depth)]
-            for first in range(0, len(queries), batch_size):
-                group = [as_part(ids, rows) for ids, rows in queries[first : first + batch_size]]
-                batch = QueryBatch.of(group, pad)
-                captured = run_query_batch(model.base_model, prefix, batch, selection, device)
-                for b in range(len(group)):
-                    part = [captured[layer][b, :, kept : kept + c] for layer in picked]
-                    out[first + b, :, :, chunk.start : chunk.end] = torch.stack(part).float().cpu()
-            if progress is not None:
-                progress(done, len(todo))
-            continue
-        base = DynamicCache(config=model.config)
-        for layer in range(depth):
-            base.update(keys[layer : layer + 1], values[layer : layer + 1], layer)
-        for j, (ids, rows) in enumerate(q_dev):
-            observer = RowObserver(selection, rows)
-            q_pos = torch.arange(kept + c, kept + c + ids.shape[1], device=device)[None]
-            run_observed(model.base_model, fork_cache(base), observer, input_ids=ids, position_ids=q_pos)
-            part = [observer.captured[layer][:, kept : kept + c] for layer in picked]
+        prefix = SharedPrefixCache([(keys[layer : layer + 1], values[layer : layer + 1]) for layer in range(depth)])
+        scored = batched_scores(model.base_model, prefix, kept + c, parts, selection, device, batch_size, pad)
+        for j, captured in enumerate(scored):
+            part = [captured[layer][:, kept : kept + c] for layer in picked]
             out[j, :, :, chunk.start : chunk.end] = torch.stack(part).float().cpu()
         if progress is not None:
             progress(done, len(todo))

@@ -96,20 +96,27 @@ class BatchRowObserver:
         self.captured[layer_idx] = probs
 
 
-def run_query_batch(
+def batched_scores(
     module: Any,
-    layers: Sequence[tuple[torch.Tensor, torch.Tensor]],
-    batch: QueryBatch,
+    cache: Cache,
+    start: int,
+    parts: Sequence[QueryTokens],
     selection: HeadSelection,
     device: torch.device,
-) -> dict[int, torch.Tensor]:
-    """One forward of `batch` after the prefix `layers` (keys rotated at 0..K-1); per layer [B, H_sel, K + L]."""
-    start = int(layers[0][0].shape[-2]) if layers else 0
-    ids = batch.ids.to(device)
-    positions = torch.arange(start, start + ids.shape[1], device=device)[None].expand(ids.shape[0], -1)
-    observer = BatchRowObserver(selection, batch.weights)
-    capture.run_observed(module, SharedPrefixCache(layers), observer, input_ids=ids, position_ids=positions)
-    return observer.captured
+    batch_size: int,
+    pad: int,
+) -> list[dict[int, torch.Tensor]]:
+    """Each part's selected heads' attention over the `start` cached positions and itself, {layer: [H_sel, kv]},
+    `batch_size` parts per forward. `cache` is read only: a `SharedPrefixCache` or a cascade's frozen view."""
+    out: list[dict[int, torch.Tensor]] = []
+    for first in range(0, len(parts), max(1, batch_size)):
+        batch = QueryBatch.of(parts[first : first + max(1, batch_size)], pad)
+        ids = batch.ids.to(device)
+        positions = torch.arange(start, start + ids.shape[1], device=device)[None].expand(ids.shape[0], -1)
+        observer = BatchRowObserver(selection, batch.weights)
+        capture.run_observed(module, cache, observer, input_ids=ids, position_ids=positions)
+        out.extend({layer: probs[b] for layer, probs in observer.captured.items()} for b in range(ids.shape[0]))
+    return out
 
 
 def pad_id(tokenizer: Any) -> int:
