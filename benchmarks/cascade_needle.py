@@ -45,6 +45,7 @@ from benchmarks.report import command_line, run_metadata, run_section, update_re
 from shared_core.cascade import CascadeConfig
 from shared_core.cascade_scoring import cascade_token_scores
 from shared_core.config import AttentionConfig, ModelConfig
+from shared_core.evaluation import shared_data_dir
 from shared_core.heads import HeadSelection, select_heads
 from shared_core.model_family import text_config
 from shared_core.model_loading import load_model, model_id
@@ -323,7 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cascades", type=int, default=None, help="sub-caches N (default 4)")
     ap.add_argument("--window", type=int, default=None, help="slots per sub-cache W (default 1024; 64 with --quick)")
     ap.add_argument("--stride", type=int, default=None, help="prefill chunk (default 1024; 256 with --quick)")
-    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    ap.add_argument(
+        "--data", type=Path, default=None, help="the shared data folder (default: $ATTNRET_DATA or ../shared/data)"
+    )
     ap.add_argument("--device", default="auto")
     ap.add_argument("--max-seconds", type=float, default=None, help="stop starting new documents after this")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
@@ -350,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         n_stories = args.stories or 3
     overrides = {"sink_tokens": args.sinks, "cascades": args.cascades, "window": args.window, "stride": args.stride}
     base = CascadeConfig.model_validate({**base.model_dump(), **{k: v for k, v in overrides.items() if v is not None}})
+    args.data = args.data or shared_data_dir() or Path("../shared/data")
     babi = args.data / "babi" / "qa2_two-supporting-facts_test.txt"
     hotpot = args.data / "hotpotqa" / "hotpot_dev_distractor_100.json"
     if not babi.is_file() or not hotpot.is_file():

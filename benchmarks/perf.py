@@ -45,7 +45,7 @@ GROWN_TURN = "\n\nMaria Lopez: Let us come back to this next week, after the com
 
 def _questions(n: int = 50) -> list[str]:
     """`n` different real questions (HotpotQA), asked of the benchmark document one after another."""
-    from shared_core.datasets import resolve_task_path
+    from shared_core.evaluation import resolve_task_path
 
     data = json.loads(Path(resolve_task_path("hotpotqa")).read_text(encoding="utf-8"))
     return [ex["question"] for ex in data[:n]]
@@ -53,7 +53,7 @@ def _questions(n: int = 50) -> list[str]:
 
 def _document(n_tokens: int, seed: int = 0) -> str:
     """A real long document of about `n_tokens` tokens: HotpotQA paragraphs from the shared data."""
-    from shared_core.datasets import hotpot_examples, resolve_task_path
+    from shared_core.evaluation import hotpot_examples, resolve_task_path
 
     (ex,) = hotpot_examples(resolve_task_path("hotpotqa"), n=1, target_words=int(n_tokens * 0.72), seed=seed)
     return ex.documents[0]

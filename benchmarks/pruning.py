@@ -4,7 +4,7 @@
     python -m benchmarks.pruning --quick            # 1 short document per set (CI smoke run)
     python -m benchmarks.pruning --readme README.md # also rewrite the README table between the pruning markers
 
-Documents come from ``shared_core.datasets`` as in the quality benchmark (HotpotQA questions buried among other
+Documents come from ``shared_core.evaluation`` as in the quality benchmark (HotpotQA questions buried among other
 questions' paragraphs; bAbI qa1/qa2 stories among renamed facts of other stories), held-out questions (offset 50 on).
 Each document is scored once and every budget is derived from that one scoring. Methods, all under the same budget,
 the same tokenizer (the scoring model's) and the same marker:
@@ -36,8 +36,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from benchmarks.report import command_line, markers, provenance_line, run_metadata, update_readme_section
-from shared_core.datasets import LabelledExample, load_examples, shared_data_dir
 from shared_core.document import Hit, Unit
+from shared_core.evaluation import LabelledExample, load_examples, shared_data_dir
 from shared_core.lexical import bm25_scores
 from shared_core.pruning import KeptSpan, PrunedDocument, TokenCounter, prune_hits, prune_scores
 

@@ -5,7 +5,7 @@
     python -m benchmarks.quality --methods bm25,dense,attention,attention-nocal --readme README.md
     python -m benchmarks.quality --tasks covidqa --docs 5 --per-doc 4 --append --readme README.md
 
-Documents come from ``shared_core.datasets`` (bAbI stories scattered among renamed facts of other stories; HotpotQA
+Documents come from ``shared_core.evaluation`` (bAbI stories scattered among renamed facts of other stories; HotpotQA
 questions buried among other questions' paragraphs; COVID-QA papers and QMSum meeting transcripts kept whole, of
 their held-out documents), read from ``../shared/data`` or ``$ATTNRET_DATA``. Each document is segmented once with the
 core retriever's own segmentation and every method scores those units. The questions of one real document are asked
@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from benchmarks.baselines import bm25_scores
 from benchmarks.naive import DoesNotFit, NaiveAttentionRetriever
 from benchmarks.report import command_line, markers, provenance_line, run_metadata, update_readme_section
-from shared_core.datasets import (
+from shared_core.evaluation import (
     REAL_TASKS,
     LabelledExample,
     content_words,
@@ -43,8 +43,8 @@ from shared_core.datasets import (
     load_examples,
     load_real,
     shared_data_dir,
+    tie_aware_metrics,
 )
-from shared_core.metrics import tie_aware_metrics
 
 logger = logging.getLogger("benchmarks.quality")
 

@@ -31,7 +31,7 @@ from typing import Any
 
 from benchmarks.report import REPO_ROOT, command_line, run_metadata, run_section, update_readme_section
 from shared_core import AttentionRetriever, Document, RetrieverConfig
-from shared_core.datasets import shared_data_dir
+from shared_core.evaluation import shared_data_dir
 
 logger = logging.getLogger("ray_batch")
 

@@ -111,7 +111,7 @@ class BM25Corpus:
 
 def metrics(scores: Sequence[float] | np.ndarray, relevant: Sequence[bool], n_gold: int) -> dict[str, float]:
     """Tie-aware nDCG@10 and Recall@2/5; gold paragraphs outside the candidates count as missed."""
-    from shared_core.metrics import expected_gains
+    from shared_core.evaluation import expected_gains
 
     gains = expected_gains(scores, {i for i, r in enumerate(relevant) if r})
     discounts = 1.0 / np.log2(np.arange(len(gains)) + 2)
@@ -260,7 +260,7 @@ def table(summaries: Sequence[dict[str, Any]], peak_mb: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run the settings, write JSON, print (and optionally put in the README) the table."""
     from shared_core import AttentionRetriever, RetrieverConfig
-    from shared_core.datasets import resolve_task_path
+    from shared_core.evaluation import resolve_task_path
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=None, help="HotpotQA JSON (default: the shared data's hotpotqa file)")

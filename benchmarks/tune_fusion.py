@@ -9,7 +9,7 @@ paragraph units) is replayed over the same scores.
     python -m benchmarks.tune_fusion --cases /tmp/held_in.pkl --check /tmp/held_out.pkl   # replay held-out too
 
 Held-in = each built task's first questions (offset 0), the ones head detection also used, and the first third of
-each real set's documents (``shared_core.datasets.real_split``); the README's quality table is measured on later
+each real set's documents (``shared_core.evaluation.real_split``); the README's quality table is measured on later
 questions and the other documents (``benchmarks.quality``), so the choice never sees the evaluation set. ``--check``
 replays the same candidates over views that ``benchmarks.quality --views-out`` saved from a held-out run, so a lever
 chosen on held-in is confirmed (or not) on held-out data without running the model again. Prints, per candidate,
@@ -36,8 +36,8 @@ from tqdm.auto import tqdm
 from benchmarks.quality import SYNTHETIC_TASKS, Prepared, Scorers, prepare, question_metrics
 from benchmarks.report import run_metadata
 from shared_core import ranking
-from shared_core.datasets import REAL_TASKS, group_by_document, load_examples, load_real
 from shared_core.entities import EntitiesConfig
+from shared_core.evaluation import REAL_TASKS, group_by_document, load_examples, load_real
 from shared_core.fusion import FusionConfig
 
 logger = logging.getLogger("benchmarks.tune_fusion")
@@ -176,7 +176,7 @@ def overlap_weights(
 
 
 def _coverage(case: Case, doc_index: int) -> float:
-    from shared_core.datasets import content_words
+    from shared_core.evaluation import content_words
 
     query = content_words(case.prepared.example.query)
     if not query:

@@ -156,7 +156,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def cmd_detect_heads(args: argparse.Namespace) -> int:
     """Detect the retrieval heads of a model on labelled examples and write a head-set file."""
-    from .datasets import load_examples
+    from .evaluation import load_examples
     from .head_detection import detect_heads
 
     for flag in ("top", "examples", "words", "k"):

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from . import scoring
 from .config import RetrieverConfig
-from .datasets import LabelledExample, gold_units
+from .evaluation import LabelledExample, gold_units
 from .heads import HeadSelection
 from .model_loading import model_id
 from .retriever import AttentionRetriever

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from shared_core.datasets import (
+from shared_core.evaluation import (
     BabiQuestion,
     BabiStory,
     GoldSpan,

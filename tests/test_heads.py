@@ -8,7 +8,7 @@ import yaml
 
 from shared_core import AttentionRetriever, RetrieverConfig
 from shared_core.config import AttentionConfig
-from shared_core.datasets import GoldSpan, LabelledExample
+from shared_core.evaluation import GoldSpan, LabelledExample
 from shared_core.head_detection import _ndcg_rows, detect_heads
 from shared_core.heads import load_head_file, parse_heads, select_heads, shipped_head_sets
 from shared_core.scoring import pool, unit_token_ranges

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from shared_core.metrics import ndcg_at_k, rank_by_score, recall_at_k, tie_aware_metrics
+from shared_core.evaluation import ndcg_at_k, rank_by_score, recall_at_k, tie_aware_metrics
 
 
 def test_ndcg_perfect_and_worst() -> None:

@@ -27,10 +27,9 @@ from benchmarks.quality import (
     with_overall,
 )
 from benchmarks.tune_fusion import load_cases, replay
-from shared_core.datasets import GoldSpan, LabelledExample
 from shared_core.entities import EntitiesConfig
+from shared_core.evaluation import GoldSpan, LabelledExample, tie_aware_metrics
 from shared_core.fusion import FusionConfig
-from shared_core.metrics import tie_aware_metrics
 
 
 def test_readme_section_added_when_missing(tmp_path: Path) -> None:

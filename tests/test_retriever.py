@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from shared_core import AttentionRetriever, Document, Hit, RetrieverConfig
-from shared_core.datasets import babilong_examples, gold_units, resolve_task_path
+from shared_core.evaluation import babilong_examples, gold_units, resolve_task_path
 
 STORY = (
     "Mary got the milk there. John moved to the bedroom.\n\n"
