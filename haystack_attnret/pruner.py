@@ -61,7 +61,7 @@ class AttentionContextPruner:
         check_budget(budget_tokens)
         if reader_tokenizer is not None and not isinstance(reader_tokenizer, str):
             raise TypeError(f"reader_tokenizer must be a tokenizer name or None, got {type(reader_tokenizer).__name__}")
-        PruneOptions(unit, neighbours, marker, entity_share, reader_tokenizer)
+        PruneOptions(unit, neighbours, marker, entity_share, reader_tokenizer)  # refuse bad options at init
         self.budget_tokens = budget_tokens
         self.config = RetrieverConfig.coerce(config)
         self.unit = unit
@@ -125,16 +125,8 @@ class AttentionContextPruner:
         self.warm_up()
         assert self._retriever is not None
         core = [CoreDocument(text=documents[i].content or "", id=documents[i].id) for i in textual]
-        results = self._retriever.prune(
-            query,
-            core,
-            budget,
-            unit=self.unit,
-            neighbours=self.neighbours,
-            marker=self.marker,
-            entity_share=self.entity_share,
-            reader_tokenizer=self.reader_tokenizer,
-        )
+        options = PruneOptions(self.unit, self.neighbours, self.marker, self.entity_share, self.reader_tokenizer)
+        results = self._retriever.prune(query, core, budget, options=options)
         for i, pruned in zip(textual, results, strict=True):
             out[i] = _pruned_copy(documents[i], pruned)
         return {"documents": out}

@@ -84,7 +84,7 @@ class AttentionContextPruner(BaseNodePostprocessor):
     ) -> list[NodeWithScore]:
         if query_bundle is None:
             raise ValueError("AttentionContextPruner needs a query: pass query_bundle or query_str.")
-        PruneOptions(self.unit, self.neighbours, self.marker, self.entity_share, self.reader_tokenizer)
+        options = PruneOptions(self.unit, self.neighbours, self.marker, self.entity_share, self.reader_tokenizer)
         for position, item in enumerate(nodes):
             if not isinstance(item, NodeWithScore):
                 raise TypeError(f"nodes must be NodeWithScore objects, got {type(item).__name__} at {position}")
@@ -95,16 +95,7 @@ class AttentionContextPruner(BaseNodePostprocessor):
         if not textual:
             return out
         documents = [CoreDocument(text=node_text(nodes[i].node), id=nodes[i].node.node_id) for i in textual]
-        results = self.retriever.prune(
-            query_bundle.query_str,
-            documents,
-            self.budget_tokens,
-            unit=self.unit,
-            neighbours=self.neighbours,
-            marker=self.marker,
-            entity_share=self.entity_share,
-            reader_tokenizer=self.reader_tokenizer,
-        )
+        results = self.retriever.prune(query_bundle.query_str, documents, self.budget_tokens, options=options)
         for i, pruned in zip(textual, results, strict=True):
             node = out[i].node
             assert isinstance(node, TextNode)

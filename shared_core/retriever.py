@@ -3,16 +3,13 @@
 A facade over four steps, each in its own module: analyse a document once (units, embeddings, entities, BM25
 index), compute each view's per-unit scores (`attention_engine` for the attention view, `dense`, `lexical`), rank
 (`ranking`: fusion, entity expansion, reasons) and return hits. Every call goes through the many-query path
-(`_score_many`): one read of each document serves all the queries of a call.
+(`score_all_many`): one read of each document serves all the queries of a call.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,38 +18,23 @@ import torch
 from tqdm.auto import tqdm
 
 from . import ranking, scoring
+from .analysis import Analyser, Analysis
 from .attention_engine import CALIBRATION_QUERY, PREFILL_CHUNK, AttentionEngine
 from .config import RetrieverConfig
 from .dense import DenseScorer
 from .document import Document, Hit, Unit
-from .entities import EntityIndex, load_nlp
+from .entities import EntityIndex
 from .explain import Explanation, build_explanation
 from .heads import HeadSelection
-from .lru import LRUCache
 from .model_loading import LoadedModel
-from .prompt import DocumentTokens, PromptLayout
-from .segmentation import segment, units_from_spans
+from .prompt import DocumentTokens
+from .segmentation import units_from_spans
 from .validation import check_queries, check_query, check_top_k, coerce_document, coerce_documents
-from .views import build_views
+from .views import build_views, score_views
 
 logger = logging.getLogger(__name__)
 
-_RECENT = 4
-"""Recent analyses kept with their text, so a document that extends one (a grown conversation) reuses its units."""
-
 __all__ = ["CALIBRATION_QUERY", "PREFILL_CHUNK", "AttentionRetriever"]
-
-Views = dict[str, np.ndarray]
-"""Raw per-unit score of each enabled view of one document for one query."""
-
-
-@dataclass(frozen=True)
-class _Analysis:
-    """What is computed once per document text, whatever the query: units, entities, each view's prepared state."""
-
-    units: tuple[Unit, ...]
-    entities: EntityIndex | None
-    states: dict[str, Any]
 
 
 class AttentionRetriever:
@@ -75,24 +57,14 @@ class AttentionRetriever:
             raise TypeError(f"trust_remote_code must be a bool, got {type(trust_remote_code).__name__}")
         self.trust_remote_code = trust_remote_code
         self.engine = AttentionEngine(self.config, trust_remote_code)
-        self._analyses: LRUCache[_Analysis] = LRUCache(max(self.config.attention.kv_cache_size, 32))
         self._dense = DenseScorer(self.config.dense)
-        self._lock = threading.Lock()
         self.views = build_views(self)
-        self._recent: dict[tuple[str, ...], list[tuple[str, _Analysis]]] = {}  # newest first, per unit settings
+        self.analyser = Analyser(self.config, self.views)
 
     # ----------------------------------------------------------------- setup
     def warm_up(self) -> None:
         """Load the model, prompt layout and head selection (idempotent, thread-safe)."""
         self.engine.warm_up()
-
-    @property
-    def _loaded(self) -> LoadedModel | None:
-        return self.engine.loaded
-
-    @property
-    def _layout(self) -> PromptLayout:
-        return self.engine.prompt
 
     @property
     def stats(self) -> dict[str, int]:
@@ -127,7 +99,7 @@ class AttentionRetriever:
     # ----------------------------------------------------------------- public API
     def units(self, document: str | Document) -> list[Unit]:
         """The units (sentences or paragraphs, per config) of a document, with exact char offsets."""
-        return list(self._analysis(coerce_document(document, 0)).units)
+        return list(self.analyser.analyse(coerce_document(document, 0)).units)
 
     def retrieve(self, query: str, documents: Sequence[str | Document], top_k: int = 10) -> list[Hit]:
         """The `top_k` best units across `documents`, each document scored in its own context.
@@ -142,16 +114,16 @@ class AttentionRetriever:
     ) -> list[list[Hit]]:
         """For each query, what `retrieve(query, documents, top_k)` returns; each document is read once for all."""
         check_top_k(top_k)
-        return [_top(per_doc, top_k) for per_doc in self.score_all_many(queries, documents)]
+        return [ranking.top_hits(per_doc, top_k) for per_doc in self.score_all_many(queries, documents)]
 
     def explain(self, query: str, documents: Sequence[str | Document], top_k: int = 10) -> Explanation:
         """Every unit's per-view scores, the top hits and the entity links: the data of `attnret explain`."""
         check_top_k(top_k)
         per_doc = self.score_all(query, documents)
         docs = coerce_documents(documents)
-        indexes = [self._analysis(d).entities for d in docs]
+        indexes = [self.analyser.analyse(d).entities for d in docs]
         named = [d if d.id is not None else Document(text=d.text, id=str(i), meta=d.meta) for i, d in enumerate(docs)]
-        return build_explanation(query, named, per_doc, _top(per_doc, top_k), indexes)
+        return build_explanation(query, named, per_doc, ranking.top_hits(per_doc, top_k), indexes)
 
     def score_units(self, query: str, document: str | Document) -> list[Hit]:
         """Every unit of `document` with its scores, in document order (for explanation and benchmarks)."""
@@ -175,19 +147,14 @@ class AttentionRetriever:
         queries = check_queries(queries)
         docs = coerce_documents(documents)
         per_query: list[list[list[Hit]]] = [[] for _ in queries]
-        views: list[list[Views]] = [[] for _ in queries]
+        views: list[list[dict[str, np.ndarray]]] = [[] for _ in queries]
         bar = tqdm(docs, desc="documents", disable=not self.config.show_progress or len(docs) < 2)
         for i, doc in enumerate(bar):
             for j, (hits, doc_views) in enumerate(self._score_many(queries, doc, i)):
                 per_query[j].append(hits)
                 views[j].append(doc_views)
-        if len(docs) > 1:
-            for per_doc, query_views in zip(per_query, views, strict=True):
-                weights = ranking.document_scores(query_views, self.config.fusion)
-                for hits, weight in zip(per_doc, weights, strict=True):
-                    for h in hits:
-                        h.scores["document"] = weight
-                        h.score *= 0.5 + 0.5 * weight
+        for per_doc, query_views in zip(per_query, views, strict=True):
+            ranking.scale_by_document(per_doc, query_views, self.config.fusion)
         return per_query
 
     def score_spans(self, query: str, document: str | Document, spans: Sequence[tuple[int, int]]) -> list[float]:
@@ -196,7 +163,7 @@ class AttentionRetriever:
         doc = coerce_document(document, 0)
         units = units_from_spans(doc.text, spans)
         states = {name: view.prepare(doc, units) for name, view in self.views.items()}
-        scored = self._views([query], doc, _Analysis(tuple(units), None, states))[0]
+        scored = score_views(self.views, [query], doc, units, states)[0]
         return [float(x) for x in ranking.fuse_views(scored, self.config.fusion)]
 
     def prune(self, query: str, documents: Sequence[str | Document], budget_tokens: int, **options: Any) -> list[Any]:
@@ -216,12 +183,12 @@ class AttentionRetriever:
         """One score per document for reranking whole documents, relative to the documents given together."""
         check_query(query)
         docs = coerce_documents(documents)
-        views = [self._views([query], d, self._analysis(d))[0] for d in docs]
+        views = [self._views([query], d, self.analyser.analyse(d))[0] for d in docs]
         return ranking.document_scores(views, self.config.fusion)
 
     def entity_index(self, document: str | Document) -> EntityIndex | None:
         """The document's entity index (None when entities are disabled)."""
-        return self._analysis(coerce_document(document, 0)).entities
+        return self.analyser.analyse(coerce_document(document, 0)).entities
 
     def token_scores(self, query: str, document: str | Document) -> tuple[DocumentTokens, np.ndarray]:
         """Aggregated (and calibrated) attention score of each document token, aligned to `tokens.offsets`."""
@@ -246,117 +213,26 @@ class AttentionRetriever:
         deepest layer, unit and view settings, text).
         """
         self.engine.share(other.engine)
-        self._analyses = other._analyses
+        self.analyser.share(other.analyser)
 
     def clear_cache(self) -> None:
         """Drop every prefilled and analysed document and every kept cascade pass held in memory."""
         self.engine.clear()
-        self._analyses.clear()
+        self.analyser.clear()
 
     # ----------------------------------------------------------------- internals
-    def _document_tokens(self, doc: Document) -> DocumentTokens:
-        return self.engine.document_tokens(doc)
+    def _views(self, queries: list[str], doc: Document, analysis: Analysis) -> list[dict[str, np.ndarray]]:
+        return score_views(self.views, queries, doc, list(analysis.units), analysis.states)
 
-    def _analysis(self, doc: Document) -> _Analysis:
-        """Units, entity index and every view's per-document state, computed once per text and cached with it."""
-        cfg = self.config
-        entity_key = (cfg.entities.spacy_model, cfg.entities.labels, cfg.entities.match_names)
-        view_key = {"dense": cfg.dense.model_dump(), "lexical": cfg.lexical.model_dump(), **cfg.views}
-        settings = (cfg.units.model_dump_json(), json.dumps(view_key, sort_keys=True, default=str), str(entity_key))
-
-        def build() -> _Analysis:
-            u = cfg.units
-            reused, start, paragraph = self._grown_from(doc.text, settings)
-            kept = _kept(reused, paragraph) if reused is not None else 0
-            units = list(reused.units[:kept]) if reused is not None else []
-            fresh = segment(doc.text[start:], u.granularity, u.spacy_model, u.min_chars)
-            units += [
-                Unit(len(units) + i, x.start + start, x.end + start, x.text, x.paragraph + paragraph)
-                for i, x in enumerate(fresh)
-            ]
-            states = {
-                name: view.prepare(doc, units, (kept, reused.states.get(name)) if reused is not None else None)
-                for name, view in self.views.items()
-            }
-            entities = None
-            if cfg.entities.enabled:
-                nlp = load_nlp(cfg.entities.spacy_model)
-                entities = EntityIndex.build(
-                    doc.text, units, nlp, labels=cfg.entities.labels, match_names=cfg.entities.match_names
-                )
-            analysis = _Analysis(units=tuple(units), entities=entities, states=states)
-            with self._lock:
-                self._recent[settings] = [(doc.text, analysis), *self._recent.get(settings, [])][:_RECENT]
-            return analysis
-
-        return self._analyses.get_or_create((doc.content_hash, *settings), build)
-
-    def _grown_from(self, text: str, settings: tuple[str, ...]) -> tuple[_Analysis | None, int, int]:
-        """A recent analysis of a text that `text` extends (a conversation grown by a turn), where to resume, and the
-        paragraph index there: the units of every paragraph before the earlier text's last one are reused."""
-        with self._lock:
-            recent = list(self._recent.get(settings, []))
-        for old_text, analysis in recent:
-            if len(old_text) < len(text) and text.startswith(old_text) and analysis.units:
-                last = analysis.units[-1].paragraph
-                first_of_last = next(x for x in analysis.units if x.paragraph == last)
-                return analysis, first_of_last.start, last  # a paragraph starts where its first unit does
-        return None, 0, 0
-
-    def _views(self, queries: list[str], doc: Document, analysis: _Analysis) -> list[Views]:
-        """Per query, the raw per-unit score of each enabled view (one document read for all the queries)."""
-        units = list(analysis.units)
-        out: list[Views] = [{} for _ in queries]
-        for name, view in self.views.items():
-            scored = view.score(queries, doc, units, analysis.states.get(name))
-            if len(scored) != len(queries):
-                raise ValueError(f"view {name!r} returned {len(scored)} score arrays for {len(queries)} queries")
-            for views, values in zip(out, scored, strict=True):
-                array = np.asarray(values, dtype=np.float64)
-                if array.shape != (len(units),) or not np.all(np.isfinite(array)):
-                    raise ValueError(f"view {name!r} must return one finite score per unit ({len(units)})")
-                views[name] = array
-        return out
-
-    def _score_many(self, queries: list[str], doc: Document, index: int) -> list[tuple[list[Hit], Views]]:
+    def _score_many(
+        self, queries: list[str], doc: Document, index: int
+    ) -> list[tuple[list[Hit], dict[str, np.ndarray]]]:
         """Per query, every unit of `doc` as a hit (document order) and the views it was ranked from."""
-        analysis = self._analysis(doc)
+        analysis = self.analyser.analyse(doc)
         doc_id = doc.id if doc.id is not None else str(index)
+        cfg = self.config
         out = []
         for query, views in zip(queries, self._views(queries, doc, analysis), strict=True):
-            ranked = ranking.rank_units(
-                views, analysis.units, analysis.entities, self.config.fusion, self.config.entities, query
-            )
-            hits = []
-            for k, u in enumerate(analysis.units):
-                scores = {name: float(v[k]) for name, v in views.items()}
-                scores["fused"] = float(ranked.fused[k])
-                if k in ranked.expansions:
-                    scores["entity"] = ranked.expansions[k].entity_score
-                hits.append(
-                    Hit(
-                        document_id=doc_id,
-                        document_index=index,
-                        start=u.start,
-                        end=u.end,
-                        text=u.text,
-                        score=float(ranked.final[k]),
-                        scores=scores,
-                        reasons=ranked.reasons[k],
-                        unit_index=u.index,
-                    )
-                )
-            out.append((hits, views))
+            ranked = ranking.rank_units(views, analysis.units, analysis.entities, cfg.fusion, cfg.entities, query)
+            out.append((ranked.hits(analysis.units, doc_id, index), views))
         return out
-
-
-def _kept(analysis: _Analysis, paragraph: int) -> int:
-    """How many leading units of `analysis` lie in paragraphs before `paragraph`."""
-    return sum(1 for u in analysis.units if u.paragraph < paragraph)
-
-
-def _top(per_doc: list[list[Hit]], top_k: int) -> list[Hit]:
-    """The `top_k` best hits across documents (ties: earlier document, earlier unit)."""
-    hits = [h for hits in per_doc for h in hits]
-    hits.sort(key=lambda h: (-h.score, h.document_index, h.start))
-    return hits[:top_k]

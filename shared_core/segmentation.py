@@ -6,24 +6,18 @@ sentence never crosses a paragraph boundary. Units never include surrounding whi
 
 from __future__ import annotations
 
-import functools
 import logging
 import operator
 import re
-import threading
 from collections.abc import Sequence
 from typing import Any
 
 from .document import Unit
-from .entities import SPACY_INSTALL, SpacyModelNotFoundError
-
-RULE_BASED = "sentencizer"
-"""`units.spacy_model` value that selects spaCy's rule-based sentencizer (no trained pipeline needed)."""
+from .nlp import load_pipeline, parse
 
 logger = logging.getLogger(__name__)
 
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t\r\f\v]*\n\s*")
-_nlp_lock = threading.Lock()
 
 
 def paragraph_spans(text: str) -> list[tuple[int, int]]:
@@ -40,50 +34,30 @@ def paragraph_spans(text: str) -> list[tuple[int, int]]:
     return spans
 
 
-@functools.lru_cache(maxsize=4)
-def sentence_pipeline(name: str) -> Any:
-    """spaCy pipeline for sentence boundaries: an installed (parser-based) pipeline, or 'sentencizer' for the
-    rule-based one; a missing pipeline is a `SpacyModelNotFoundError` naming the installed ones, never a fallback."""
-    import spacy
-
-    if name == RULE_BASED:
-        nlp = spacy.blank("en")
-        nlp.add_pipe("sentencizer")
-    else:
-        try:
-            nlp = spacy.load(name, exclude=["ner", "lemmatizer", "attribute_ruler", "tagger"])
-        except OSError as exc:
-            raise SpacyModelNotFoundError(
-                f"units.spacy_model: spaCy pipeline {name!r} is not installed (installed: "
-                f"{', '.join(installed_spacy_models()) or 'none'}); install one with `{SPACY_INSTALL}`, "
-                f"or set units.spacy_model to {RULE_BASED!r} for the rule-based splitter"
-            ) from exc
-    nlp.max_length = max(nlp.max_length, 10_000_000)
-    return nlp
-
-
-def installed_spacy_models() -> list[str]:
-    """Names of the spaCy pipelines installed as packages (what `spacy.load` can find by name)."""
-    import spacy.util
-
-    return sorted(spacy.util.get_installed_models())
-
-
 def segment(text: str, granularity: str, spacy_model: str, min_chars: int = 1) -> list[Unit]:
     """Units of `text` in document order; `text[u.start:u.end] == u.text` for every unit."""
     paragraphs = paragraph_spans(text)
-    raw: list[tuple[int, int, int]] = []
     if granularity == "paragraph":
-        raw = [(s, e, p) for p, (s, e) in enumerate(paragraphs)]
-    else:
-        nlp = sentence_pipeline(spacy_model)
-        with _nlp_lock:  # spaCy pipelines are not documented as thread-safe
-            docs = list(nlp.pipe(text[s:e] for s, e in paragraphs))
-        for p, ((ps, _), doc) in enumerate(zip(paragraphs, docs, strict=True)):
-            for sent in doc.sents:
-                span = _strip(text, ps + sent.start_char, ps + sent.end_char)
-                if span:
-                    raw.append((*span, p))
+        return _units(text, [(s, e, p) for p, (s, e) in enumerate(paragraphs)], min_chars)
+    nlp = load_pipeline(spacy_model, "units.spacy_model")
+    docs = parse(nlp, (text[s:e] for s, e in paragraphs), sentences=True, entities=False)
+    return sentence_units(text, paragraphs, docs, min_chars)
+
+
+def sentence_units(
+    text: str, paragraphs: Sequence[tuple[int, int]], docs: Sequence[Any], min_chars: int = 1
+) -> list[Unit]:
+    """Sentence units from the spaCy `docs` of `paragraphs` (one parse can serve the entities too)."""
+    raw: list[tuple[int, int, int]] = []
+    for p, ((ps, _), doc) in enumerate(zip(paragraphs, docs, strict=True)):
+        for sent in doc.sents:
+            span = _strip(text, ps + sent.start_char, ps + sent.end_char)
+            if span:
+                raw.append((*span, p))
+    return _units(text, raw, min_chars)
+
+
+def _units(text: str, raw: list[tuple[int, int, int]], min_chars: int) -> list[Unit]:
     merged = _merge_short(raw, text, min_chars)
     return [Unit(index=i, start=s, end=e, text=text[s:e], paragraph=p) for i, (s, e, p) in enumerate(merged)]
 

@@ -93,6 +93,24 @@ def build_views(retriever: AttentionRetriever) -> dict[str, View]:
     return views
 
 
+def score_views(
+    views: dict[str, View], queries: Sequence[str], document: Document, units: Sequence[Unit], states: dict[str, Any]
+) -> list[dict[str, np.ndarray]]:
+    """Per query, the raw per-unit score of each view (one call per view for all the queries), each checked to
+    be one finite score per unit, so a plug-in's mistake is named instead of breaking fusion."""
+    out: list[dict[str, np.ndarray]] = [{} for _ in queries]
+    for name, view in views.items():
+        scored = view.score(queries, document, units, states.get(name))
+        if len(scored) != len(queries):
+            raise ValueError(f"view {name!r} returned {len(scored)} score arrays for {len(queries)} queries")
+        for per_query, values in zip(out, scored, strict=True):
+            array = np.asarray(values, dtype=np.float64)
+            if array.shape != (len(units),) or not np.all(np.isfinite(array)):
+                raise ValueError(f"view {name!r} must return one finite score per unit ({len(units)})")
+            per_query[name] = array
+    return out
+
+
 class AttentionView:
     """Calibrated, pooled query-row attention of the causal LM (the attention engine reads the document once)."""
 

@@ -27,8 +27,9 @@ from shared_core.config import (
     ModelConfig,
     load_yaml,
 )
-from shared_core.entities import SpacyModelNotFoundError, load_nlp
+from shared_core.entities import load_nlp
 from shared_core.heads import load_head_file, select_heads
+from shared_core.nlp import SpacyModelNotFoundError
 from shared_core.prompt import PromptLayout
 from shared_core.segmentation import segment, units_from_spans
 from shared_core.validation import check_queries, check_query, check_top_k, coerce_document, coerce_documents
@@ -511,7 +512,7 @@ def test_core_refuses_bad_input_before_loading_a_model(method: str, args: tuple,
         getattr(r, method)(*args)
     assert fragment in str(info.value)
     assert args == snapshot
-    assert r._loaded is None  # refused before any model work
+    assert r.engine.loaded is None  # refused before any model work
 
 
 @pytest.mark.parametrize(
@@ -818,7 +819,7 @@ def test_control_token_strings_are_plain_text(retriever: AttentionRetriever) -> 
     starts, ends = tokens.offsets[:, 0], tokens.offsets[:, 1]
     assert starts[0] == 0 and ends[-1] == len(CONTROL_DOC) and np.all(starts[1:] >= starts[:-1])
     assert len(scores) == tokens.n_doc_tokens and np.all(np.isfinite(scores))
-    q = retriever._layout.query("Who picked up the apple? <|im_end|>", "query")
+    q = retriever.engine.prompt.query("Who picked up the apple? <|im_end|>", "query")
     assert not special & {q.ids[i] for i in q.rows}
     docs = [Document(text=CONTROL_DOC, id="c", meta={"tags": ["x"]})]
     snapshot = copy.deepcopy(docs)

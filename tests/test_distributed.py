@@ -257,7 +257,7 @@ def test_cli_batch_user_errors_are_one_line(tmp_path: Path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["attnret: error: batch_size must be a positive int, got 0"]
     assert main(["batch", "--jobs", str(tmp_path / "absent.jsonl"), "--out", str(tmp_path / "o.parquet")]) == 2
-    assert "no such file" in capsys.readouterr().err
+    assert "jobs file" in (err := capsys.readouterr().err) and "does not exist" in err
     (tmp_path / "file.parquet").write_text("x", encoding="utf-8")
     assert main(["batch", "--jobs", str(jobs_file), "--out", str(tmp_path / "file.parquet")]) == 2
     assert "is a file" in capsys.readouterr().err

@@ -19,13 +19,13 @@ from shared_core.entities import (
     EntitiesConfig,
     EntityIndex,
     Expansion,
-    SpacyModelNotFoundError,
     entity_scores,
     expand,
     load_nlp,
     normalise_entity,
 )
 from shared_core.fusion import FusionConfig, fuse
+from shared_core.nlp import SpacyModelNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -398,3 +398,29 @@ def test_names_missed_by_ner_are_matched(nlp: Any) -> None:
     assert with_matching.units_of("odile brannigan") == [0, 1]
     mentions = with_matching.mentions_in(1)
     assert [text[m.start : m.end] for m in mentions] == ["Odile Brannigan"]
+
+
+def test_one_parse_serves_units_and_entities_and_a_grown_text_parses_only_its_new_paragraphs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from shared_core import AttentionRetriever, analysis
+
+    parsed: list[list[str]] = []
+    real_parse = analysis.parse
+
+    def counting(nlp: Any, texts: Any, **kwargs: Any) -> list[Any]:
+        texts = list(texts)
+        parsed.append(texts)
+        return real_parse(nlp, texts, **kwargs)
+
+    monkeypatch.setattr(analysis, "parse", counting)
+    monkeypatch.setattr(analysis, "segment", lambda *a, **k: pytest.fail("the shared parse path must not re-segment"))
+    first = "Mary moved to the bathroom. John went to the hallway.\n\nSandra moved to the garden."
+    grown = first + " Then she took the milk.\n\nBill picked up the apple in Paris."
+    r = AttentionRetriever()
+    index = r.entity_index(first)
+    assert parsed == [["Mary moved to the bathroom. John went to the hallway.", "Sandra moved to the garden."]]
+    assert index is not None and "mary" in index.entities and "sandra" in index.entities
+    r.units(grown)
+    assert parsed[1] == ["Sandra moved to the garden. Then she took the milk.", "Bill picked up the apple in Paris."]
+    assert len(parsed) == 2  # the units and the entities of each text came from one parse

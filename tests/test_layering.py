@@ -12,8 +12,9 @@ import pytest
 def _loaded_after(statement: str) -> set[str]:
     """The module names loaded by a fresh interpreter after running ``statement``."""
     code = f"import json, sys\n{statement}\nprint(json.dumps(sorted(sys.modules)))"
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
-    return set(json.loads(out.strip().splitlines()[-1]))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return set(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 def test_config_imports_without_torch() -> None:

@@ -103,8 +103,8 @@ def test_a_grown_document_reads_only_its_new_part() -> None:
     grown = STORY + " Then Mary went back to the kitchen and picked up the milk."
     before = within.stats["prefill_tokens"]
     hits = within.score_units("Where is the milk?", grown)
-    n_old = len(within._document_tokens(Document(STORY)).ids)
-    n_new = len(within._document_tokens(Document(grown)).ids)
+    n_old = len(within.engine.document_tokens(Document(STORY)).ids)
+    n_new = len(within.engine.document_tokens(Document(grown)).ids)
     assert within.stats["prefix_tokens_reused"] >= n_old - 8  # the tokenizer may merge across the old end
     assert within.stats["prefill_tokens"] - before <= n_new - n_old + 8
     fresh = AttentionRetriever().score_units("Where is the milk?", grown)
@@ -115,9 +115,12 @@ def test_a_grown_document_reads_only_its_new_part() -> None:
     longer = LONG + "\n\nThen Mary went back to the kitchen and picked up the milk."
     read_before = past.stats["cascade_tokens"]
     resumed = past.score_units("Where is the milk?", longer)
-    n_longer = len(past._document_tokens(Document(longer)).ids)
+    n_longer = len(past.engine.document_tokens(Document(longer)).ids)
     assert past.stats["cascade_passes"] == 2
-    assert past.stats["cascade_tokens"] - read_before <= n_longer - len(past._document_tokens(Document(LONG)).ids) + 64
+    assert (
+        past.stats["cascade_tokens"] - read_before
+        <= n_longer - len(past.engine.document_tokens(Document(LONG)).ids) + 64
+    )
     fresh_past = _past_window(reuse=False).score_units("Where is the milk?", longer)
     np.testing.assert_allclose(_scores(resumed), _scores(fresh_past), atol=1e-5)  # same chunks: same scores
 
@@ -182,10 +185,13 @@ def test_a_grown_document_reuses_the_analysis_of_its_unchanged_paragraphs() -> N
         (u.start, u.end, u.paragraph, u.index) for u in fresh
     ]
     assert all(grown[u.start : u.end] == u.text for u in units)
-    embedded = r._analysis(Document(grown)).states["dense"]
-    expected = AttentionRetriever()._analysis(Document(grown)).states["dense"]
+    embedded = r.analyser.analyse(Document(grown)).states["dense"]
+    expected = AttentionRetriever().analyser.analyse(Document(grown)).states["dense"]
     assert embedded is not None and expected is not None
     np.testing.assert_allclose(embedded, expected, atol=1e-5)
+    grown_index, fresh_index = r.entity_index(grown), AttentionRetriever().entity_index(grown)
+    assert grown_index is not None and fresh_index is not None
+    assert grown_index.to_dict() == fresh_index.to_dict()
 
 
 def _fake_state(n: int, seed: int) -> CascadeState:

@@ -15,6 +15,7 @@ from shared_core import AttentionRetriever
 from shared_core import Document as CoreDocument
 from shared_core.pruning import (
     PrunedDocument,
+    PruneOptions,
     TokenCounter,
     load_reader_tokenizer,
     prune_hits,
@@ -177,7 +178,7 @@ def test_bad_inputs(retriever: AttentionRetriever, counter: TokenCounter) -> Non
     ]:
         with pytest.raises(error):
             retriever.prune(QUERY, [STORY], 10, **options)
-    with pytest.raises(TypeError, match="unexpected keyword"):
+    with pytest.raises(TypeError, match=r"unknown pruning option\(s\) \[.top_k.\]"):
         retriever.prune(QUERY, [STORY], 10, top_k=3)
     # budget >= the document: the document whole, unchanged
     whole = retriever.prune(QUERY, [CoreDocument(text=STORY, id="s")], counter.count(STORY))[0]
@@ -307,3 +308,14 @@ def test_benchmark_quick_run_writes_results_and_readme(shared_data: Path, tmp_pa
     again = tmp_path / "again.json"
     assert bench.main(["--render", str(out), "--out", str(again)]) == 0  # tables re-drawn from the JSON, no run
     assert bench.readme_section(json.loads(again.read_text(encoding="utf-8"))) in text
+
+
+def test_options_come_as_one_value_or_as_keywords_never_both_nor_unknown() -> None:
+    r = AttentionRetriever()  # refused before any model work
+    with pytest.raises(TypeError, match="not both"):
+        r.prune("q", ["Some text."], 10, options=PruneOptions(), neighbours=1)
+    with pytest.raises(TypeError, match=r"unknown pruning option\(s\) \['neighbors'\]"):
+        r.prune("q", ["Some text."], 10, neighbors=1)
+    with pytest.raises(TypeError, match="options must be a PruneOptions"):
+        r.prune("q", ["Some text."], 10, options={"neighbours": 1})
+    assert r.engine.loaded is None

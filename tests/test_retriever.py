@@ -196,8 +196,8 @@ SMALL_CASCADE = {"sink_tokens": 8, "cascades": 2, "window": 32, "stride": 64}
 def test_window_boundary_is_the_same_for_routing_and_prefill(retriever: AttentionRetriever) -> None:
     # a document that fits only with the query's exact length: one plain prefill, no cascade, no error
     query = "Where is the milk?"
-    n_doc = len(retriever._document_tokens(Document(STORY)).ids)
-    n_query = len(retriever._layout.query(query, "query").ids)
+    n_doc = len(retriever.engine.document_tokens(Document(STORY)).ids)
+    n_query = len(retriever.engine.prompt.query(query, "query").ids)
     fits = AttentionRetriever({"model": {"max_tokens": n_doc + n_query}, "cascade": SMALL_CASCADE})
     assert len(fits.score_units(query, STORY)) == len(fits.units(STORY))
     assert fits.stats["prefills"] == 1 and fits.stats["cascade_passes"] == 0

@@ -101,11 +101,11 @@ def _read_file_rows(name: str) -> list[tuple[int, Mapping[str, Any] | str]]:
     if suffix == "parquet":
         import pyarrow.parquet as pq
 
-        with open_input(name) as f:
+        with open_input(name, "jobs file") as f:
             return list(enumerate(pq.read_table(f).to_pylist(), 1))
     if suffix not in ("jsonl", "json", "ndjson"):
         raise ValueError(f"jobs file {name!r}: unknown format; name it *.jsonl (JSON lines) or *.parquet")
-    with open_input(name) as f:
+    with open_input(name, "jobs file") as f:
         data = f.read()
     try:
         text = data.decode("utf-8")

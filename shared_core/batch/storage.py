@@ -55,31 +55,31 @@ def resolve(path: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
 
 
-def open_input(path: str) -> Any:
-    """A readable, seekable binary file (Parquet needs to seek); a missing file raises FileNotFoundError naming it."""
+def _file_info(path: str, what: str) -> tuple[Any, str, Any]:
+    """(filesystem, inner path, info) of a regular file; FileNotFoundError/IsADirectoryError naming `what` else."""
     fs, inner = resolve(path)
     info = fs.get_file_info(inner)
     if info.type == pafs.FileType.NotFound:
-        raise FileNotFoundError(f"no such file: {path}")
+        raise FileNotFoundError(f"{what} {path!r} does not exist")
     if info.type != pafs.FileType.File:
-        raise IsADirectoryError(f"{path} is not a file")
+        raise IsADirectoryError(f"{what} {path!r} is not a file")
+    return fs, inner, info
+
+
+def open_input(path: str, what: str) -> Any:
+    """A readable, seekable binary file (Parquet needs to seek); a missing file raises FileNotFoundError naming it."""
+    fs, inner, _ = _file_info(path, what)
     return fs.open_input_file(inner)
 
 
 def file_size(path: str) -> int:
-    """Size of a file in bytes (FileNotFoundError/IsADirectoryError when it is not a readable file)."""
-    fs, inner = resolve(path)
-    info = fs.get_file_info(inner)
-    if info.type == pafs.FileType.NotFound:
-        raise FileNotFoundError(f"document_path {path!r} does not exist")
-    if info.type != pafs.FileType.File:
-        raise IsADirectoryError(f"document_path {path!r} is not a file")
-    return int(info.size or 0)
+    """Size of a document file in bytes (FileNotFoundError/IsADirectoryError when it is not a readable file)."""
+    return int(_file_info(path, "document_path")[2].size or 0)
 
 
 def read_text(path: str) -> str:
     """A document file as UTF-8 text."""
-    with open_input(path) as f:
+    with open_input(path, "document_path") as f:
         data = f.read()
     try:
         return data.decode("utf-8")
