@@ -156,21 +156,23 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def cmd_detect_heads(args: argparse.Namespace) -> int:
     """Detect the retrieval heads of a model on labelled examples and write a head-set file."""
-    from .evaluation import load_examples
-    from .head_detection import detect_heads
+    from .head_detection import detect_heads, detection_examples
 
-    for flag in ("top", "examples", "words", "k"):
-        check_top_k(getattr(args, flag), f"--{flag}")
+    for flag in ("top", "examples", "words", "k", "per_doc", "real_max_words"):
+        check_top_k(getattr(args, flag), f"--{flag.replace('_', '-')}")
     _check_out_file(args.out, "--out")
     cfg = _load_config(args.config)
     if args.model:
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": args.model})})
-    per_source = max(1, args.examples // len(args.data))
-    examples = []
-    for source in args.data:
-        examples.extend(
-            load_examples(source, n=per_source, target_words=args.words, seed=args.seed, offset=args.offset)
-        )
+    examples = detection_examples(
+        args.data,
+        n=max(1, args.examples // len(args.data)),
+        target_words=args.words,
+        seed=args.seed,
+        offset=args.offset,
+        per_document=args.per_doc,
+        real_max_words=args.real_max_words,
+    )
     command = "attnret " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("attnret") else None
     result = detect_heads(
         examples,
@@ -213,13 +215,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     detect = sub.add_parser("detect-heads", help="find the query-focused retrieval heads of a model")
     detect.add_argument(
-        "--data", action="append", required=True, help="labelled examples: babi-qaN, hotpotqa, a file (repeatable)"
+        "--data",
+        action="append",
+        required=True,
+        help="labelled examples: babi-qaN, hotpotqa, covidqa, qmsum (held-in documents only), a file (repeatable)",
     )
     detect.add_argument("--model", help="hub id, folder or .gguf (default: the embedded default model)")
     detect.add_argument("--out", required=True, help="head-set YAML file to write")
     detect.add_argument("--top", type=int, default=16, help="heads to keep (default 16)")
     detect.add_argument("--examples", type=int, default=128, help="examples in all, split across --data (default 128)")
     detect.add_argument("--words", type=int, default=1500, help="length of built documents in words (default 1500)")
+    detect.add_argument(
+        "--per-doc", type=int, default=4, help="questions per held-in document of covidqa/qmsum (default 4)"
+    )
+    detect.add_argument(
+        "--real-max-words",
+        type=int,
+        default=4000,
+        help="cut covidqa/qmsum documents after the paragraph/turn reaching this many words, so they fit the "
+        "model's window (default 4000)",
+    )
     detect.add_argument("--seed", type=int, default=0, help="seed of example sampling and document building")
     detect.add_argument("--offset", type=int, default=0, help="skip this many HotpotQA questions (held-out splits)")
     detect.add_argument("--metric", choices=["ndcg", "gold_score"], default="ndcg", help="per-head quality measure")

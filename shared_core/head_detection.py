@@ -3,6 +3,10 @@
 Each head ranks the units of each example's documents by the same rule the retriever uses at
 inference (calibration, pooling, threshold), so detection and scoring can never disagree. A head's
 score is its mean nDCG@k over the examples, or the reference's summed score on gold units.
+
+Examples come from built tasks (bAbI stories, HotpotQA paragraphs among others), example files, and the real-document
+sets (``covidqa``, ``qmsum``): of those only the held-in documents are ever read (``detection_examples``), so a head
+set detected on them can be judged on the held-out documents the quality table uses.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from tqdm.auto import tqdm
 
 from . import scoring
 from .config import RetrieverConfig
-from .evaluation import LabelledExample, gold_units
+from .evaluation import REAL_TASKS, LabelledExample, gold_units, load_examples, load_real
 from .heads import HeadSelection
 from .model_loading import model_id
 from .retriever import AttentionRetriever
@@ -28,6 +32,51 @@ from .retriever import AttentionRetriever
 logger = logging.getLogger(__name__)
 
 Metric = Literal["ndcg", "gold_score"]
+
+REAL_MAX_WORDS = 4000
+"""Real documents are cut after the paragraph (paper) or turn (meeting) reaching this many words for detection, so
+that they fit the default model's 8,192-token window: every example then costs one query pass, not a cascade pass."""
+REAL_PER_DOCUMENT = 4
+"""Questions asked of each real held-in document (its prefill is shared by them)."""
+
+
+def detection_examples(
+    sources: Sequence[str | Path],
+    *,
+    n: int,
+    target_words: int,
+    seed: int = 0,
+    offset: int = 0,
+    per_document: int = REAL_PER_DOCUMENT,
+    real_max_words: int | None = REAL_MAX_WORDS,
+) -> list[LabelledExample]:
+    """Up to ``n`` labelled examples of every source, in order.
+
+    A built task (``babi-qaN``, ``hotpotqa``) or an example file goes through ``load_examples`` (``offset`` skips
+    questions, ``target_words`` sets the built length). A real-document set (``covidqa``, ``qmsum``) gives
+    up to ``per_document`` questions of each of its held-in documents in order (never the held-out ones: those are
+    the quality table's) until it has ``n``; documents are cut after ``real_max_words`` words (None: whole) and only
+    the questions whose gold lies in the kept part are asked. ``offset`` and ``target_words`` do not apply to it.
+    """
+    if n <= 0 or per_document <= 0:
+        raise ValueError(f"n and per_document must be positive, got {n} and {per_document}")
+    out: list[LabelledExample] = []
+    for source in sources:
+        if isinstance(source, str) and source in REAL_TASKS:
+            examples = load_real(
+                source,
+                split="held-in",
+                n_documents=None,  # as many held-in documents as it takes: a cut one may keep fewer questions
+                per_document=per_document,
+                seed=seed,
+                max_words=real_max_words,
+            )
+            if not examples:
+                raise ValueError(f"no held-in question of {source!r} fits in {real_max_words} words")
+            out.extend(examples[:n])
+        else:
+            out.extend(load_examples(source, n=n, target_words=target_words, seed=seed, offset=offset))
+    return out
 
 
 @dataclass

@@ -7,9 +7,10 @@ import pytest
 import yaml
 
 from shared_core import AttentionRetriever, RetrieverConfig
+from shared_core.cli import main as cli_main
 from shared_core.config import AttentionConfig
-from shared_core.evaluation import GoldSpan, LabelledExample
-from shared_core.head_detection import _ndcg_rows, detect_heads
+from shared_core.evaluation import GoldSpan, LabelledExample, real_split
+from shared_core.head_detection import _ndcg_rows, detect_heads, detection_examples
 from shared_core.heads import load_head_file, parse_heads, select_heads, shipped_head_sets
 from shared_core.scoring import pool, unit_token_ranges
 
@@ -109,3 +110,34 @@ def test_detection_rejects_unusable_input() -> None:
     no_gold = [LabelledExample("x", "q?", [STORY], [], "toy")]
     with pytest.raises(ValueError, match="no usable example"):
         detect_heads(no_gold)
+
+
+def _document_ids(name: str) -> list[str]:
+    from shared_core.evaluation import load_real
+
+    return list(dict.fromkeys(e.document_id for e in load_real(name, split="all", per_document=1)))
+
+
+@pytest.mark.parametrize("name", ["covidqa", "qmsum"])
+def test_detection_reads_real_sets_held_in_only_and_cut_to_fit(shared_data, name: str) -> None:
+    examples = detection_examples([name], n=6, target_words=1500, per_document=2, real_max_words=600)
+    assert len(examples) == 6 and {e.task for e in examples} == {name}
+    held_in = set(real_split(_document_ids(name), "held-in"))
+    assert {e.document_id for e in examples} <= held_in  # never a held-out document (the quality table's)
+    per_doc = [sum(e.document_id == d for e in examples) for d in dict.fromkeys(e.document_id for e in examples)]
+    assert max(per_doc) <= 2  # at most 2 questions per document, as many documents as it takes
+    for e in examples:
+        words = len(e.documents[0].split())
+        assert words < 600 + 1500  # cut after the paragraph/turn reaching 600 words
+        assert e.gold and all(g.end <= len(e.documents[0]) for g in e.gold)
+    # a built task next to a real set: each source gives its own n
+    mixed = detection_examples(["babi-qa1", name], n=2, target_words=300, per_document=2, real_max_words=600)
+    assert [e.task for e in mixed][:2] == ["babi-qa1"] * 2 and len(mixed) == 4
+
+
+def test_detect_heads_cli_accepts_a_real_set(shared_data, tmp_path) -> None:
+    out = tmp_path / "heads.yaml"
+    argv = ["detect-heads", "--data", "covidqa", "--examples", "1", "--per-doc", "1", "--real-max-words", "150"]
+    assert cli_main([*argv, "--top", "3", "--out", str(out)]) == 0
+    saved = load_head_file(out)
+    assert len(saved["heads"]) == 3 and saved["n_examples"] == 1 and saved["sources"] == ["covidqa"]

@@ -257,3 +257,22 @@ def test_agreement_weights_lower_the_view_that_disagrees_and_keep_the_default_fi
     ranked = rank_units(views, [], None, agreement, EntitiesConfig(enabled=False))
     assert int(np.argmax(ranked.fused)) == 19  # dense and lexical win the vote
     assert all(np.array_equal(views[k], before[k]) for k in views)  # inputs untouched
+
+
+def test_attention_levers_replay_the_default_exactly(shared_data: Path, tmp_path: Path) -> None:
+    """The lever script rebuilds the default attention view from the all-heads capture: the replay must match the
+    default retriever's own view and its fused ranking (else every lever's change would be measured off a shifted
+    baseline)."""
+    from benchmarks.attention_levers import main as levers_main
+
+    out = tmp_path / "levers.json"
+    argv = ["--tasks", "babi-qa1,covidqa", "--n", "1", "--words", "300", "--docs", "1", "--per-doc", "2"]
+    assert levers_main([*argv, "--real-max-words", "covidqa=500", "--out", str(out)]) == 0
+    run = json.loads(out.read_text(encoding="utf-8"))["runs"][0]
+    assert run["replay_max_rel_diff"] < 1e-5
+    assert {q["task"] for q in run["per_question"]} == {"babi-qa1", "covidqa"}
+    for q in run["per_question"]:
+        assert q["default"] == pytest.approx(q["fused+entities"])  # the replayed default is the benchmark's default
+        assert q["levers"]["default heads"]["fused"] == pytest.approx(q["default"])
+        assert {"second pass, top 1 appended, fused with the first", "all heads, layers 10-19"} <= set(q["levers"])
+    assert set(run["summary"]) == {"babi-qa1", "covidqa"}
