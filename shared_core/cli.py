@@ -21,7 +21,7 @@ from typing import Any
 from .config import RetrieverConfig
 from .dense import DenseModelNotFoundError
 from .document import Document, Hit
-from .entities import SpacyModelNotFoundError
+from .nlp import SpacyModelNotFoundError
 from .validation import check_queries, check_query, check_top_k
 
 logger = logging.getLogger("attnret")

@@ -14,7 +14,6 @@ from pydantic import Field, field_validator
 
 from .document import Unit
 from .nlp import DEFAULT_SPACY_MODEL, SPACY_INSTALL, has_ner, load_pipeline, parse
-from .nlp import SpacyModelNotFoundError as SpacyModelNotFoundError  # TODO(cli): import from nlp
 from .section import ConfigSection as _Section
 
 logger = logging.getLogger(__name__)
