@@ -1,6 +1,6 @@
 """Speed and memory of attnret against the physical limit (one bare forward pass), side by side in one run.
 
-    python -m benchmarks.perf [--quick] [--tokens 2000,7000,20000,40000] [--out benchmarks/results/perf.json]
+    python -m benchmarks.perf [--quick] [--tokens 2000,7000,20000,40000] [--methods attnret,...] [--out ...]
 
 Each group of measurements runs in a fresh subprocess, so its peak memory (RSS on CPU, allocator peak on CUDA) is its
 own; the model load is measured first and subtracted. Per document length:
@@ -13,13 +13,16 @@ own; the model load is measured first and subtracted. Per document length:
   replay of the kept pass);
 - `queries_50`: 50 different questions asked one after another on one document (total time and queries/s): one
   read, then 49 further queries;
+- `queries_50_many`: the same 50 questions in one `score_units_many` call on another new document of that length
+  (its analysis included, as for `first_query`): one read for all of them, packed `attention.query_batch` per forward;
 - `grown`: the document grown by one turn (~40 tokens), asked a new question after the first read: within the
   window only the new tokens are prefilled, past it the pass resumes after the last shared chunk;
 - `kept_mb`: memory held by the kept pass past the window (what later queries replay);
 - `naive_eager`: `output_attentions=True` with eager attention (n×n per head and layer), only where its estimated
   size fits `--naive-budget-gb`;
 - `dense`, `bm25` (one query) and `dense_50`, `bm25_50` (the same 50 questions, embeddings/index built once).
-Ratios (first/bare, next/first, 50/first, grown/first) are computed within the run, never across runs or machines.
+Ratios (first/bare, next/first, 50/first, 50 in one call/first, grown/first) are computed within the run, never
+across runs or machines.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from benchmarks.report import command_line, run_metadata, run_section, update_re
 logger = logging.getLogger("benchmarks.perf")
 
 QUERY = "Which facts does the question need?"
+METHODS = ("bare_prefill", "attnret", "naive_eager", "dense", "bm25")
 GROWN_TURN = "\n\nMaria Lopez: Let us come back to this next week, after the committee has read the report."
 
 
@@ -84,7 +88,7 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _measure(method: str, n_tokens: int, device: str, queue: Any) -> None:
+def _measure(method: str, n_tokens: int, device: str, queue: Any, n_questions: int = 50) -> None:
     """Run one group of measurements on one document length in this (fresh) process; put its figures on `queue`."""
     import torch
 
@@ -110,7 +114,8 @@ def _measure(method: str, n_tokens: int, device: str, queue: Any) -> None:
         _sync(device)
         result["seconds"] = time.perf_counter() - t
     elif method == "attnret":
-        questions = _questions()
+        questions = _questions(n_questions)
+        result["questions"] = len(questions)
         r.units("Warm up the pipelines. Mary met Anna in Paris.")  # loads spaCy and the encoder: once per process
         base = _baseline_mb(device)
         t = time.perf_counter()
@@ -132,6 +137,11 @@ def _measure(method: str, n_tokens: int, device: str, queue: Any) -> None:
         r.score_units(questions[0], Document(doc + GROWN_TURN))
         _sync(device)
         result["grown_s"] = time.perf_counter() - t
+        other = _document(n_tokens, seed=1)
+        t = time.perf_counter()
+        r.score_units_many(questions, other)
+        _sync(device)
+        result["queries_50_many_s"] = time.perf_counter() - t
         result["stats"] = dict(r.stats)
     elif method in ("dense", "bm25"):
         from shared_core.dense import DenseConfig, DenseScorer
@@ -163,11 +173,11 @@ def _measure(method: str, n_tokens: int, device: str, queue: Any) -> None:
     queue.put(result)
 
 
-def run_one(method: str, n_tokens: int, device: str, timeout: float) -> dict[str, Any] | None:
+def run_one(method: str, n_tokens: int, device: str, timeout: float, questions: int = 50) -> dict[str, Any] | None:
     """One measurement in a fresh process (peak memory is per process)."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_measure, args=(method, n_tokens, device, queue))
+    proc = ctx.Process(target=_measure, args=(method, n_tokens, device, queue, questions))
     proc.start()
     proc.join(timeout)
     if proc.is_alive():
@@ -195,10 +205,11 @@ def table(rows: list[dict[str, Any]]) -> str:
         by_len.setdefault(r["target"], {})[r["method"]] = r
     head = (
         "| tokens | bare prefill s | first query s (analysis s) | first/bare | next query s | next/first | "
-        "50 queries s | queries/s | 50/first | grown by a turn s | grown/first | kept MB | attnret peak MB | "
+        "50 queries s | queries/s | 50/first | 50 in one call s | 50 in one call/first | grown by a turn s | "
+        "grown/first | kept MB | attnret peak MB | "
         "bare peak MB | naive eager peak MB | dense s (50) | bm25 s (50) |"
     )
-    lines = [head, "|" + "---|" * 17]
+    lines = [head, "|" + "---|" * 19]
     a = "attnret"
     for target in sorted(by_len):
         m = by_len[target]
@@ -209,6 +220,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"({_cell(m, a, 'analysis_s')}) | {_ratio(m, (a, 'first_query_s'), ('bare_prefill', 'seconds'))} | "
             f"{_cell(m, a, 'next_query_s')} | {_ratio(m, (a, 'next_query_s'), (a, 'first_query_s'))} | "
             f"{_cell(m, a, 'queries_50_s')} | {qps} | {_ratio(m, (a, 'queries_50_s'), (a, 'first_query_s'))} | "
+            f"{_cell(m, a, 'queries_50_many_s')} | {_ratio(m, (a, 'queries_50_many_s'), (a, 'first_query_s'))} | "
             f"{_cell(m, a, 'grown_s')} | {_ratio(m, (a, 'grown_s'), (a, 'first_query_s'))} | "
             f"{_cell(m, a, 'kept_mb', '{:.0f}')} | {_cell(m, a, 'peak_mb', '{:.0f}')} | "
             f"{_cell(m, 'bare_prefill', 'peak_mb', '{:.0f}')} | {_cell(m, 'naive_eager', 'peak_mb', '{:.0f}')} | "
@@ -225,6 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", default="2000,7000,20000,40000", help="document lengths in tokens, comma-separated")
     parser.add_argument("--quick", action="store_true", help="one short length, for CI")
+    parser.add_argument(
+        "--questions", type=int, default=50, help="questions asked per document (the `queries_50` figures); 50"
+    )
+    parser.add_argument("--methods", default=",".join(METHODS), help="measurements to run, comma-separated")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
         "--naive-budget-gb", type=float, default=DEFAULT_BUDGET_GB, help="skip naive eager above this size"
@@ -235,7 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     lengths = [600] if args.quick else [int(x) for x in args.tokens.split(",")]
-    methods = ["bare_prefill", "attnret", "naive_eager", "dense", "bm25"]
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        parser.error(f"unknown methods {unknown}; choose from {list(METHODS)}")
     rows: list[dict[str, Any]] = []
     meta = {**run_metadata(), "device": args.device, "torch_threads": torch.get_num_threads()}
     out = Path(args.out)
@@ -246,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
                 logger.info("naive eager at %d tokens needs ~%.0f GB of attention maps: skipped", n, naive_gb(n))
                 continue
             logger.info("%s at ~%d tokens ...", method, n)
-            res = run_one(method, n, args.device, args.timeout)
+            res = run_one(method, n, args.device, args.timeout, args.questions)
             if res is not None:
                 res["target"] = n
                 rows.append(res)

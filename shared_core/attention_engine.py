@@ -11,6 +11,7 @@ document, so it runs once per document and head selection.
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 from collections.abc import Sequence
@@ -25,14 +26,14 @@ from . import capture, scoring
 from .cascade import ModelShape, cascade_needed
 from .cascade_config import parse_bytes
 from .cascade_scoring import cascade_token_scores
-from .cascade_state import CascadeState, fork_cache, replay_scores, shared_chunks, supports_replay
+from .cascade_state import CascadeState, replay_scores, shared_chunks, supports_replay
 from .config import RetrieverConfig
 from .document import Document
 from .heads import HeadSelection, select_heads
 from .lru import LRUCache
 from .model_loading import LoadedModel, cache_root, load_model, model_id
 from .prompt import DocumentTokens, PromptLayout, QueryTokens
-from .query_batch import SharedPrefixCache, batched_scores, pad_id
+from .query_batch import SharedPrefixCache, batched_scores
 from .state_store import StateStore, state_key
 
 logger = logging.getLogger(__name__)
@@ -236,7 +237,7 @@ class AttentionEngine:
         from transformers import DynamicCache
 
         loaded = self.model
-        if len(tokens.ids) >= self.window:  # the query part is checked exactly when it runs (`_query_pass`)
+        if len(tokens.ids) >= self.window:  # the query part is checked exactly when it runs (`_query_passes`)
             name = f"document {doc.id!r}" if doc.id else "the document"
             raise ValueError(
                 f"{name} is {len(tokens.ids)} tokens; with the query it exceeds the model window "
@@ -281,45 +282,33 @@ class AttentionEngine:
     def _query_passes(
         self, prefilled: _Prefilled, parts: list[QueryTokens], selection: HeadSelection
     ) -> list[PerLayer]:
-        """Every query part against the cached document, `attention.query_batch` parts per forward."""
+        """Every query part against the cached document, `attention.query_batch` parts packed per forward (one per
+        forward, each against its own copy-on-write view of the cache, for models with sliding-window layers)."""
         loaded, tokens = self.model, prefilled.tokens
+        n_prefix = len(tokens.ids)
         for part in parts:
-            self._check_fits(prefilled, part)
-        size = self.config.attention.query_batch
-        if size <= 1 or len(parts) == 1 or not supports_replay(loaded.model):
-            return [self._query_pass(prefilled, part, selection) for part in parts]
-        depth = selection.deepest + 1
-        prefix = SharedPrefixCache([(layer.keys, layer.values) for layer in prefilled.cache.layers[:depth]])
-        pad = pad_id(loaded.tokenizer)
-        scored = batched_scores(loaded.decoder, prefix, len(tokens.ids), parts, selection, loaded.device, size, pad)
-        self._count(
-            query_passes=len(parts), query_batches=-(-len(parts) // size), query_tokens=sum(len(p.ids) for p in parts)
-        )
-        return [  # kv = document + padded query part: `document_token_scores` right-aligns on it
-            scoring.document_token_scores(c, next(iter(c.values())).shape[-1], tokens.doc_start, tokens.n_doc_tokens)
-            for c in scored
+            if n_prefix + len(part.ids) > self.window:
+                raise ValueError(
+                    f"document ({n_prefix} tokens) plus query ({len(part.ids)} tokens) exceed the model window of "
+                    f"{self.window} tokens; shorten the query or the document"
+                )
+        size, device = self.config.attention.query_batch, loaded.device
+        if supports_replay(loaded.model):
+            layers = prefilled.cache.layers[: selection.deepest + 1]
+            prefix = SharedPrefixCache([(layer.keys, layer.values) for layer in layers], n_prefix)
+            scored = batched_scores(loaded.decoder, prefix, n_prefix, parts, selection, device, size)
+            batches = -(-len(parts) // max(1, size))
+        else:
+            scored = [
+                batched_scores(loaded.decoder, fork_cache(prefilled.cache), n_prefix, [p], selection, device, 1)[0]
+                for p in parts
+            ]
+            batches = len(parts)
+        self._count(query_passes=len(parts), query_batches=batches, query_tokens=sum(len(p.ids) for p in parts))
+        return [
+            scoring.document_token_scores(captured, n_prefix, tokens.doc_start, tokens.n_doc_tokens)
+            for captured in scored
         ]
-
-    def _check_fits(self, prefilled: _Prefilled, part: QueryTokens) -> None:
-        n_prefix = len(prefilled.tokens.ids)
-        if n_prefix + len(part.ids) > self.window:
-            raise ValueError(
-                f"document ({n_prefix} tokens) plus query ({len(part.ids)} tokens) exceed the model window of "
-                f"{self.window} tokens; shorten the query or the document"
-            )
-
-    @torch.inference_mode()
-    def _query_pass(self, prefilled: _Prefilled, part: QueryTokens, selection: HeadSelection) -> PerLayer:
-        """Run only the query part against a copy-on-write view of the cached document (checked by `_query_passes`)."""
-        loaded = self.model
-        n_prefix = len(prefilled.tokens.ids)
-        observer = scoring.RowObserver(selection, torch.tensor(part.rows, dtype=torch.long))
-        ids = torch.tensor([part.ids], device=loaded.device)
-        capture.run_observed(loaded.decoder, fork_cache(prefilled.cache), observer, input_ids=ids)
-        self._count(query_passes=1, query_tokens=len(part.ids))
-        return scoring.document_token_scores(
-            observer.captured, n_prefix + len(part.ids), prefilled.tokens.doc_start, prefilled.tokens.n_doc_tokens
-        )
 
     # ----------------------------------------------------------------- past the window
     def _family(self) -> str:
@@ -383,7 +372,6 @@ class AttentionEngine:
                     selection.layers,
                     progress=lambda d, t: bar.update(1),
                     batch_size=self.config.attention.query_batch,
-                    pad=pad_id(self.model.tokenizer),
                 )
         finally:
             bar.close()
@@ -419,7 +407,6 @@ class AttentionEngine:
                     keep=cfg.reuse,
                     resume=resume,
                     batch_size=self.config.attention.query_batch,
-                    pad=pad_id(self.model.tokenizer),
                 )
         finally:
             bar.close()
@@ -436,6 +423,13 @@ class AttentionEngine:
             if n and (best is None or n > best[1]):
                 best = (state, n)
         return best
+
+
+def fork_cache(cache: Any) -> Any:
+    """A view of a transformers cache whose updates (concatenations) never touch the original tensors."""
+    forked = copy.copy(cache)
+    forked.layers = [copy.copy(layer) for layer in cache.layers]
+    return forked
 
 
 def _calibrated(raw: PerLayer, baseline: PerLayer | None) -> PerLayer:

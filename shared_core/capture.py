@@ -1,10 +1,10 @@
 """Query-row attention capture through transformers' attention-function interface.
 
-We register one attention function, ``"attnret"``, that lets the model's own SDPA path compute the
-outputs and, for the layers an active observer asks for, hands the observer the post-RoPE query and
-key states (cache included) so it can compute the few rows it needs. No n×n matrix is ever built:
-an observer computes softmax rows only for the query tokens it selects, so memory grows linearly
-with the document.
+We register one attention function, ``"attnret"``. For the layers an active observer asks for, it hands the
+observer the post-RoPE query and key states (cache included) in one `AttentionInputs`, so it can compute the few
+rows it needs. No n×n matrix is ever built: a document prefill runs the model's own SDPA and an observer computes
+softmax rows only for the query tokens it selects, so memory grows linearly with the document. A short query block
+(a query pass) is computed explicitly, its softmax rows shared with the observer (`EXPLICIT_LIMIT`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import contextlib
 import contextvars
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -32,23 +33,41 @@ class StopForward(Exception):
     """Raised by an observer once the deepest layer it needs has run, to skip the rest of the model."""
 
 
+EXPLICIT_LIMIT = 1 << 25
+"""Largest attention block (batch x query heads x query tokens x keys) computed explicitly with one grouped matmul
+per layer instead of SDPA: query passes (a few dozen rows against a document's keys), never document prefills."""
+
+
+@dataclass
+class AttentionInputs:
+    """What an observer sees of one layer's attention: post-RoPE query [B,Hq,q,d], cached+new keys [B,Hkv,kv,d],
+    the layer's mask, scale and softcap, and, for a short query block, the softmax of every row (float32
+    [B,Hq,q,kv], the very probabilities the layer's output is computed from)."""
+
+    layer_idx: int
+    module: torch.nn.Module
+    query: torch.Tensor
+    key: torch.Tensor
+    attention_mask: torch.Tensor | None
+    scaling: float
+    softcap: float | None = None
+    probs: torch.Tensor | None = None
+
+    def row_probs(self, rows: torch.Tensor) -> torch.Tensor:
+        """Softmax attention of the query rows `rows` over all keys, float32 [B, Hq, len(rows), kv]."""
+        if self.probs is not None:
+            return self.probs.index_select(2, rows.to(self.probs.device))
+        return query_row_probs(self.query, self.key, self.attention_mask, self.scaling, rows, self.softcap)
+
+
 class AttentionObserver(Protocol):
     """Receives the attention inputs of the layers it lists, during a forward pass."""
 
     layers: frozenset[int]
     deepest: int
 
-    def observe(
-        self,
-        layer_idx: int,
-        module: torch.nn.Module,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        scaling: float,
-        softcap: float | None,
-    ) -> None:
-        """Called inside the layer with post-RoPE query [B,Hq,q,d] and cached+new keys [B,Hkv,kv,d]."""
+    def observe(self, inputs: AttentionInputs) -> None:
+        """Called inside layer `inputs.layer_idx`, before its output is computed."""
 
 
 def register() -> None:
@@ -94,16 +113,50 @@ def _capture_attention_forward(
     scaling: float | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
-    """SDPA for the outputs; the active observer sees the inputs of the layers it selected."""
+    """The layer's attention; the active observer sees the inputs of the layers it selected.
+
+    A short query block (a query pass: `EXPLICIT_LIMIT`) is computed explicitly: one grouped matmul per key head
+    (no repeated keys), a softmax whose rows the observer reads as they are, and one matmul with the values.
+    Anything else (document prefills, softcapped or sink-augmented attention) goes to the model's own SDPA.
+    """
     observer = _active.get()
     layer_idx = getattr(module, "layer_idx", None)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    if observer is not None and layer_idx in observer.layers:
-        observer.observe(layer_idx, module, query, key, attention_mask, scale, kwargs.get("softcap"))
-        if layer_idx == observer.deepest:
-            raise StopForward
+    softcap = kwargs.get("softcap")
+    explicit = _explicit(query, key, softcap, kwargs)
+    watched = observer is not None and layer_idx in observer.layers
+    if watched or explicit:
+        inputs = AttentionInputs(int(layer_idx or 0), module, query, key, attention_mask, scale, softcap)
+        if explicit:
+            inputs.probs = query_row_probs(query, key, attention_mask, scale)
+        if watched:
+            assert observer is not None
+            observer.observe(inputs)
+            if layer_idx == observer.deepest:
+                raise StopForward
+        if inputs.probs is not None:
+            return _weighted_values(inputs.probs, value), None
     sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
     return sdpa(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+
+
+def _explicit(query: torch.Tensor, key: torch.Tensor, softcap: float | None, kwargs: dict[str, Any]) -> bool:
+    """Whether this attention is a short query block that `query_row_probs` computes exactly as SDPA would."""
+    if softcap is not None or kwargs.get("s_aux") is not None or kwargs.get("sinks") is not None:
+        return False
+    if kwargs.get("dropout") or query.shape[1] % key.shape[1]:
+        return False
+    return query.shape[0] * query.shape[1] * query.shape[2] * key.shape[2] <= EXPLICIT_LIMIT
+
+
+def _weighted_values(probs: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """The attention output [B, q, Hq, d] (SDPA's layout) from row probabilities [B, Hq, q, kv] and values
+    [B, Hkv, kv, d], grouping the query heads of each key head (no repeated values)."""
+    bsz, n_q_heads, q_len, kv_len = probs.shape
+    n_kv_heads, dim = value.shape[1], value.shape[-1]
+    grouped = probs.to(value.dtype).view(bsz, n_kv_heads, (n_q_heads // n_kv_heads) * q_len, kv_len)
+    out = torch.matmul(grouped, value).view(bsz, n_q_heads, q_len, dim)
+    return out.transpose(1, 2).contiguous()
 
 
 def query_row_probs(
@@ -111,10 +164,10 @@ def query_row_probs(
     key: torch.Tensor,
     attention_mask: torch.Tensor | None,
     scaling: float,
-    rows: torch.Tensor,
+    rows: torch.Tensor | None = None,
     softcap: float | None = None,
 ) -> torch.Tensor:
-    """Softmax attention of the selected query rows over all keys, float32 [B, Hq, len(rows), kv].
+    """Softmax attention of the selected query rows (None: all) over all keys, float32 [B, Hq, len(rows), kv].
 
     GQA is handled by grouping query heads onto their key head (no repeat of the keys); the mask is
     the layer's own (sliding window included); a missing mask means plain causal, right-aligned.
@@ -122,17 +175,18 @@ def query_row_probs(
     bsz, n_q_heads, q_len, dim = query.shape
     n_kv_heads, kv_len = key.shape[1], key.shape[2]
     n_rep = n_q_heads // n_kv_heads
-    q = query.index_select(2, rows).float()
+    q = (query if rows is None else query.index_select(2, rows)).float()
     r = q.shape[2]
-    q = q.view(bsz, n_kv_heads, n_rep * r, dim)
-    logits = torch.matmul(q, key.float().transpose(-1, -2)).view(bsz, n_q_heads, r, kv_len) * scaling
+    q = q.reshape(bsz, n_kv_heads, n_rep * r, dim)
+    logits = torch.matmul(q, key.float().transpose(-1, -2)).view(bsz, n_q_heads, r, kv_len).mul_(scaling)
     if softcap is not None:
         logits = torch.tanh(logits / softcap) * softcap
     if attention_mask is not None:
-        m = attention_mask[..., -q_len:, :].index_select(-2, rows)[..., -kv_len:]
-        logits = logits.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else logits + m.float()
+        m = attention_mask[..., -q_len:, :]
+        m = (m if rows is None else m.index_select(-2, rows))[..., -kv_len:]
+        logits = logits.masked_fill_(~m, float("-inf")) if m.dtype == torch.bool else logits.add_(m.float())
     else:
-        positions = rows + (kv_len - q_len)
-        allowed = torch.arange(kv_len, device=key.device)[None, :] <= positions[:, None]
-        logits = logits.masked_fill(~allowed, float("-inf"))
+        picked = torch.arange(q_len, device=key.device) if rows is None else rows
+        allowed = torch.arange(kv_len, device=key.device)[None, :] <= (picked + (kv_len - q_len))[:, None]
+        logits = logits.masked_fill_(~allowed, float("-inf"))
     return torch.softmax(logits, dim=-1)

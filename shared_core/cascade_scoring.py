@@ -42,8 +42,8 @@ from . import capture
 from .cascade import CascadeConfig, CascadingCache, ModelShape, check_budget
 from .cascade_state import CascadeState, StateRecorder, as_part, replay_scores, resume_cache, supports_replay
 from .heads import HeadSelection
+from .prompt import QueryTokens
 from .query_batch import batched_scores
-from .scoring import RowObserver
 
 logger = logging.getLogger(__name__)
 
@@ -71,24 +71,14 @@ class EmaObserver:
             rows = self._row_cache[key] = torch.tensor(picked, dtype=torch.long, device=device)
         return rows
 
-    def observe(
-        self,
-        layer_idx: int,
-        module: torch.nn.Module,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        scaling: float,
-        softcap: float | None,
-    ) -> None:
+    def observe(self, inputs: capture.AttentionInputs) -> None:
         """Sampled rows -> mean softmax -> summed over the query heads of each key head -> the layer's EMA input."""
-        layer = self.cache.layer(layer_idx)
+        layer = self.cache.layer(inputs.layer_idx)
         if layer.is_sliding:  # sliding layers keep a plain window: no EMA needed
             return
-        rows = self._rows(query.shape[2], query.device)
-        probs = capture.query_row_probs(query, key, attention_mask, scaling, rows, softcap).mean(dim=2)
+        probs = inputs.row_probs(self._rows(inputs.query.shape[2], inputs.query.device)).mean(dim=2)
         b, hq, kv = probs.shape
-        hkv = key.shape[1]
+        hkv = inputs.key.shape[1]
         layer.record_received(probs.view(b, hkv, hq // hkv, kv).sum(dim=2))
 
 
@@ -160,7 +150,6 @@ def cascade_token_scores(
     keep: bool = False,
     resume: tuple[CascadeState, int] | None = None,
     batch_size: int = 1,
-    pad: int = 0,
 ) -> CascadeScores:
     """Read `doc_ids` (the prompt part before the query: template head + document) through a cascading cache and
     score every token for each ``(query_ids, query_rows)`` suffix; rows index `query_ids` (the query's own tokens).
@@ -172,8 +161,7 @@ def cascade_token_scores(
     `keep=True` records a `CascadeState` (returned as `.state`) from which `replay_scores` scores later queries
     without reading the document again. `resume=(state, r)` takes the first `r` chunks from an earlier state of a
     document sharing their tokens (replayed for these queries) and reads only the rest. With `batch_size` > 1 the
-    queries run against each chunk in batches of that many, right-padded with `pad` (`query_batch`); 1 = one
-    forward per query.
+    queries run against each chunk packed in batches of that many (`query_batch`); 1 = one forward per query.
     """
     t0 = time.perf_counter()
     doc_ids, checked, picked = _check_inputs(model, doc_ids, queries, layers)
@@ -193,13 +181,10 @@ def cascade_token_scores(
     first = 0
     if resume is not None and recorder is not None:
         state, shared = resume
-        replay_scores(
-            model, state, checked, picked, chunks=state.chunks[:shared], out=out, batch_size=batch_size, pad=pad
-        )
+        replay_scores(model, state, checked, picked, chunks=state.chunks[:shared], out=out, batch_size=batch_size)
         first = resume_cache(model, cache, state, shared, device)
         recorder.resume_from(state, shared)
     doc_ids = doc_ids.to(device)
-    q_dev = [(ids.to(device)[None], rows.to(device)) for ids, rows in checked]
     parts = [as_part(ids, rows) for ids, rows in checked]
     n_chunks = 0
     for start in range(first, n, config.stride):
@@ -213,7 +198,7 @@ def cascade_token_scores(
             c = end - start
             with cache.frozen_view():
                 base = getattr(model, "base_model", model)
-                scored = batched_scores(base, cache, kept + c, parts, selection, device, batch_size, pad)
+                scored = batched_scores(base, cache, kept + c, parts, selection, device, batch_size)
             for j, captured in enumerate(scored):
                 chunk = [captured[layer][:, kept : kept + c] for layer in picked]
                 out[j, :, :, start:end] = torch.stack(chunk).float().cpu()  # one transfer per chunk
@@ -222,7 +207,7 @@ def cascade_token_scores(
         if progress is not None:
             progress(end, n)
     if config.scoring == "end":
-        _score_end(model, cache, q_dev, picked, out, shape)
+        _score_end(model, cache, parts, picked, out, shape)
     seconds = time.perf_counter() - t0
     logger.debug("cascade pass: %d tokens, %d chunks, %.2fs, kept %d", n, n_chunks, seconds, cache.kept)
     kept_state = recorder.state() if recorder is not None else None
@@ -232,7 +217,7 @@ def cascade_token_scores(
 def _score_end(
     model: Any,
     cache: CascadingCache,
-    queries: list[tuple[torch.Tensor, torch.Tensor]],
+    parts: list[QueryTokens],
     picked: list[int],
     out: torch.Tensor,
     shape: ModelShape,
@@ -240,14 +225,15 @@ def _score_end(
     """Baseline: one query pass over what the cache kept; scores go back to each kept slot's source token."""
     rep = shape.num_heads // shape.num_kv_heads
     kept = cache.get_seq_length()
+    base = getattr(model, "base_model", model)
+    device = next(model.parameters()).device
+    selection = HeadSelection(dict.fromkeys(picked), "cascade")
     with cache.frozen_view():
-        for j, (ids, rows) in enumerate(queries):
-            obs = RowObserver(HeadSelection(dict.fromkeys(picked), "cascade"), rows)
-            _forward(model, ids, torch.arange(kept, kept + ids.shape[1], device=ids.device)[None], cache, obs)
+        for j, part in enumerate(parts):
+            (captured,) = batched_scores(base, cache, kept, [part], selection, device, 1)
             for i, layer in enumerate(picked):
-                probs = obs.captured[layer].float().cpu()
+                probs = captured[layer].float().cpu()
                 pos = cache.layer(layer).kept_positions()[0].cpu()  # [Hkv, K_layer]
-                k_layer = pos.shape[-1]
-                src = probs[:, probs.shape[-1] - ids.shape[1] - k_layer : probs.shape[-1] - ids.shape[1]]
+                src = probs[:, probs.shape[-1] - pos.shape[-1] :]
                 index = pos.repeat_interleave(rep, dim=0) if pos.shape[0] > 1 else pos.expand(shape.num_heads, -1)
                 out[j, i].scatter_(1, index, src)

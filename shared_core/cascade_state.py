@@ -19,18 +19,18 @@ the document again (`supports_replay`).
 
 from __future__ import annotations
 
-import copy
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from .cascade import CascadeLayer, CascadingCache, _Slots, apply_rope, layer_kinds, model_rotary
+from .cascade import CascadeLayer, CascadingCache, _Slots, model_rotary
 from .heads import HeadSelection
 from .model_family import text_config
 from .prompt import QueryTokens
-from .query_batch import SharedPrefixCache, batched_scores
+from .query_batch import SharedPrefixCache, batched_scores, packable
 
 Structure = tuple[int, tuple[int, ...], tuple[int, ...], int]
 """The cascade's counters before a chunk: (sinks, fill per sub-cache, arrivals per sub-cache, tokens seen)."""
@@ -70,11 +70,7 @@ class CascadeState:
 
 def supports_replay(model: Any) -> bool:
     """Whether a cascade pass over `model` can be kept and replayed (every layer full attention)."""
-    try:
-        kinds, _ = layer_kinds(model)
-    except ValueError:
-        return False
-    return all(kind == "full" for kind in kinds)
+    return packable(model)
 
 
 def _structure(cache: CascadingCache) -> Structure:
@@ -176,11 +172,69 @@ def resume_cache(model: Any, cache: CascadingCache, state: CascadeState, n_chunk
 
 def _gather(state: CascadeState, depth: int, pos: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, ...]:
     """Keys (no RoPE) and values [depth, H_kv, K, d] of the kept tokens `pos` [depth, H_kv, K] of layers < depth."""
-    k, v = state.keys[:depth], state.values[:depth]
-    if pos.shape[-1] == 0:  # nothing kept yet (first chunk)
-        return k[:, :, :0].to(device), v[:, :, :0].to(device)
-    index = pos[..., None].expand(-1, -1, -1, k.shape[-1])
-    return torch.gather(k, 2, index).to(device), torch.gather(v, 2, index).to(device)
+    index = _rows(state, pos)
+    keys, values = _flat(state.keys), _flat(state.values)
+    shape = (*pos.shape, keys.shape[-1])
+    return keys.index_select(0, index).view(shape).to(device), values.index_select(0, index).view(shape).to(device)
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """[L, H, n, d] -> [L*H*n, d] (a view of a kept state's contiguous keys or values)."""
+    return t.reshape(-1, t.shape[-1])
+
+
+def _rows(state: CascadeState, pos: torch.Tensor) -> torch.Tensor:
+    """Row indices into `_flat(state.keys)` of source tokens `pos` [depth, H_kv, K] (layer l, head h), flattened."""
+    depth, heads = pos.shape[:2]
+    n = len(state.ids)
+    base = (torch.arange(depth)[:, None] * state.keys.shape[1] + torch.arange(heads)[None, :]) * n
+    return (pos.long() + base[..., None]).reshape(-1)
+
+
+def _rotate_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+    """`x = apply_rope(x, cos, sin)` for x [1, H, T, d] and cos/sin [T, r] (rotate_half layout), in place."""
+    xf = x.float()
+    half = cos.shape[-1] // 2
+    a, b = xf[..., :half], xf[..., half : 2 * half]
+    rotated = a * cos[:, :half]
+    rotated.addcmul_(b, sin[:, :half], value=-1.0)
+    b.mul_(cos[:, half:]).addcmul_(a, sin[:, half:])
+    a.copy_(rotated)
+    if xf is not x:
+        x.copy_(xf)
+
+
+def _chunk_layers(
+    state: CascadeState,
+    chunk: ChunkRecord,
+    depth: int,
+    rope: tuple[torch.Tensor, torch.Tensor],
+    device: torch.device,
+    spare: int,
+) -> list[Callable[[], tuple[torch.Tensor, torch.Tensor]]]:
+    """Per layer < depth, a function building what the cascade held at `chunk` (its kept tokens, then the chunk)
+    rotated to positions 0..K+c-1: keys and values [1, H_kv, K+c+spare, d], gathered and rotated when the layer
+    first runs, with `spare` free positions after them for the query tokens (`SharedPrefixCache`)."""
+    heads = state.keys.shape[1]
+    kept = chunk.kept[:depth].long().expand(-1, heads, -1)  # the first chunk records one head
+    own = torch.arange(chunk.start, chunk.end).expand(depth, heads, -1)
+    index = _rows(state, torch.cat([kept, own], dim=2)).view(depth, heads, -1)
+    length = index.shape[-1]
+    cos, sin = (t[:length] for t in rope)
+
+    def gathered(source: torch.Tensor, i: int) -> torch.Tensor:
+        flat = _flat(source)
+        buffer = flat.new_empty((1, heads, length + spare, flat.shape[-1]))
+        for h in range(heads):  # straight into the buffer: one copy of each kept row
+            torch.index_select(flat, 0, index[i, h], out=buffer[0, h, :length])
+        return buffer.to(device)
+
+    def layer(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        keys = gathered(state.keys, i)
+        _rotate_(keys[:, :, :length], cos, sin)
+        return keys, gathered(state.values, i)
+
+    return [functools.partial(layer, i) for i in range(depth)]
 
 
 def replay_scores(
@@ -193,19 +247,18 @@ def replay_scores(
     out: torch.Tensor | None = None,
     progress: Callable[[int, int], None] | None = None,
     batch_size: int = 1,
-    pad: int = 0,
 ) -> torch.Tensor:
     """Per query, layer and query head, the resident score of every token, from a kept state: [Q, len(layers), Hq, n].
 
     For each chunk only the queries run (against the chunk's kept tokens and the chunk itself), as in the first
-    pass. `chunks` restricts the replay (a resumed pass replays the shared chunks only) and `out` receives it.
-    Up to `batch_size` queries run in one forward per chunk (`query_batch`), right-padded with `pad`.
+    pass; a layer's kept keys are gathered and rotated once per chunk, when it first runs, for every batch.
+    `chunks` restricts the replay (a resumed pass replays the shared chunks only) and `out` receives it.
+    Up to `batch_size` queries are packed into one forward per chunk (`query_batch`).
     """
     picked = sorted(layers)
     if picked[-1] >= state.n_layers:
         raise ValueError(f"layer {picked[-1]} is deeper than the kept state ({state.n_layers} layers)")
     device = next(model.parameters()).device
-    rope = model_rotary(model)
     n = len(state.ids)
     heads = text_config(model).num_attention_heads
     if out is None:
@@ -213,17 +266,15 @@ def replay_scores(
     selection = HeadSelection(dict.fromkeys(picked), "replay")
     parts = [as_part(ids, rows) for ids, rows in queries]
     todo = list(state.chunks if chunks is None else chunks)
+    depth = picked[-1] + 1
+    longest = max(int(chunk.kept.shape[-1]) + chunk.end - chunk.start for chunk in todo)
+    cos, sin = model_rotary(model)(0, torch.arange(longest, device=device)[None])
+    rope = (cos[0].float(), sin[0].float())
+    spare = max(len(p.ids) for p in parts) * min(len(parts), max(1, batch_size))  # the longest packed batch
     for done, chunk in enumerate(todo, 1):
         kept, c = int(chunk.kept.shape[-1]), chunk.end - chunk.start
-        positions = torch.arange(kept + c, device=device)[None]
-        cos, sin = (t.float() for t in rope(0, positions))
-        depth = picked[-1] + 1
-        k_kept, v_kept = _gather(state, depth, chunk.kept[:depth].long(), device)
-        keys = torch.cat([k_kept, state.keys[:depth, :, chunk.start : chunk.end].to(device)], dim=2)
-        values = torch.cat([v_kept, state.values[:depth, :, chunk.start : chunk.end].to(device)], dim=2)
-        keys = apply_rope(keys, cos, sin)  # every layer at once: layers take the batch dimension
-        prefix = SharedPrefixCache([(keys[layer : layer + 1], values[layer : layer + 1]) for layer in range(depth)])
-        scored = batched_scores(model.base_model, prefix, kept + c, parts, selection, device, batch_size, pad)
+        prefix = SharedPrefixCache(_chunk_layers(state, chunk, depth, rope, device, spare), kept + c)
+        scored = batched_scores(model.base_model, prefix, kept + c, parts, selection, device, batch_size)
         for j, captured in enumerate(scored):
             part = [captured[layer][:, kept : kept + c] for layer in picked]
             out[j, :, :, chunk.start : chunk.end] = torch.stack(part).float().cpu()
@@ -235,10 +286,3 @@ def replay_scores(
 def as_part(ids: torch.Tensor, rows: torch.Tensor) -> QueryTokens:
     """A (query ids, query rows) pair of tensors as the prompt layout's `QueryTokens`."""
     return QueryTokens(ids=[int(x) for x in ids.reshape(-1)], rows=[int(x) for x in rows.reshape(-1)])
-
-
-def fork_cache(cache: Any) -> Any:
-    """A view of a transformers cache whose updates (concatenations) never touch the original tensors."""
-    forked = copy.copy(cache)
-    forked.layers = [copy.copy(layer) for layer in cache.layers]
-    return forked

@@ -1,15 +1,17 @@
 """Many query parts in one forward against one document prefix: the batch seam of the attention engine.
 
-Query parts of different lengths are right-padded to one length and run as a batch against the document's keys
-and values, which every element shares (expanded, never copied into the cache). Right padding needs no attention
-mask: a causal row never sees the pads after it. Each element's score is the mean over its own query rows
-(`BatchRowObserver`), so a batched pass gives each query the scores its own pass would, up to float rounding. On a
-GPU this turns B small forwards into one; on a CPU it saves the per-forward overhead of the layer stack.
+The parts of a batch are *packed* into one sequence: the tokens they all start with (the instruction) once, then
+each part's own tokens, every part at the positions its own pass would give it. A mask lets each part's tokens see
+the document prefix, the shared tokens and their own part causally, nothing of the other parts; so the document's
+keys are read as they are (never expanded per part), the shared tokens run once, and each element's score (the mean
+over its own query rows, `BatchRowObserver`) is the one its own pass gives, up to float rounding. A single part
+runs under the model's own mask, which keeps models with sliding-window layers exact: they run one part per
+forward (`packable`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,82 +20,133 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 from . import capture
 from .heads import HeadSelection
+from .model_family import layer_kinds
 from .prompt import QueryTokens
 
 
 @dataclass(frozen=True)
 class QueryBatch:
-    """Right-padded query ids [B, L] and row weights [B, L] (1/n over each element's own query rows)."""
+    """Parts packed into one sequence: ids and positions (offsets from the prefix end) [1, R], the mask among the
+    packed tokens [R, R] (None for a single part: the model's causal mask), and each part's row weights: the packed
+    rows that carry weight [r] and their weights per part [P, r] (1/n over each part's own query rows)."""
 
     ids: torch.Tensor
+    offsets: torch.Tensor
+    mask: torch.Tensor | None
+    rows: torch.Tensor
     weights: torch.Tensor
-    lengths: list[int]
 
     @classmethod
-    def of(cls, parts: Sequence[QueryTokens], pad_id: int) -> QueryBatch:
-        """Pad `parts` to their longest length with `pad_id`."""
-        length = max(len(p.ids) for p in parts)
-        ids = torch.full((len(parts), length), pad_id, dtype=torch.long)
-        weights = torch.zeros(len(parts), length, dtype=torch.float32)
-        for i, part in enumerate(parts):
-            ids[i, : len(part.ids)] = torch.tensor(part.ids, dtype=torch.long)
-            weights[i, part.rows] = 1.0 / len(part.rows)
-        return cls(ids, weights, [len(p.ids) for p in parts])
+    def of(cls, parts: Sequence[QueryTokens]) -> QueryBatch:
+        """Pack `parts`: their longest common token prefix once, then each part's remaining tokens."""
+        shared = _common_prefix([p.ids for p in parts])
+        ids, offsets, block = list(parts[0].ids[:shared]), list(range(shared)), [-1] * shared
+        where: list[list[int]] = []  # packed index of every token of each part
+        for b, part in enumerate(parts):
+            where.append(list(range(shared)) + list(range(len(ids), len(ids) + len(part.ids) - shared)))
+            ids += part.ids[shared:]
+            offsets += range(shared, len(part.ids))
+            block += [b] * (len(part.ids) - shared)
+        mask = None
+        if len(parts) > 1:
+            pos, blk = torch.tensor(offsets), torch.tensor(block)
+            mask = (pos[None, :] <= pos[:, None]) & ((blk[None, :] == -1) | (blk[None, :] == blk[:, None]))
+        rows = sorted({where[b][r] for b, part in enumerate(parts) for r in part.rows})
+        column = {row: i for i, row in enumerate(rows)}
+        weights = torch.zeros(len(parts), len(rows), dtype=torch.float32)
+        for b, part in enumerate(parts):
+            for r in part.rows:
+                weights[b, column[where[b][r]]] += 1.0 / len(part.rows)
+        return cls(torch.tensor([ids], dtype=torch.long), torch.tensor([offsets]), mask, torch.tensor(rows), weights)
+
+    def attention_mask(self, start: int, device: torch.device) -> torch.Tensor | None:
+        """The 4D mask [1, 1, R, start + R] (prefix visible to every token), or None for a single part."""
+        if self.mask is None:
+            return None
+        prefix = torch.ones(self.mask.shape[0], start, dtype=torch.bool)
+        return torch.cat([prefix, self.mask], dim=1)[None, None].to(device)
+
+
+def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
+    n = min(len(s) for s in seqs)
+    for i in range(n):
+        if any(s[i] != seqs[0][i] for s in seqs[1:]):
+            return i
+    return n
+
+
+KeyValues = tuple[torch.Tensor, torch.Tensor]
+LayerSource = KeyValues | Callable[[], KeyValues]
+"""One layer's document keys and values [1, H, >= K, d], or a function building them when the layer first runs."""
 
 
 class _SharedPrefixLayer(DynamicLayer):
-    """A layer whose keys/values [1, H, K, d] every batch element reads; new tokens are returned, never stored."""
+    """A layer whose keys/values [1, H, K, d] every packed part reads; new tokens are returned, never kept. A source
+    longer than K has room after the prefix: the new tokens are written there instead of concatenated."""
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+    def __init__(self, source: LayerSource, length: int) -> None:
         super().__init__()
-        self.keys, self.values = keys, values
+        self.source, self.length = source, length
         self.is_initialized = True
+
+    def _resolved(self) -> KeyValues:
+        if self.keys is None or self.values is None:
+            self.keys, self.values = self.source() if callable(self.source) else self.source
+        return self.keys, self.values
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        b = key_states.shape[0]
-        assert self.keys is not None and self.values is not None
-        keys = torch.cat([self.keys.expand(b, -1, -1, -1), key_states], dim=-2)
-        values = torch.cat([self.values.expand(b, -1, -1, -1), value_states], dim=-2)
-        return keys, values
+        keys, values = self._resolved()
+        n, end = self.length, self.length + key_states.shape[-2]
+        if keys.shape[-2] < end or values.shape[-2] < end:
+            return torch.cat([keys[..., :n, :], key_states], dim=-2), torch.cat(
+                [values[..., :n, :], value_states], dim=-2
+            )
+        keys[..., n:end, :], values[..., n:end, :] = key_states, value_states
+        return keys[..., :end, :], values[..., :end, :]
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.length + query_length, 0
 
 
 class SharedPrefixCache(Cache):
-    """A read-only cache over per-layer document keys and values, shared by a batch of query parts."""
+    """A read-only cache over per-layer document keys and values (or functions building them on first use, kept
+    for the next batch), shared by the parts of a batch; `length` = the prefix's positions."""
 
-    def __init__(self, layers: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        super().__init__(layers=[_SharedPrefixLayer(k, v) for k, v in layers])
+    def __init__(self, layers: Sequence[LayerSource], length: int) -> None:
+        super().__init__(layers=[_SharedPrefixLayer(source, length) for source in layers])
 
 
 class BatchRowObserver:
-    """Per selected layer, each element's selected heads' attention averaged over its own query rows: [B, H_sel, kv]."""
+    """Per selected layer, each part's selected heads' attention averaged over its own query rows: [P, H_sel, kv]."""
 
-    def __init__(self, selection: HeadSelection, weights: torch.Tensor) -> None:
+    def __init__(self, selection: HeadSelection, rows: torch.Tensor, weights: torch.Tensor) -> None:
         self.selection = selection
         self.layers = frozenset(selection.per_layer)
         self.deepest = selection.deepest
-        self.weights = weights
+        self.rows, self.weights = rows, weights
         self.captured: dict[int, torch.Tensor] = {}
 
-    def observe(
-        self,
-        layer_idx: int,
-        module: torch.nn.Module,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        scaling: float,
-        softcap: float | None,
-    ) -> None:
-        """Softmax rows of every query position, reduced with each element's row weights."""
-        rows = torch.arange(query.shape[2], device=query.device)
-        probs = capture.query_row_probs(query, key, attention_mask, scaling, rows, softcap)
-        probs = torch.einsum("bhrk,br->bhk", probs, self.weights.to(probs.device))
-        heads = self.selection.per_layer[layer_idx]
+    def observe(self, inputs: capture.AttentionInputs) -> None:
+        """The weighted rows' softmax (selected heads only), reduced with each part's row weights."""
+        probs = inputs.row_probs(self.rows)[0]  # [Hq, r, kv]: one packed sequence
+        heads = self.selection.per_layer[inputs.layer_idx]
         if heads is not None:
-            probs = probs.index_select(1, torch.tensor(heads, device=probs.device))
-        self.captured[layer_idx] = probs
+            probs = probs.index_select(0, torch.tensor(heads, device=probs.device))
+        self.captured[inputs.layer_idx] = torch.einsum("hrk,pr->phk", probs, self.weights.to(probs.device))
+
+
+def packable(module: Any) -> bool:
+    """Whether parts can be packed into one forward over `module` (every layer full attention: one mask serves)."""
+    try:
+        kinds, _ = layer_kinds(module)
+    except ValueError:
+        return False
+    return all(kind == "full" for kind in kinds)
 
 
 def batched_scores(
@@ -104,24 +157,23 @@ def batched_scores(
     selection: HeadSelection,
     device: torch.device,
     batch_size: int,
-    pad: int,
 ) -> list[dict[int, torch.Tensor]]:
-    """Each part's selected heads' attention over the `start` cached positions and itself, {layer: [H_sel, kv]},
-    `batch_size` parts per forward. `cache` is read only: a `SharedPrefixCache` or a cascade's frozen view."""
+    """Each part's selected heads' attention over the `start` cached positions, {layer: [H_sel, kv]} (kv = the
+    cached keys the layer holds, the last of them at position start - 1), `batch_size` parts packed per forward
+    (one per forward where the model is not `packable`). `cache` is read only: a `SharedPrefixCache`, a cascade's
+    frozen view or a forked cache."""
+    size = max(1, batch_size) if packable(module) else 1
     out: list[dict[int, torch.Tensor]] = []
-    for first in range(0, len(parts), max(1, batch_size)):
-        batch = QueryBatch.of(parts[first : first + max(1, batch_size)], pad)
+    for first in range(0, len(parts), size):
+        batch = QueryBatch.of(parts[first : first + size])
         ids = batch.ids.to(device)
-        positions = torch.arange(start, start + ids.shape[1], device=device)[None].expand(ids.shape[0], -1)
-        observer = BatchRowObserver(selection, batch.weights)
-        capture.run_observed(module, cache, observer, input_ids=ids, position_ids=positions)
-        out.extend({layer: probs[b] for layer, probs in observer.captured.items()} for b in range(ids.shape[0]))
+        positions = (batch.offsets + start).to(device)
+        observer = BatchRowObserver(selection, batch.rows.to(device), batch.weights)
+        mask = batch.attention_mask(start, device)
+        capture.run_observed(module, cache, observer, input_ids=ids, position_ids=positions, attention_mask=mask)
+        n_new = ids.shape[1]
+        out.extend(
+            {layer: probs[b, :, : probs.shape[-1] - n_new] for layer, probs in observer.captured.items()}
+            for b in range(len(batch.weights))
+        )
     return out
-
-
-def pad_id(tokenizer: Any) -> int:
-    """A token id to pad query parts with (never attended: pads come after every real row)."""
-    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
-        if candidate is not None:
-            return int(candidate)
-    return 0

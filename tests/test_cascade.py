@@ -25,7 +25,7 @@ from shared_core.cascade import (
 )
 from shared_core.cascade_scoring import cascade_token_scores
 from shared_core.heads import HeadSelection
-from shared_core.scoring import RowObserver
+from shared_core.query_batch import BatchRowObserver
 
 H, D = 2, 8
 
@@ -209,13 +209,14 @@ def _tiny(kind: str) -> torch.nn.Module:
 
 
 def _full_reference(model, doc: torch.Tensor, query: torch.Tensor, rows: torch.Tensor, layers: set[int]):
-    obs = RowObserver(HeadSelection(dict.fromkeys(layers), "test"), rows + doc.numel())
+    weights = torch.full((1, rows.numel()), 1.0 / rows.numel())
+    obs = BatchRowObserver(HeadSelection(dict.fromkeys(layers), "test"), rows + doc.numel(), weights)
     with capture.observing(obs), torch.no_grad():
         try:
             model.base_model(input_ids=torch.cat([doc, query])[None])
         except capture.StopForward:
             pass
-    return {layer: probs[:, : doc.numel()] for layer, probs in obs.captured.items()}
+    return {layer: probs[0, :, : doc.numel()] for layer, probs in obs.captured.items()}
 
 
 @pytest.mark.parametrize("kind", ["llama", "gemma3"])

@@ -17,6 +17,8 @@ import torch
 
 from shared_core import AttentionRetriever, Document
 from shared_core.cascade_state import CascadeState, ChunkRecord
+from shared_core.prompt import QueryTokens
+from shared_core.query_batch import QueryBatch
 from shared_core.state_store import StateStore
 
 STORY = (
@@ -214,3 +216,23 @@ def test_spilled_passes_stay_within_the_disk_limit_and_round_trip(tmp_path: Path
     store.put("b", "family", second)
     assert sorted(p.stem for p in tmp_path.glob("*.safetensors")) == ["b"]  # the older pass was trimmed
     assert StateStore(0, tmp_path).get("a") is None
+
+
+def test_packed_parts_share_their_common_prefix_and_see_only_their_own_tokens() -> None:
+    parts = [QueryTokens(ids=[7, 8, 1, 2], rows=[0, 2, 3]), QueryTokens(ids=[7, 8, 3], rows=[2])]
+    batch = QueryBatch.of(parts)
+    assert batch.ids.tolist() == [[7, 8, 1, 2, 3]]  # the shared instruction tokens run once
+    assert batch.offsets.tolist() == [[0, 1, 2, 3, 2]]  # each part at the positions of its own pass
+    assert batch.mask is not None
+    assert batch.mask.int().tolist() == [
+        [1, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0],
+        [1, 1, 1, 0, 0],
+        [1, 1, 1, 1, 0],
+        [1, 1, 0, 0, 1],  # the second part's token sees the shared tokens, never the first part's
+    ]
+    assert batch.rows.tolist() == [0, 2, 3, 4]
+    torch.testing.assert_close(batch.weights, torch.tensor([[1 / 3, 1 / 3, 1 / 3, 0.0], [0.0, 0.0, 0.0, 1.0]]))
+    mask = batch.attention_mask(3, torch.device("cpu"))
+    assert mask is not None and mask.shape == (1, 1, 5, 8) and bool(mask[..., :3].all())
+    assert QueryBatch.of(parts[:1]).mask is None  # one part: the model's own causal mask
