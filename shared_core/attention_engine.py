@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import capture, scoring
-from .cascade import ModelShape, cascade_needed
+from .cascade import cascade_needed
 from .cascade_config import parse_bytes
 from .cascade_scoring import cascade_token_scores
 from .cascade_state import CascadeState, replay_scores, shared_chunks, supports_replay
@@ -31,6 +31,7 @@ from .config import RetrieverConfig
 from .document import Document
 from .heads import HeadSelection, select_heads
 from .lru import LRUCache
+from .model_family import ModelShape, full_attention_layers
 from .model_loading import LoadedModel, cache_root, load_model, model_id
 from .prompt import DocumentTokens, PromptLayout, QueryTokens
 from .query_batch import SharedPrefixCache, batched_scores
@@ -105,7 +106,8 @@ class AttentionEngine:
             cfg = self.config
             loaded = load_model(cfg.model, trust_remote_code=self.trust_remote_code, show_progress=cfg.show_progress)
             self.layout = PromptLayout(loaded.tokenizer, cfg.model.prompt, cfg.model.instruction)
-            self.selection = select_heads(cfg.attention, loaded.num_layers, loaded.num_heads, model_id(cfg.model))
+            full = full_attention_layers(loaded.model)
+            self.selection = select_heads(cfg.attention, loaded.num_layers, loaded.num_heads, model_id(cfg.model), full)
             if cfg.cascade.reuse and cfg.cascade.reuse_disk:
                 folder = cfg.cascade.reuse_dir
                 self.states.folder = Path(folder).expanduser() if folder else cache_root(cfg.model) / "cascade"

@@ -52,7 +52,7 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from .cascade_config import CascadeConfig, parse_bytes  # noqa: F401  (re-exported: the config lives apart)
-from .model_family import ModelShape, RotaryFn, apply_rope, layer_kinds, model_rotary, rotate_half  # noqa: F401
+from .model_family import ModelShape, RotaryFn, apply_rope, layer_kinds, model_rotary
 
 logger = logging.getLogger(__name__)
 

@@ -39,9 +39,10 @@ from typing import Any
 import torch
 
 from . import capture
-from .cascade import CascadeConfig, CascadingCache, ModelShape, check_budget
+from .cascade import CascadeConfig, CascadingCache, check_budget
 from .cascade_state import CascadeState, StateRecorder, as_part, replay_scores, resume_cache, supports_replay
 from .heads import HeadSelection
+from .model_family import ModelShape
 from .prompt import QueryTokens
 from .query_batch import batched_scores
 

@@ -26,9 +26,9 @@ from typing import Any
 
 import torch
 
-from .cascade import CascadeLayer, CascadingCache, _Slots, model_rotary
+from .cascade import CascadeLayer, CascadingCache, _Slots
 from .heads import HeadSelection
-from .model_family import text_config
+from .model_family import model_rotary, text_config
 from .prompt import QueryTokens
 from .query_batch import SharedPrefixCache, batched_scores, packable
 

@@ -241,7 +241,8 @@ class AttentionConfig(_Section):
     layers: Literal["auto"] | list[int] = Field(
         "auto",
         description="Layers to read (0-indexed, negatives count from the end); 'auto' = the second half of the "
-        "layers, the band that retrieved best in our measurements (see README).",
+        "layers, the band that retrieved best in our measurements (see README), less any sliding-window layers "
+        "(they see only the last few hundred tokens).",
     )
     heads: Literal["auto", "all"] | list[str] | str = Field(
         "auto",

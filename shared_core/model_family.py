@@ -133,3 +133,14 @@ def layer_kinds(model: Any) -> tuple[list[str], list[int | None]]:
         else:
             raise ValueError(f"the cascading KV cache does not support layer type {t!r}")
     return kinds, windows
+
+
+def full_attention_layers(model: Any) -> list[int] | None:
+    """The layers that attend to the whole context when some do not (sliding windows); None when all do or the
+    layer kinds are unknown (head selection then reads its usual band)."""
+    try:
+        kinds, _ = layer_kinds(model)
+    except ValueError:
+        return None
+    full = [i for i, kind in enumerate(kinds) if kind == "full"]
+    return None if len(full) == len(kinds) else full

@@ -13,42 +13,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import capture
-from .heads import HeadSelection
-
-
-class RowObserver:
-    """Keeps, per selected layer, the selected heads' attention averaged over the query rows: [H_sel, kv]."""
-
-    def __init__(self, selection: HeadSelection, rows: torch.Tensor) -> None:
-        self.selection = selection
-        self.layers = frozenset(selection.per_layer)
-        self.deepest = selection.deepest
-        self.rows = rows
-        self.captured: dict[int, torch.Tensor] = {}
-        self._head_index: dict[int, torch.Tensor] = {}
-
-    def observe(
-        self,
-        layer_idx: int,
-        module: torch.nn.Module,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        scaling: float,
-        softcap: float | None,
-    ) -> None:
-        """Compute softmax rows of the query tokens only and reduce them to one row per head."""
-        rows = self.rows.to(query.device)
-        probs = capture.query_row_probs(query, key, attention_mask, scaling, rows, softcap)[0].mean(dim=1)
-        heads = self.selection.per_layer[layer_idx]
-        if heads is not None:
-            idx = self._head_index.get(layer_idx)
-            if idx is None:
-                idx = self._head_index[layer_idx] = torch.tensor(heads, device=probs.device)
-            probs = probs.index_select(0, idx)
-        self.captured[layer_idx] = probs
-
 
 class StopAtObserver:
     """Observer that captures nothing and stops the forward after layer `deepest` (document prefill)."""

@@ -17,14 +17,13 @@ from shared_core.cascade import (
     CascadeConfig,
     CascadeLayer,
     CascadingCache,
-    ModelShape,
-    apply_rope,
     cascade_needed,
     check_budget,
     parse_bytes,
 )
 from shared_core.cascade_scoring import cascade_token_scores
 from shared_core.heads import HeadSelection
+from shared_core.model_family import ModelShape, apply_rope
 from shared_core.query_batch import BatchRowObserver
 
 H, D = 2, 8

@@ -141,3 +141,23 @@ def test_detect_heads_cli_accepts_a_real_set(shared_data, tmp_path) -> None:
     assert cli_main([*argv, "--top", "3", "--out", str(out)]) == 0
     saved = load_head_file(out)
     assert len(saved["heads"]) == 3 and saved["n_examples"] == 1 and saved["sources"] == ["covidqa"]
+
+
+def test_auto_layers_read_only_the_layers_that_see_the_whole_context() -> None:
+    from types import SimpleNamespace
+
+    from transformers import Gemma3TextConfig, LlamaConfig
+
+    from shared_core.heads import auto_layers
+    from shared_core.model_family import full_attention_layers
+
+    gemma = SimpleNamespace(config=Gemma3TextConfig(num_hidden_layers=18, sliding_window=512))
+    full = full_attention_layers(gemma)
+    assert full == [5, 11, 17]  # Gemma 3: every sixth layer global, the rest see the last 512 tokens
+    sel = select_heads(AttentionConfig(), 18, 4, "some/gemma-like-model", full)
+    assert sel.layers == [11, 17] and sel.source == "layers"
+    assert full_attention_layers(SimpleNamespace(config=LlamaConfig(num_hidden_layers=4))) is None
+    assert auto_layers(30) == list(range(15, 30))  # all layers full: the usual band
+    assert auto_layers(12, [2]) == [2]  # no full layer in the band: every full layer
+    explicit = select_heads(AttentionConfig(layers=[0, 1]), 18, 4, "x", full)
+    assert explicit.layers == [0, 1]  # explicit layers are the user's call

@@ -68,6 +68,7 @@ def test_perf_table_shows_time_memory_and_ratios_of_every_method() -> None:
     from benchmarks.perf import table
 
     attnret = {"first_query_s": 2.0, "analysis_s": 0.4, "next_query_s": 0.2, "queries_50_s": 10.0, "grown_s": 0.1}
+    attnret["queries_50_many_s"] = 6.0
     rows = [
         {"method": "bare_prefill", "seconds": 4.0, "peak_mb": 500},
         {"method": "attnret", "seconds": 2.0, "peak_mb": 300, "kept_mb": 0.0, **attnret},
@@ -77,9 +78,10 @@ def test_perf_table_shows_time_memory_and_ratios_of_every_method() -> None:
     header, rule, line = table(rows).splitlines()
     names, values = ([c.strip() for c in row.split("|")[1:-1]] for row in (header, line))
     cells = dict(zip(names, values, strict=True))
-    assert rule.count("---") == len(cells) == 17
+    assert rule.count("---") == len(cells) == 19
     assert cells["next/first"] == "0.100" and cells["first/bare"] == "0.500" and cells["50/first"] == "5.000"
     assert cells["first query s (analysis s)"] == "2.00 (0.40)" and cells["queries/s"] == "5.00"
     assert cells["grown/first"] == "0.050" and cells["attnret peak MB"] == "300"
+    assert cells["50 in one call s"] == "6.00" and cells["50 in one call/first"] == "3.000"
     assert cells["dense s (50)"] == "1.000 (1.50)"
     assert cells["naive eager peak MB"] == "—" and cells["bm25 s (50)"] == "— (—)"  # not measured: a dash, not a zero
