@@ -41,8 +41,9 @@ from tqdm.auto import tqdm
 
 from benchmarks.quality import SYNTHETIC_TASKS, Prepared, Scorers, prepare, question_metrics
 from benchmarks.report import command_line, run_metadata
+from benchmarks.tune_fusion import question_jobs
 from shared_core import ranking, scoring
-from shared_core.evaluation import REAL_TASKS, group_by_document, load_examples, load_real, shared_data_dir
+from shared_core.evaluation import REAL_TASKS, shared_data_dir
 from shared_core.fusion import minmax
 from shared_core.heads import HeadSelection, load_head_file, parse_heads
 from shared_core.validation import coerce_document
@@ -146,26 +147,6 @@ def attention_view(
 
 # ---------------------------------------------------------------------------------------------------------------
 # Collecting
-
-
-def _jobs(
-    tasks: Sequence[str], split: str, n: int, words: int, offset: int, docs: int, per_doc: int, cut: dict[str, int]
-) -> list[tuple[str, list[Any]]]:
-    jobs: list[tuple[str, list[Any]]] = []
-    for task in tasks:
-        if task in REAL_TASKS:
-            examples = load_real(
-                task,
-                split=split,  # type: ignore[arg-type]
-                n_documents=docs,
-                per_document=per_doc,
-                seed=0,
-                max_words=cut.get(task),
-            )
-            jobs.extend((task, group) for group in group_by_document(examples))
-        else:
-            jobs.extend((task, [ex]) for ex in load_examples(task, n=n, target_words=words, seed=0, offset=offset))
-    return jobs
 
 
 class Collector:
@@ -417,7 +398,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     collector = Collector(base, args.head_set)
     cuts = _cuts(args.real_max_words)
-    jobs = _jobs(_csv(args.tasks), args.split, args.n, args.words, args.offset, args.docs, args.per_doc, cuts)
+    tasks = _csv(args.tasks)
+    jobs = question_jobs(tasks, [args.words], args.n, 0, args.offset, args.split, args.docs, args.per_doc, cuts)
     questions: list[Question] = []
     seconds: dict[str, float] = {}
     for task, group in tqdm(jobs, desc="documents"):

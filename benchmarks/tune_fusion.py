@@ -73,7 +73,7 @@ class Candidate:
 # Collecting views
 
 
-def _jobs(
+def question_jobs(
     tasks: Sequence[str],
     words: Sequence[int],
     n: int,
@@ -126,7 +126,7 @@ def collect(
             s.default.share_caches(first.default)
         s.default.warm_up()
     cases: list[Case] = []
-    jobs = _jobs(tasks, words, n, seed, offset, split, docs, per_doc, max_words or {})
+    jobs = question_jobs(tasks, words, n, seed, offset, split, docs, per_doc, max_words or {})
     for _task, group in tqdm(jobs, desc="held-in documents"):
         for g, s in scorers.items():
             prepared = [p for p in (prepare(ex, s.segment) for ex in group) if p.gold]
