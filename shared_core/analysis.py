@@ -94,23 +94,19 @@ class Analyser:
         shared: _Parse | None = None
         if self._shares_parse:
             nlp = load_nlp(cfg.entities.spacy_model)
-            reused = old.parse if old is not None and old.parse is not None else None
-            head = reused.paragraphs[:kept_paragraphs] if reused is not None else []
+            reused = old.parse if old is not None else None  # None too when the old text had no shared parse
             new = [(s + start, e + start) for s, e in paragraph_spans(doc.text[start:])]
-            docs = (reused.docs[:kept_paragraphs] if reused is not None else []) + parse(
-                nlp, (doc.text[s:e] for s, e in new), sentences=True, entities=True
-            )
-            shared = _Parse(head + new, docs)
-            fresh = sentence_units(doc.text, new, docs[len(head) :], cfg.units.min_chars)
-            units += [
-                Unit(len(units) + i, x.start, x.end, x.text, x.paragraph + len(head)) for i, x in enumerate(fresh)
-            ]
+            docs = parse(nlp, (doc.text[s:e] for s, e in new), sentences=True, entities=True)
+            fresh = sentence_units(doc.text, new, docs, cfg.units.min_chars)  # offsets into the whole text
+            if reused is not None:
+                new, docs = reused.paragraphs[:kept_paragraphs] + new, reused.docs[:kept_paragraphs] + docs
+            shared = _Parse(new, docs)
         else:
             fresh = segment(doc.text[start:], cfg.units.granularity, cfg.units.spacy_model, cfg.units.min_chars)
-            units += [
-                Unit(len(units) + i, x.start + start, x.end + start, x.text, x.paragraph + kept_paragraphs)
-                for i, x in enumerate(fresh)
-            ]
+            fresh = [Unit(x.index, x.start + start, x.end + start, x.text, x.paragraph) for x in fresh]
+        units += [
+            Unit(len(units) + i, x.start, x.end, x.text, x.paragraph + kept_paragraphs) for i, x in enumerate(fresh)
+        ]
         states = {
             name: view.prepare(doc, units, (kept, old.analysis.states.get(name)) if old is not None else None)
             for name, view in self.views.items()
@@ -118,7 +114,7 @@ class Analyser:
         entities = None
         if cfg.entities.enabled:
             e = cfg.entities
-            nlp = load_nlp(e.spacy_model)
+            nlp = load_nlp(e.spacy_model)  # loaded once per process: a lookup here
             if shared is not None:
                 offsets = [s for s, _ in shared.paragraphs]
                 entities = EntityIndex.from_docs(units, nlp, offsets, shared.docs, e.labels, e.match_names)

@@ -28,7 +28,7 @@ import torch
 
 from .cascade import CascadeLayer, CascadingCache, _Slots
 from .heads import HeadSelection
-from .model_family import model_rotary, text_config
+from .model_family import apply_rope_, model_rotary, text_config
 from .prompt import QueryTokens
 from .query_batch import SharedPrefixCache, batched_scores, packable
 
@@ -191,19 +191,6 @@ def _rows(state: CascadeState, pos: torch.Tensor) -> torch.Tensor:
     return (pos.long() + base[..., None]).reshape(-1)
 
 
-def _rotate_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
-    """`x = apply_rope(x, cos, sin)` for x [1, H, T, d] and cos/sin [T, r] (rotate_half layout), in place."""
-    xf = x.float()
-    half = cos.shape[-1] // 2
-    a, b = xf[..., :half], xf[..., half : 2 * half]
-    rotated = a * cos[:, :half]
-    rotated.addcmul_(b, sin[:, :half], value=-1.0)
-    b.mul_(cos[:, half:]).addcmul_(a, sin[:, half:])
-    a.copy_(rotated)
-    if xf is not x:
-        x.copy_(xf)
-
-
 def _chunk_layers(
     state: CascadeState,
     chunk: ChunkRecord,
@@ -231,7 +218,7 @@ def _chunk_layers(
 
     def layer(i: int) -> tuple[torch.Tensor, torch.Tensor]:
         keys = gathered(state.keys, i)
-        _rotate_(keys[:, :, :length], cos, sin)
+        apply_rope_(keys[:, :, :length], cos, sin)
         return keys, gathered(state.values, i)
 
     return [functools.partial(layer, i) for i in range(depth)]

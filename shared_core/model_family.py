@@ -92,6 +92,20 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: b
     return out.to(x.dtype)
 
 
+def apply_rope_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+    """`x = apply_rope(x, cos, sin)` in place, for x [1, H, T, d] and cos/sin [T, r] (a replay rotates every kept
+    key of a chunk: no second buffer)."""
+    xf = x.float()
+    half = cos.shape[-1] // 2
+    a, b = xf[..., :half], xf[..., half : 2 * half]
+    rotated = a * cos[:, :half]
+    rotated.addcmul_(b, sin[:, :half], value=-1.0)
+    b.mul_(cos[:, half:]).addcmul_(a, sin[:, half:])
+    a.copy_(rotated)
+    if xf is not x:
+        x.copy_(xf)
+
+
 def model_rotary(model: Any) -> RotaryFn:
     """The model's own rotary embedding as a `RotaryFn` (per layer type where the model has several)."""
     base = getattr(model, "base_model", model)

@@ -19,6 +19,12 @@ RULE_BASED = "sentencizer"
 _SENTENCE_PIPES = frozenset({"tok2vec", "transformer", "parser", "senter", "sentencizer"})
 _ENTITY_PIPES = frozenset({"tok2vec", "transformer", "ner", "entity_ruler", "span_ruler"})
 
+_INSTEAD = {
+    "units.spacy_model": f"to {RULE_BASED!r} for the rule-based splitter",
+    "entities.spacy_model": "to an installed pipeline with NER",
+}
+"""What else each config field that names a pipeline can be set to, for the not-installed error."""
+
 _pipelines: dict[str, Any] = {}
 _load_lock = threading.Lock()
 _run_lock = threading.Lock()  # spaCy pipelines are not documented as thread-safe
@@ -54,11 +60,11 @@ def load_pipeline(name: str, setting: str) -> Any:
                 nlp = spacy.load(name)
             except OSError as exc:
                 hint = SPACY_INSTALL if name == DEFAULT_SPACY_MODEL else f"pip install {name} (or `{SPACY_INSTALL}`)"
+                instead = _INSTEAD.get(setting, "to an installed pipeline")
                 raise SpacyModelNotFoundError(
                     f"{setting}: spaCy pipeline {name!r} is not installed (installed: "
                     f"{', '.join(installed_spacy_models()) or 'none'}); install it with `{hint}`, or set {setting} "
-                    + (f"to {RULE_BASED!r} for the rule-based splitter" if setting.startswith("units") else "")
-                    + ("to an installed pipeline with NER" if setting.startswith("entities") else "")
+                    f"{instead}"
                 ) from exc
         nlp.max_length = max(nlp.max_length, 10_000_000)
         _pipelines[name] = nlp
