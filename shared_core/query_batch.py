@@ -38,7 +38,10 @@ class QueryBatch:
 
     @classmethod
     def of(cls, parts: Sequence[QueryTokens]) -> QueryBatch:
-        """Pack `parts`: their longest common token prefix once, then each part's remaining tokens."""
+        """Pack `parts`: their longest common token prefix once, then each part's remaining tokens. A part's tokens
+        after its last weighted row (the template's tail after the query) are not run: attention is causal, so
+        they cannot change what its rows attend to."""
+        parts = [QueryTokens(ids=p.ids[: max(p.rows) + 1], rows=p.rows) for p in parts]
         shared = _common_prefix([p.ids for p in parts])
         ids, offsets, block = list(parts[0].ids[:shared]), list(range(shared)), [-1] * shared
         where: list[list[int]] = []  # packed index of every token of each part
@@ -137,7 +140,8 @@ class BatchRowObserver:
         heads = self.selection.per_layer[inputs.layer_idx]
         if heads is not None:
             probs = probs.index_select(0, torch.tensor(heads, device=probs.device))
-        self.captured[inputs.layer_idx] = torch.einsum("hrk,pr->phk", probs, self.weights.to(probs.device))
+        weights = self.weights.to(probs.device)  # [P, r]: one matmul over the rows, no permuted copy of probs
+        self.captured[inputs.layer_idx] = torch.matmul(weights, probs).transpose(0, 1)
 
 
 def packable(module: Any) -> bool:

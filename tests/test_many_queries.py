@@ -268,3 +268,5 @@ def test_packed_parts_share_their_common_prefix_and_see_only_their_own_tokens() 
     mask = batch.attention_mask(3, torch.device("cpu"))
     assert mask is not None and mask.shape == (1, 1, 5, 8) and bool(mask[..., :3].all())
     assert QueryBatch.of(parts[:1]).mask is None  # one part: the model's own causal mask
+    tailed = QueryBatch.of([QueryTokens(ids=[7, 8, 1, 2, 9, 9], rows=[2, 3]), QueryTokens(ids=[7, 5, 9], rows=[1])])
+    assert tailed.ids.tolist() == [[7, 8, 1, 2, 5]]  # tokens after a part's last row cannot change its rows
