@@ -225,9 +225,6 @@ class AttentionEngine:
         m = self.model
         return (m.name, str(m.device), str(m.dtype), self.prompt.key, self.head_selection.deepest, doc.content_hash)
 
-    def _prefilled(self, doc: Document, tokens: DocumentTokens) -> _Prefilled:
-        return self.prefills.get_or_create(self._prefill_key(doc), lambda: self._prefill(doc, tokens))
-
     def _calibration_key(self, doc: Document, selection: HeadSelection) -> tuple[Any, ...]:
         """The "N/A" pass depends on the document and the heads read, never on the query: once per document."""
         return (*self._prefill_key(doc), tuple(selection.per_layer.items()), self.config.attention.query_rows)
@@ -235,23 +232,34 @@ class AttentionEngine:
     def _document_passes(
         self, doc: Document, tokens: DocumentTokens, parts: list[QueryTokens], selection: HeadSelection
     ) -> list[PerLayer]:
-        """The query parts' scores on the document, prefilling it first unless its prefill is cached; a document
-        that extends a cached one by a few tokens runs them in the same forward as its first query batch."""
-        cached = self.prefills.get(self._prefill_key(doc))
-        if cached is None and parts:
-            extended = self._extend_with_queries(doc, tokens, parts[: self.config.attention.query_batch], selection)
-            if extended is not None:
-                prefilled, first = extended
+        """The query parts' scores on the document, prefilling it first unless its prefill is cached. A document
+        that extends a cached one by at most `EXTENSION_LIMIT` tokens (a conversation grown by a turn) runs them in
+        the same forward as its first query batch (`_extend_with_queries`)."""
+        key = self._prefill_key(doc)
+        prefilled = self.prefills.get(key)
+        if prefilled is None:
+            shared = self._shared_prefix(tokens)
+            size = self.config.attention.query_batch
+            if shared is not None and parts and self._extendable(shared[1], tokens, selection):
+                prefilled, first = self._extend_with_queries(doc, tokens, shared, parts[:size], selection)
                 rest = parts[len(first) :]
                 return first + (self._query_passes(prefilled, rest, selection) if rest else [])
-        return self._query_passes(cached or self._prefilled(doc, tokens), parts, selection)
+            prefilled = self.prefills.get_or_create(key, lambda: self._prefill(doc, tokens, shared))
+        return self._query_passes(prefilled, parts, selection)
+
+    def _extendable(self, start: int, tokens: DocumentTokens, selection: HeadSelection) -> bool:
+        """Whether the tokens after a shared prefix of `start` can ride with the query parts: few enough, the
+        default head selection (its cache is the document's), a model whose parts can be packed."""
+        deep_enough = selection.deepest == self.head_selection.deepest
+        return len(tokens.ids) - start <= EXTENSION_LIMIT and deep_enough and packable(self.model.decoder)
 
     @torch.inference_mode()
-    def _prefill(self, doc: Document, tokens: DocumentTokens) -> _Prefilled:
+    def _prefill(self, doc: Document, tokens: DocumentTokens, shared: tuple[_Prefilled, int] | None) -> _Prefilled:
         """Run the document part once, up to the deepest layer used, keeping its KV cache.
 
-        When another cached document shares a long token prefix, its cache up to there is reused and only the
-        rest is run (exact: a causal model's states of a prefix do not depend on what follows).
+        When another cached document shares a long token prefix (`shared`: it and the prefix length), its cache up
+        to there is reused and only the rest is run (exact: a causal model's states of a prefix do not depend on
+        what follows).
         """
         from transformers import DynamicCache
 
@@ -263,10 +271,8 @@ class AttentionEngine:
                 f"of {self.window} tokens ({loaded.name}). Split it, raise model.max_tokens if the model allows, "
                 "or set cascade.enabled to 'auto' or true to read it through the cascading KV cache."
             )
-        shared = self._shared_prefix(tokens)
-        cache, start = (_cropped(shared[0].cache, shared[1]), shared[1]) if shared else (None, 0)
-        if cache is None:
-            cache = DynamicCache(config=loaded.model.config)
+        start = shared[1] if shared is not None else 0
+        cache = _cropped(shared[0].cache, start) if shared is not None else DynamicCache(config=loaded.model.config)
         ids = torch.tensor([tokens.ids], device=loaded.device)
         observer = scoring.StopAtObserver(self.head_selection.deepest)
         steps = range(start, ids.shape[1], PREFILL_CHUNK)
@@ -277,19 +283,17 @@ class AttentionEngine:
 
     @torch.inference_mode()
     def _extend_with_queries(
-        self, doc: Document, tokens: DocumentTokens, parts: list[QueryTokens], selection: HeadSelection
-    ) -> tuple[_Prefilled, list[PerLayer]] | None:
-        """A document that extends a cached one by at most `EXTENSION_LIMIT` tokens (a conversation grown by a
-        turn): its new tokens and the query parts run as one packed forward on the shared prefix's cache, the new
-        tokens first and seen by every part, so the model's weights are read once instead of twice (what a short
-        pass costs on a CPU). The new tokens' keys and values stay in the document's cache. None where this does
-        not apply (no such cached document, a longer extension, a shallower head selection, an unpackable model)."""
+        self,
+        doc: Document,
+        tokens: DocumentTokens,
+        shared: tuple[_Prefilled, int],
+        parts: list[QueryTokens],
+        selection: HeadSelection,
+    ) -> tuple[_Prefilled, list[PerLayer]]:
+        """The document's tokens after the `shared` prefix and the query parts as one packed forward on the
+        prefix's cache, the new tokens first and seen by every part: one forward instead of a prefill and a query
+        pass. The new tokens' keys and values stay in the document's cache, which is kept as its prefill."""
         loaded = self.model
-        if selection.deepest != self.head_selection.deepest or not packable(loaded.decoder):
-            return None
-        shared = self._shared_prefix(tokens)
-        if shared is None or len(tokens.ids) - shared[1] > EXTENSION_LIMIT:
-            return None
         entry, start = shared
         tail = tokens.ids[start:]
         led = [QueryTokens(ids=tail + p.ids, rows=[len(tail) + r for r in p.rows]) for p in parts]
@@ -327,6 +331,7 @@ class AttentionEngine:
         return best, best_len
 
     def _check_window(self, n_prefix: int, parts: Sequence[QueryTokens]) -> None:
+        """A clear error where a query part would not fit after the document in the model window."""
         for part in parts:
             if n_prefix + len(part.ids) > self.window:
                 raise ValueError(
@@ -355,8 +360,8 @@ class AttentionEngine:
                 for p in parts
             ]
             batches = len(parts)
-        self._count(query_passes=len(parts), query_batches=batches, query_tokens=sum(len(p.ids) for p in parts))
-        self._count(forwards=batches)
+        query_tokens = sum(len(p.ids) for p in parts)
+        self._count(query_passes=len(parts), query_batches=batches, query_tokens=query_tokens, forwards=batches)
         return [
             scoring.document_token_scores(captured, n_prefix, tokens.doc_start, tokens.n_doc_tokens)
             for captured in scored

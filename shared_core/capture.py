@@ -36,13 +36,14 @@ class StopForward(Exception):
 
 @dataclass
 class AttentionInputs:
-    """What an observer sees of one layer's attention: post-RoPE query [B,Hq,q,d], cached+new keys [B,Hkv,kv,d],
-    the layer's mask, scale and softcap."""
+    """What an observer sees of one layer's attention: post-RoPE query [B,Hq,q,d], cached+new keys and values
+    [B,Hkv,kv,d], the layer's mask, scale and softcap."""
 
     layer_idx: int
     module: torch.nn.Module
     query: torch.Tensor
     key: torch.Tensor
+    value: torch.Tensor
     attention_mask: torch.Tensor | None
     scaling: float
     softcap: float | None = None
@@ -114,7 +115,8 @@ def _capture_attention_forward(
     layer_idx = getattr(module, "layer_idx", None)
     if observer is not None and layer_idx in observer.layers:
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-        inputs = AttentionInputs(int(layer_idx or 0), module, query, key, attention_mask, scale, kwargs.get("softcap"))
+        softcap = kwargs.get("softcap")
+        inputs = AttentionInputs(int(layer_idx or 0), module, query, key, value, attention_mask, scale, softcap)
         observer.observe(inputs)
         if layer_idx == observer.deepest:
             raise StopForward

@@ -44,7 +44,7 @@ from .cascade_state import CascadeState, StateRecorder, as_part, replay_scores, 
 from .heads import HeadSelection
 from .model_family import ModelShape
 from .prompt import QueryTokens
-from .query_batch import batched_scores
+from .query_batch import LeadRecorder, batched_scores, common_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -182,11 +182,12 @@ def cascade_token_scores(
     first = 0
     if resume is not None and recorder is not None:
         state, shared = resume
-        replay_scores(model, state, checked, picked, chunks=state.chunks[:shared], out=out, batch_size=batch_size)
+        replay_scores(model, state, checked, picked, chunks=shared, out=out, batch_size=batch_size)
         first = resume_cache(model, cache, state, shared, device)
         recorder.resume_from(state, shared)
     doc_ids = doc_ids.to(device)
     parts = [as_part(ids, rows) for ids, rows in checked]
+    lead = _lead(parts) if recorder is not None and config.scoring == "resident" else 0
     n_chunks = 0
     for start in range(first, n, config.stride):
         end = min(n, start + config.stride)
@@ -197,9 +198,12 @@ def cascade_token_scores(
         _forward(model, doc_ids[None, start:end], positions, cache, ema)
         if config.scoring == "resident":
             c = end - start
+            recorded = LeadRecorder(lead, deepest) if lead else None
             with cache.frozen_view():
                 base = getattr(model, "base_model", model)
-                scored = batched_scores(base, cache, kept + c, parts, selection, device, batch_size)
+                scored = batched_scores(base, cache, kept + c, parts, selection, device, batch_size, lead=recorded)
+            if recorded is not None and recorder is not None:
+                recorder.record_lead(parts[0].ids[:lead], recorded.kept)
             for j, captured in enumerate(scored):
                 chunk = [captured[layer][:, kept : kept + c] for layer in picked]
                 out[j, :, :, start:end] = torch.stack(chunk).float().cpu()  # one transfer per chunk
@@ -213,6 +217,15 @@ def cascade_token_scores(
     logger.debug("cascade pass: %d tokens, %d chunks, %.2fs, kept %d", n, n_chunks, seconds, cache.kept)
     kept_state = recorder.state() if recorder is not None else None
     return CascadeScores(out, picked, n_chunks, cache.kept, need, seconds, state=kept_state)
+
+
+def _lead(parts: Sequence[QueryTokens]) -> int:
+    """Leading tokens every query part shares before its first row (the instruction): a kept pass keeps their keys
+    and values per chunk, so a replay runs only each query's own tokens. 0 for a single part (nothing is known
+    to be shared)."""
+    if len(parts) < 2:
+        return 0
+    return min(common_prefix([p.ids for p in parts]), *(min(p.rows) for p in parts))
 
 
 def _score_end(

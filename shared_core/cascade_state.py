@@ -19,6 +19,7 @@ the document again (`supports_replay`).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -47,14 +48,23 @@ class ChunkRecord:
     structure: Structure
 
 
+_NO_LEAD = torch.zeros(0, dtype=torch.long)
+
+
 @dataclass(frozen=True)
 class CascadeState:
-    """A document read once through the cascade: its prompt ids, keys (no RoPE) and values, and chunk records."""
+    """A document read once through the cascade: its prompt ids, keys (no RoPE) and values, and chunk records;
+    and the instruction the queries of the pass started with (`lead_ids`, t tokens) with, per chunk, its keys
+    (rotated: at the positions right after that chunk) and values [chunks, L, H_kv, t, d], so that a replay runs
+    only each query's own tokens (t = 0: none kept)."""
 
     ids: torch.Tensor  # [n] long, the document part of the prompt
     keys: torch.Tensor  # [L, H_kv, n, d]
     values: torch.Tensor  # [L, H_kv, n, d]
     chunks: tuple[ChunkRecord, ...]
+    lead_ids: torch.Tensor = _NO_LEAD
+    lead_keys: torch.Tensor | None = None
+    lead_values: torch.Tensor | None = None
 
     @property
     def n_layers(self) -> int:
@@ -64,8 +74,22 @@ class CascadeState:
     @property
     def nbytes(self) -> int:
         """Memory this state holds."""
-        tensors = [self.ids, self.keys, self.values, *(t for c in self.chunks for t in (c.kept, c.ema))]
+        leads = [t for t in (self.lead_ids, self.lead_keys, self.lead_values) if t is not None]
+        tensors = [self.ids, self.keys, self.values, *leads, *(t for c in self.chunks for t in (c.kept, c.ema))]
         return sum(t.element_size() * t.numel() for t in tensors)
+
+    def lead_for_depth(self, depth: int) -> bool:
+        """Whether a lead is kept for the first `depth` layers."""
+        return len(self.lead_ids) > 0 and self.lead_keys is not None and self.lead_keys.shape[1] >= depth
+
+    def lead_for(self, parts: Sequence[QueryTokens], depth: int) -> int:
+        """How many leading tokens of every part the kept lead covers (0 where a part does not start with it, one
+        of its rows falls inside it, or the lead keeps fewer than `depth` layers)."""
+        t = len(self.lead_ids)
+        if not self.lead_for_depth(depth):
+            return 0
+        lead = self.lead_ids.tolist()
+        return t if all(p.ids[:t] == lead and min(p.rows) >= t for p in parts) else 0
 
 
 def supports_replay(model: Any) -> bool:
@@ -87,7 +111,21 @@ class StateRecorder:
         self.keys: torch.Tensor | None = None
         self.values: torch.Tensor | None = None
         self.chunks: list[ChunkRecord] = []
+        self.lead_ids: list[int] = []
+        self.leads: list[tuple[torch.Tensor, torch.Tensor]] | None = []  # per chunk [L, H, t, d]; None: not kept
         cache.on_commit = self._on_commit
+
+    def record_lead(self, ids: list[int], kept: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """The lead's keys and values of the chunk just scored (every layer of the cache), from `LeadRecorder`."""
+        if self.leads is None:
+            return
+        if (self.leads and ids != self.lead_ids) or len(kept) != self.n_layers:
+            self.leads = None  # a pass whose queries started differently keeps no lead
+            return
+        self.lead_ids = ids
+        keys = torch.stack([kept[i][0][0] for i in range(self.n_layers)]).to("cpu")
+        values = torch.stack([kept[i][1][0] for i in range(self.n_layers)]).to("cpu")
+        self.leads.append((keys, values))
 
     def resume_from(self, prefix: CascadeState, n_chunks: int) -> None:
         """The pass resumes after `prefix`'s first `n_chunks` chunks: take their records, keys and values."""
@@ -97,6 +135,13 @@ class StateRecorder:
         self.values = first_v.new_empty((self.n_layers, first_v.shape[1], len(self.ids), first_v.shape[3]))
         self.keys[:, :, :start], self.values[:, :, :start] = first_k, first_v
         self.chunks = list(prefix.chunks[:n_chunks])
+        if prefix.lead_keys is not None and prefix.lead_values is not None and prefix.lead_for_depth(self.n_layers):
+            self.lead_ids = prefix.lead_ids.tolist()
+            self.leads = [
+                (prefix.lead_keys[i, : self.n_layers], prefix.lead_values[i, : self.n_layers]) for i in range(n_chunks)
+            ]
+        else:
+            self.leads = None
 
     def before_chunk(self, cache: CascadingCache, start: int, end: int) -> None:
         """Record what the cascade holds before chunk [start, end) is read."""
@@ -127,7 +172,13 @@ class StateRecorder:
         """The finished state (call after the last commit)."""
         if self.keys is None or self.values is None:
             raise RuntimeError("the cascade pass committed no chunk")
-        return CascadeState(ids=self.ids, keys=self.keys, values=self.values, chunks=tuple(self.chunks))
+        state = CascadeState(ids=self.ids, keys=self.keys, values=self.values, chunks=tuple(self.chunks))
+        if self.leads is None or len(self.leads) != len(self.chunks) or not self.lead_ids:
+            return state
+        lead_keys = torch.stack([k for k, _ in self.leads])
+        lead_values = torch.stack([v for _, v in self.leads])
+        lead_ids = torch.tensor(self.lead_ids, dtype=torch.long)
+        return dataclasses.replace(state, lead_ids=lead_ids, lead_keys=lead_keys, lead_values=lead_values)
 
 
 def shared_chunks(state: CascadeState, ids: torch.Tensor) -> int:
@@ -193,33 +244,38 @@ def _rows(state: CascadeState, pos: torch.Tensor) -> torch.Tensor:
 
 def _chunk_layers(
     state: CascadeState,
-    chunk: ChunkRecord,
+    index: int,
     depth: int,
     rope: tuple[torch.Tensor, torch.Tensor],
     device: torch.device,
     spare: int,
+    lead: int,
 ) -> list[Callable[[], tuple[torch.Tensor, torch.Tensor]]]:
-    """Per layer < depth, a function building what the cascade held at `chunk` (its kept tokens, then the chunk)
-    rotated to positions 0..K+c-1: keys and values [1, H_kv, K+c+spare, d], gathered and rotated when the layer
-    first runs, with `spare` free positions after them for the query tokens (`SharedPrefixCache`)."""
+    """Per layer < depth, a function building what the cascade held at chunk `index` (its kept tokens, then the
+    chunk) rotated to positions 0..K+c-1, then the first `lead` tokens of the kept lead: keys and values
+    [1, H_kv, K+c+lead+spare, d], gathered and rotated when the layer first runs, with `spare` free positions after
+    them for the query tokens (`SharedPrefixCache`)."""
+    chunk = state.chunks[index]
     heads = state.keys.shape[1]
     kept = chunk.kept[:depth].long().expand(-1, heads, -1)  # the first chunk records one head
     own = torch.arange(chunk.start, chunk.end).expand(depth, heads, -1)
-    index = _rows(state, torch.cat([kept, own], dim=2)).view(depth, heads, -1)
-    length = index.shape[-1]
+    rows = _rows(state, torch.cat([kept, own], dim=2)).view(depth, heads, -1)
+    length = rows.shape[-1]
     cos, sin = (t[:length] for t in rope)
 
-    def gathered(source: torch.Tensor, i: int) -> torch.Tensor:
+    def gathered(source: torch.Tensor, i: int, lead_source: torch.Tensor | None) -> torch.Tensor:
         flat = _flat(source)
-        buffer = flat.new_empty((1, heads, length + spare, flat.shape[-1]))
+        buffer = flat.new_empty((1, heads, length + lead + spare, flat.shape[-1]))
         for h in range(heads):  # straight into the buffer: one copy of each kept row
-            torch.index_select(flat, 0, index[i, h], out=buffer[0, h, :length])
+            torch.index_select(flat, 0, rows[i, h], out=buffer[0, h, :length])
+        if lead and lead_source is not None:
+            buffer[0, :, length : length + lead] = lead_source[index, i, :, :lead]
         return buffer.to(device)
 
     def layer(i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        keys = gathered(state.keys, i)
-        apply_rope_(keys[:, :, :length], cos, sin)
-        return keys, gathered(state.values, i)
+        keys = gathered(state.keys, i, state.lead_keys)
+        apply_rope_(keys[:, :, :length], cos, sin)  # the lead's keys were kept rotated
+        return keys, gathered(state.values, i, state.lead_values)
 
     return [functools.partial(layer, i) for i in range(depth)]
 
@@ -230,7 +286,7 @@ def replay_scores(
     queries: Sequence[tuple[torch.Tensor, torch.Tensor]],
     layers: Sequence[int],
     *,
-    chunks: Sequence[ChunkRecord] | None = None,
+    chunks: int | None = None,
     out: torch.Tensor | None = None,
     progress: Callable[[int, int], None] | None = None,
     batch_size: int = 1,
@@ -238,9 +294,11 @@ def replay_scores(
     """Per query, layer and query head, the resident score of every token, from a kept state: [Q, len(layers), Hq, n].
 
     For each chunk only the queries run (against the chunk's kept tokens and the chunk itself), as in the first
-    pass; a layer's kept keys are gathered and rotated once per chunk, when it first runs, for every batch.
-    `chunks` restricts the replay (a resumed pass replays the shared chunks only) and `out` receives it.
-    Up to `batch_size` queries are packed into one forward per chunk (`query_batch`).
+    pass; a layer's kept keys are gathered and rotated once per chunk, when it first runs, for every batch. Where
+    the state kept the instruction the queries start with (`CascadeState.lead_for`), its keys and values are put
+    after the chunk's and only each query's own tokens run. `chunks` restricts the replay to the first chunks (a
+    resumed pass replays the shared ones only) and `out` receives it. Up to `batch_size` queries are packed into one
+    forward per chunk (`query_batch`).
     """
     picked = sorted(layers)
     if picked[-1] >= state.n_layers:
@@ -251,22 +309,25 @@ def replay_scores(
     if out is None:
         out = torch.zeros(len(queries), len(picked), heads, n, dtype=torch.float32)
     selection = HeadSelection(dict.fromkeys(picked), "replay")
-    parts = [as_part(ids, rows) for ids, rows in queries]
-    todo = list(state.chunks if chunks is None else chunks)
     depth = picked[-1] + 1
-    longest = max(int(chunk.kept.shape[-1]) + chunk.end - chunk.start for chunk in todo)
+    parts = [as_part(ids, rows) for ids, rows in queries]
+    lead = state.lead_for(parts, depth)
+    parts = [QueryTokens(ids=p.ids[lead:], rows=[r - lead for r in p.rows]) for p in parts]
+    todo = len(state.chunks) if chunks is None else chunks
+    longest = max(int(chunk.kept.shape[-1]) + chunk.end - chunk.start for chunk in state.chunks[:todo])
     cos, sin = model_rotary(model)(0, torch.arange(longest, device=device)[None])
     rope = (cos[0].float(), sin[0].float())
     spare = max(len(p.ids) for p in parts) * min(len(parts), max(1, batch_size))  # the longest packed batch
-    for done, chunk in enumerate(todo, 1):
+    for index in range(todo):
+        chunk = state.chunks[index]
         kept, c = int(chunk.kept.shape[-1]), chunk.end - chunk.start
-        prefix = SharedPrefixCache(_chunk_layers(state, chunk, depth, rope, device, spare), kept + c)
-        scored = batched_scores(model.base_model, prefix, kept + c, parts, selection, device, batch_size)
+        prefix = SharedPrefixCache(_chunk_layers(state, index, depth, rope, device, spare, lead), kept + c + lead)
+        scored = batched_scores(model.base_model, prefix, kept + c + lead, parts, selection, device, batch_size)
         for j, captured in enumerate(scored):
             part = [captured[layer][:, kept : kept + c] for layer in picked]
             out[j, :, :, chunk.start : chunk.end] = torch.stack(part).float().cpu()
         if progress is not None:
-            progress(done, len(todo))
+            progress(index + 1, todo)
     return out
 
 

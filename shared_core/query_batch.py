@@ -42,7 +42,7 @@ class QueryBatch:
         after its last weighted row (the template's tail after the query) are not run: attention is causal, so
         they cannot change what its rows attend to."""
         parts = [QueryTokens(ids=p.ids[: max(p.rows) + 1], rows=p.rows) for p in parts]
-        shared = _common_prefix([p.ids for p in parts])
+        shared = common_prefix([p.ids for p in parts])
         ids, offsets, block = list(parts[0].ids[:shared]), list(range(shared)), [-1] * shared
         where: list[list[int]] = []  # packed index of every token of each part
         for b, part in enumerate(parts):
@@ -70,7 +70,8 @@ class QueryBatch:
         return torch.cat([prefix, self.mask], dim=1)[None, None].to(device)
 
 
-def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
+def common_prefix(seqs: Sequence[Sequence[int]]) -> int:
+    """Length of the longest token prefix all `seqs` share."""
     n = min(len(s) for s in seqs)
     for i in range(n):
         if any(s[i] != seqs[0][i] for s in seqs[1:]):
@@ -144,6 +145,27 @@ class BatchRowObserver:
         self.captured[inputs.layer_idx] = torch.matmul(weights, probs).transpose(0, 1)
 
 
+class LeadRecorder:
+    """Keeps, for every layer up to `deepest`, the keys and values of the first `tokens` packed tokens of a batch
+    (the instruction every part starts with): {layer: ([1, Hkv, t, d], [1, Hkv, t, d])}; the batch's own
+    observer (`inner`, set by `batched_scores`) still scores its layers."""
+
+    def __init__(self, tokens: int, deepest: int) -> None:
+        self.tokens = tokens
+        self.layers = frozenset(range(deepest + 1))
+        self.deepest = deepest
+        self.inner: BatchRowObserver | None = None
+        self.kept: dict[int, KeyValues] = {}
+
+    def observe(self, inputs: capture.AttentionInputs) -> None:
+        """Copy the lead's keys and values (the packed tokens come last in the layer's keys), then score."""
+        first = inputs.key.shape[2] - inputs.query.shape[2]
+        lead = slice(first, first + self.tokens)
+        self.kept[inputs.layer_idx] = (inputs.key[:, :, lead].clone(), inputs.value[:, :, lead].clone())
+        if self.inner is not None and inputs.layer_idx in self.inner.layers:
+            self.inner.observe(inputs)
+
+
 def packable(module: Any) -> bool:
     """Whether parts can be packed into one forward over `module` (every layer full attention: one mask serves)."""
     try:
@@ -162,13 +184,14 @@ def batched_scores(
     device: torch.device,
     batch_size: int,
     document_tail: int = 0,
+    lead: LeadRecorder | None = None,
 ) -> list[dict[int, torch.Tensor]]:
     """Each part's selected heads' attention over the `start` cached positions, {layer: [H_sel, kv]} (kv = the
     cached keys the layer holds, the last of them at position start - 1), `batch_size` parts packed per forward
     (one per forward where the model is not `packable`). `cache` is read only: a `SharedPrefixCache`, a cascade's
     frozen view or a forked cache. With `document_tail` > 0 every part starts with the same `document_tail` tokens
     that extend the document (one forward: `batch_size` >= len(parts)): they are scored too, and a forked cache
-    keeps them."""
+    keeps them. `lead` records the first batch's lead keys and values (every part starts with those tokens)."""
     size = max(1, batch_size) if packable(module) else 1
     out: list[dict[int, torch.Tensor]] = []
     for first in range(0, len(parts), size):
@@ -176,8 +199,11 @@ def batched_scores(
         ids = batch.ids.to(device)
         positions = (batch.offsets + start).to(device)
         observer = BatchRowObserver(selection, batch.rows.to(device), batch.weights)
+        watcher: BatchRowObserver | LeadRecorder = observer
+        if lead is not None and first == 0:
+            lead.inner, watcher = observer, lead
         mask = batch.attention_mask(start, device)
-        capture.run_observed(module, cache, observer, input_ids=ids, position_ids=positions, attention_mask=mask)
+        capture.run_observed(module, cache, watcher, input_ids=ids, position_ids=positions, attention_mask=mask)
         n_new = ids.shape[1] - document_tail  # the packed shared block comes first: the tail is its start
         out.extend(
             {layer: probs[b, :, : probs.shape[-1] - n_new] for layer, probs in observer.captured.items()}

@@ -25,7 +25,8 @@ from .cascade_state import CascadeState, ChunkRecord
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "attnret-cascade-state/1"
+FORMAT = "attnret-cascade-state/2"
+"""/2: the queries' instruction (lead) keys and values per chunk are kept too."""
 
 
 def state_key(*parts: object) -> str:
@@ -161,7 +162,9 @@ def _touch(path: Path) -> None:
 
 
 def _tensors(state: CascadeState) -> dict[str, torch.Tensor]:
-    out = {"ids": state.ids, "keys": state.keys, "values": state.values}
+    out = {"ids": state.ids, "keys": state.keys, "values": state.values, "lead_ids": state.lead_ids}
+    if state.lead_keys is not None and state.lead_values is not None:
+        out["lead_keys"], out["lead_values"] = state.lead_keys, state.lead_values
     for i, chunk in enumerate(state.chunks):
         out[f"kept.{i}"] = chunk.kept.contiguous()
         out[f"ema.{i}"] = chunk.ema.contiguous()
@@ -180,7 +183,15 @@ def _state(tensors: dict[str, torch.Tensor], chunks: list[list[Any]]) -> Cascade
     for i, (start, end, sinks, fill, arrivals, seen) in enumerate(chunks):
         structure = (int(sinks), tuple(int(x) for x in fill), tuple(int(x) for x in arrivals), int(seen))
         records.append(ChunkRecord(int(start), int(end), tensors[f"kept.{i}"], tensors[f"ema.{i}"], structure))
-    return CascadeState(ids=tensors["ids"], keys=tensors["keys"], values=tensors["values"], chunks=tuple(records))
+    return CascadeState(
+        ids=tensors["ids"],
+        keys=tensors["keys"],
+        values=tensors["values"],
+        chunks=tuple(records),
+        lead_ids=tensors["lead_ids"],
+        lead_keys=tensors.get("lead_keys"),
+        lead_values=tensors.get("lead_values"),
+    )
 
 
 def _checksum(tensors: dict[str, torch.Tensor]) -> str:

@@ -6,6 +6,7 @@ document pass, kept passes survive a restart through the disk spill, and a grown
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import textwrap
@@ -16,6 +17,7 @@ import pytest
 import torch
 
 from shared_core import AttentionRetriever, Document
+from shared_core.attention_engine import EXTENSION_LIMIT
 from shared_core.cascade_state import CascadeState, ChunkRecord
 from shared_core.prompt import QueryTokens
 from shared_core.query_batch import QueryBatch
@@ -85,6 +87,37 @@ def test_a_further_query_past_the_window_replays_the_kept_pass(tmp_path: Path) -
     fresh = _past_window(reuse=False).score_units("Where is the apple?", LONG)
     np.testing.assert_allclose(_scores(replayed), _scores(fresh), atol=1e-5)  # replay is exact up to rounding
     assert [h.score for h in replayed] == pytest.approx([h.score for h in fresh], abs=1e-4)
+
+
+def test_a_replay_runs_only_each_querys_own_tokens_after_the_kept_instruction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared_core import cascade_state
+
+    r = _past_window(tmp_path)
+    r.score_units(QUERIES[0], LONG)  # the query and its "N/A" part share the instruction: it is kept per chunk
+    (state,) = r.engine.states.in_memory(r.engine._family())
+    t = len(state.lead_ids)
+    assert t > 0 and state.lead_keys is not None
+    assert state.lead_keys.shape == (len(state.chunks), state.n_layers, state.keys.shape[1], t, state.keys.shape[3])
+    part = r.engine.prompt.query("Where is the apple?", "query")
+    assert part.ids[:t] == state.lead_ids.tolist() and min(part.rows) >= t
+    run: list[int] = []
+    real = cascade_state.batched_scores
+
+    def counting(module, cache, start, parts, *args, **kwargs):  # type: ignore[no-untyped-def]
+        run.extend(len(p.ids) for p in parts)
+        return real(module, cache, start, parts, *args, **kwargs)
+
+    monkeypatch.setattr(cascade_state, "batched_scores", counting)
+    suffix = [(torch.tensor(part.ids), torch.tensor(part.rows))]
+    layers = r.head_selection.layers
+    with torch.inference_mode():
+        led = cascade_state.replay_scores(r.model.model, state, suffix, layers)
+        assert set(run) == {len(part.ids) - t}  # the instruction's keys and values were not computed again
+        plain = dataclasses.replace(state, lead_ids=torch.zeros(0, dtype=torch.long))
+        full = cascade_state.replay_scores(r.model.model, plain, suffix, layers)
+    torch.testing.assert_close(led, full, atol=1e-5, rtol=1e-4)
 
 
 def test_batched_replay_equals_single_replays(tmp_path: Path) -> None:
@@ -198,6 +231,16 @@ def test_many_queries_on_a_grown_document_equal_fresh_reads() -> None:
     shallow = type(selection)({min(selection.per_layer): None}, "test")  # as head detection: other heads, a prefill
     _, per_query = r.engine.head_token_scores(["Where is Bill?"], Document(grown + " Bill left."), shallow)
     assert per_query[0].keys() == shallow.per_layer.keys() and r.stats["forwards"] - before["forwards"] == 4
+    longer = grown + "\n\n" + LONG + "\n\n" + LONG  # over EXTENSION_LIMIT new tokens: a prefill, then the query
+    before = dict(r.stats)
+    hits = r.score_units("Where is the milk?", longer)
+    n_new = len(r.engine.document_tokens(Document(longer)).ids) - len(r.engine.document_tokens(Document(grown)).ids)
+    assert n_new > EXTENSION_LIMIT
+    assert (
+        r.stats["forwards"] - before["forwards"] == 2
+        and r.stats["prefix_tokens_reused"] > before["prefix_tokens_reused"]
+    )
+    np.testing.assert_allclose(_scores(hits), _scores(fresh.score_units("Where is the milk?", longer)), atol=1e-4)
 
 
 @pytest.mark.parametrize(
