@@ -11,7 +11,9 @@ the query passes alone, never the chunk forwards.
 Kept per document: keys + values of the layers up to the deepest one used, in the model dtype
 (2 x layers x kv_heads x head_dim x bytes per token: 36.9 KB/token for SmolLM2-135M in float32 up to layer 23),
 plus per chunk the kept positions and EMAs ([layers, kv_heads, K] each) and the cascade's counters, which also let a
-document that grew (a conversation with a new turn) resume the pass from its last shared chunk.
+document that grew (a conversation with a new turn) resume the pass from its last shared chunk; and per chunk the
+keys and values of the instruction the pass's queries started with (13 tokens for SmolLM2's template, ~0.47 KB per
+document token), so that a replay runs only each new query's own tokens.
 
 Supported for models whose layers are all full attention; with sliding-window layers (Gemma 3) every query reads
 the document again (`supports_replay`).
