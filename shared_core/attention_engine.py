@@ -34,7 +34,7 @@ from .lru import LRUCache
 from .model_family import ModelShape, full_attention_layers
 from .model_loading import LoadedModel, cache_root, load_model, model_id
 from .prompt import DocumentTokens, PromptLayout, QueryTokens
-from .query_batch import SharedPrefixCache, batched_scores, packable
+from .query_batch import SharedPrefixCache, batched_scores
 from .state_store import StateStore, state_key
 
 logger = logging.getLogger(__name__)
@@ -248,10 +248,10 @@ class AttentionEngine:
         return self._query_passes(prefilled, parts, selection)
 
     def _extendable(self, start: int, tokens: DocumentTokens, selection: HeadSelection) -> bool:
-        """Whether the tokens after a shared prefix of `start` can ride with the query parts: few enough, the
-        default head selection (its cache is the document's), a model whose parts can be packed."""
-        deep_enough = selection.deepest == self.head_selection.deepest
-        return len(tokens.ids) - start <= EXTENSION_LIMIT and deep_enough and packable(self.model.decoder)
+        """Whether the tokens after a shared prefix of `start` can ride with the query parts: few enough, and the
+        default head selection (the forward fills the document's cache up to its deepest layer). A shared prefix is
+        only found for models whose parts can be packed (`_shared_prefix`)."""
+        return len(tokens.ids) - start <= EXTENSION_LIMIT and selection.deepest == self.head_selection.deepest
 
     @torch.inference_mode()
     def _prefill(self, doc: Document, tokens: DocumentTokens, shared: tuple[_Prefilled, int] | None) -> _Prefilled:
@@ -305,10 +305,7 @@ class AttentionEngine:
         self.prefills.put(self._prefill_key(doc), prefilled)
         self._count(prefills=1, prefill_tokens=len(tail), prefix_tokens_reused=start, forwards=1)
         self._count(query_passes=len(parts), query_batches=1, query_tokens=sum(len(p.ids) for p in parts))
-        n = len(tokens.ids)
-        return prefilled, [
-            scoring.document_token_scores(captured, n, tokens.doc_start, tokens.n_doc_tokens) for captured in scored
-        ]
+        return prefilled, _document_scores(tokens, scored)
 
     def _shared_prefix(self, tokens: DocumentTokens) -> tuple[_Prefilled, int] | None:
         """The cached document sharing the longest token prefix (at least `MIN_SHARED_PREFIX`) with `tokens`, and
@@ -362,10 +359,7 @@ class AttentionEngine:
             batches = len(parts)
         query_tokens = sum(len(p.ids) for p in parts)
         self._count(query_passes=len(parts), query_batches=batches, query_tokens=query_tokens, forwards=batches)
-        return [
-            scoring.document_token_scores(captured, n_prefix, tokens.doc_start, tokens.n_doc_tokens)
-            for captured in scored
-        ]
+        return _document_scores(tokens, scored)
 
     # ----------------------------------------------------------------- past the window
     def _family(self) -> str:
@@ -480,6 +474,12 @@ class AttentionEngine:
             if n and (best is None or n > best[1]):
                 best = (state, n)
         return best
+
+
+def _document_scores(tokens: DocumentTokens, scored: list[PerLayer]) -> list[PerLayer]:
+    """Each query part's captured rows sliced to the document's own tokens (the prompt head left out)."""
+    n = len(tokens.ids)
+    return [scoring.document_token_scores(captured, n, tokens.doc_start, tokens.n_doc_tokens) for captured in scored]
 
 
 def _cropped(cache: Any, length: int) -> Any:
