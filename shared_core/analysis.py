@@ -14,7 +14,7 @@ from .config import RetrieverConfig
 from .document import Document, Unit
 from .entities import EntityIndex, load_nlp
 from .lru import LRUCache
-from .nlp import RULE_BASED, parse
+from .nlp import RULE_BASED, load_pipeline, parse
 from .segmentation import paragraph_spans, segment, sentence_units
 from .views import View
 
@@ -76,7 +76,22 @@ class Analyser:
 
     def analyse(self, doc: Document) -> Analysis:
         """The document's analysis, computed once per text and settings and cached."""
-        return self._cache.get_or_create((doc.content_hash, *self._settings), lambda: self._build(doc))
+        return self._cache.get_or_create(self._key(doc), lambda: self._build(doc))
+
+    def warm_up(self) -> None:
+        """Load the spaCy pipelines the analysis uses (once per process), raising a missing one's error now."""
+        cfg = self.config
+        if cfg.units.granularity == "sentence":
+            load_pipeline(cfg.units.spacy_model, "units.spacy_model")
+        if cfg.entities.enabled:
+            load_nlp(cfg.entities.spacy_model)
+
+    def cached(self, doc: Document) -> bool:
+        """Whether the document's analysis is cached (analysing it again costs nothing)."""
+        return self._cache.get(self._key(doc)) is not None
+
+    def _key(self, doc: Document) -> tuple[str, ...]:
+        return (doc.content_hash, *self._settings)
 
     @property
     def _shares_parse(self) -> bool:

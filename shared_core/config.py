@@ -346,6 +346,11 @@ class RetrieverConfig(_Section):
         description="Plug-in views to compute, by the name they were registered under "
         "(`shared_core.views.register_view`), each with its options; weight each in fusion.weights.",
     )
+    overlap_analysis: bool = Field(
+        True,
+        description="Analyse a new document (units, entities, embeddings, BM25) in a second thread while the model "
+        "reads it, so a first query pays about the longer of the two, not their sum; false: one after the other.",
+    )
     show_progress: bool = Field(False, description="Show tqdm progress bars (the CLI turns them on).")
 
     @classmethod

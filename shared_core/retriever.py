@@ -9,9 +9,9 @@ index), compute each view's per-unit scores (`attention_engine` for the attentio
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -30,9 +30,10 @@ from .model_loading import LoadedModel
 from .prompt import DocumentTokens
 from .segmentation import units_from_spans
 from .validation import check_queries, check_query, check_top_k, coerce_document, coerce_documents
-from .views import build_views, score_views
+from .views import build_views, read_ahead, score_views
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 __all__ = ["CALIBRATION_QUERY", "PREFILL_CHUNK", "AttentionRetriever"]
 
@@ -162,8 +163,8 @@ class AttentionRetriever:
         check_query(query)
         doc = coerce_document(document, 0)
         units = units_from_spans(doc.text, spans)
-        states = {name: view.prepare(doc, units) for name, view in self.views.items()}
-        scored = score_views(self.views, [query], doc, units, states)[0]
+        states, reads = self._read_alongside([query], doc, lambda: self._prepare(doc, units), fresh=True)
+        scored = score_views(self.views, [query], doc, units, states, reads)[0]
         return [float(x) for x in ranking.fuse_views(scored, self.config.fusion)]
 
     def prune(self, query: str, documents: Sequence[str | Document], budget_tokens: int, **options: Any) -> list[Any]:
@@ -183,7 +184,7 @@ class AttentionRetriever:
         """One score per document for reranking whole documents, relative to the documents given together."""
         check_query(query)
         docs = coerce_documents(documents)
-        views = [self._views([query], d, self.analyser.analyse(d))[0] for d in docs]
+        views = [self._views([query], d)[1][0] for d in docs]
         return ranking.document_scores(views, self.config.fusion)
 
     def entity_index(self, document: str | Document) -> EntityIndex | None:
@@ -221,18 +222,38 @@ class AttentionRetriever:
         self.analyser.clear()
 
     # ----------------------------------------------------------------- internals
-    def _views(self, queries: list[str], doc: Document, analysis: Analysis) -> list[dict[str, np.ndarray]]:
-        return score_views(self.views, queries, doc, list(analysis.units), analysis.states)
+    def _views(self, queries: list[str], doc: Document) -> tuple[Analysis, list[dict[str, np.ndarray]]]:
+        """The document's analysis and, per query, each view's unit scores; a new document is analysed while the
+        model reads it."""
+        fresh = not self.analyser.cached(doc)
+        analysis, reads = self._read_alongside(queries, doc, lambda: self.analyser.analyse(doc), fresh)
+        return analysis, score_views(self.views, queries, doc, list(analysis.units), analysis.states, reads)
+
+    def _read_alongside(
+        self, queries: list[str], doc: Document, work: Callable[[], T], fresh: bool
+    ) -> tuple[T, dict[str, Any]]:
+        """`work()` and, when it is new work and `overlap_analysis` is on, the views' reads beside it
+        (`views.read_ahead`); otherwise `work()` alone and no reads (each view reads when it scores). The analysis
+        pipelines are loaded first, so a missing one is reported before the model reads anything."""
+        if fresh and self.config.overlap_analysis:
+            self.analyser.warm_up()
+            if self.config.dense.enabled:
+                self.dense.warm_up()
+            return read_ahead(self.views, queries, doc, work)
+        return work(), {}
+
+    def _prepare(self, doc: Document, units: Sequence[Unit]) -> dict[str, Any]:
+        return {name: view.prepare(doc, units) for name, view in self.views.items()}
 
     def _score_many(
         self, queries: list[str], doc: Document, index: int
     ) -> list[tuple[list[Hit], dict[str, np.ndarray]]]:
         """Per query, every unit of `doc` as a hit (document order) and the views it was ranked from."""
-        analysis = self.analyser.analyse(doc)
+        analysis, per_query = self._views(queries, doc)
         doc_id = doc.id if doc.id is not None else str(index)
         cfg = self.config
         out = []
-        for query, views in zip(queries, self._views(queries, doc, analysis), strict=True):
+        for query, views in zip(queries, per_query, strict=True):
             ranked = ranking.rank_units(views, analysis.units, analysis.entities, cfg.fusion, cfg.entities, query)
             out.append((ranked.hits(analysis.units, doc_id, index), views))
         return out

@@ -9,9 +9,11 @@ switched on with a section `views: {name: {...options}}` in the retriever config
 
 from __future__ import annotations
 
+import contextvars
 import threading
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -19,7 +21,11 @@ from .document import Document, Unit
 from .lexical import LexicalIndex
 
 if TYPE_CHECKING:
+    from .attention_engine import PerLayer
+    from .prompt import DocumentTokens
     from .retriever import AttentionRetriever
+
+T = TypeVar("T")
 
 
 @runtime_checkable
@@ -34,6 +40,20 @@ class View(Protocol):
 
     def score(self, queries: Sequence[str], document: Document, units: Sequence[Unit], state: Any) -> list[np.ndarray]:
         """Per query, one finite score per unit (higher = more relevant; any scale: fusion normalises)."""
+
+
+@runtime_checkable
+class ReadsAhead(View, Protocol):
+    """A view whose scoring starts with work that needs no units (the attention view's forward): the retriever runs
+    `read` while a new document is analysed in a second thread, then passes its result to `score_read`."""
+
+    def read(self, queries: Sequence[str], document: Document) -> Any:
+        """The part of scoring `queries` on `document` that needs neither its units nor its prepared state."""
+
+    def score_read(
+        self, read: Any, queries: Sequence[str], document: Document, units: Sequence[Unit], state: Any
+    ) -> list[np.ndarray]:
+        """Per query, one finite score per unit from `read`'s result; `score` is `score_read` of `read`."""
 
 
 ViewFactory = Callable[["AttentionRetriever", dict[str, Any]], View]
@@ -93,14 +113,43 @@ def build_views(retriever: AttentionRetriever) -> dict[str, View]:
     return views
 
 
+def read_ahead(
+    views: Mapping[str, View], queries: Sequence[str], document: Document, alongside: Callable[[], T]
+) -> tuple[T, dict[str, Any]]:
+    """Each `ReadsAhead` view's `read` in a second thread (in the caller's context) while `alongside()` (a new
+    document's analysis) runs in this one.
+
+    The two need nothing of each other, so a first query pays about the longer of them, not their sum (the model's
+    forward in the second thread measured faster on a 2-core CPU than the other way round). Both finish before this
+    returns; an error of `alongside` is raised first, then one of the reads.
+    """
+    ahead = {name: view for name, view in views.items() if isinstance(view, ReadsAhead)}
+    if not ahead:
+        return alongside(), {}
+    context = contextvars.copy_context()
+    with ThreadPoolExecutor(1, thread_name_prefix="attnret-read") as pool:
+        reads = pool.submit(context.run, lambda: {name: view.read(queries, document) for name, view in ahead.items()})
+        done = alongside()
+        return done, reads.result()
+
+
 def score_views(
-    views: dict[str, View], queries: Sequence[str], document: Document, units: Sequence[Unit], states: dict[str, Any]
+    views: Mapping[str, View],
+    queries: Sequence[str],
+    document: Document,
+    units: Sequence[Unit],
+    states: Mapping[str, Any],
+    reads: Mapping[str, Any] | None = None,
 ) -> list[dict[str, np.ndarray]]:
     """Per query, the raw per-unit score of each view (one call per view for all the queries), each checked to
-    be one finite score per unit, so a plug-in's mistake is named instead of breaking fusion."""
+    be one finite score per unit, so a plug-in's mistake is named instead of breaking fusion. `reads` holds the
+    `read` results of `ReadsAhead` views already run for these queries (`read_ahead`)."""
     out: list[dict[str, np.ndarray]] = [{} for _ in queries]
     for name, view in views.items():
-        scored = view.score(queries, document, units, states.get(name))
+        if reads is not None and name in reads and isinstance(view, ReadsAhead):
+            scored = view.score_read(reads[name], queries, document, units, states.get(name))
+        else:
+            scored = view.score(queries, document, units, states.get(name))
         if len(scored) != len(queries):
             raise ValueError(f"view {name!r} returned {len(scored)} score arrays for {len(queries)} queries")
         for per_query, values in zip(out, scored, strict=True):
@@ -123,12 +172,27 @@ class AttentionView:
         """Nothing per unit: the model state lives in the attention engine's caches."""
         return None
 
+    def read(self, queries: Sequence[str], document: Document) -> tuple[DocumentTokens, list[PerLayer]]:
+        """The engine's calibrated head scores of every document token, per query (the forward: no units needed)."""
+        return self.retriever.engine.head_token_scores(list(queries), document)
+
     def score(self, queries: Sequence[str], document: Document, units: Sequence[Unit], state: Any) -> list[np.ndarray]:
         """Per query, pooled token scores in multiples of a uniform share (comparable across document lengths)."""
+        return self.score_read(self.read(queries, document), queries, document, units, state)
+
+    def score_read(
+        self,
+        read: tuple[DocumentTokens, list[PerLayer]],
+        queries: Sequence[str],
+        document: Document,
+        units: Sequence[Unit],
+        state: Any,
+    ) -> list[np.ndarray]:
+        """Per query, the token scores of `read` pooled over each unit."""
         from . import scoring
 
         att = self.retriever.config.attention
-        tokens, per_query = self.retriever.engine.head_token_scores(list(queries), document)
+        tokens, per_query = read
         lo, hi = scoring.unit_token_ranges(tokens.offsets, [(u.start, u.end) for u in units])
         out = []
         for per_layer in per_query:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextvars
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -9,7 +11,7 @@ import numpy as np
 import pytest
 
 from shared_core import AttentionRetriever, Document, Unit
-from shared_core.views import View, register_view, registered_views, unregister_view
+from shared_core.views import ReadsAhead, View, register_view, registered_views, unregister_view
 
 STORY = (
     "Mary moved to the bathroom. John went to the hallway. Sandra moved to the garden. "
@@ -90,3 +92,76 @@ def test_a_view_returning_bad_scores_is_refused(keyword_view: list[KeywordView])
             r.score_units("Who picked up the apple?", STORY)
     finally:
         unregister_view("broken")
+
+
+WEIGHTS = {"attention": 1, "dense": 1, "lexical": 1}
+CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="unset")
+
+
+class LengthView(KeywordView):
+    """A read-ahead plug-in: its unit-free part (the query's length) is read while the document is analysed."""
+
+    def __init__(self, word: str) -> None:
+        super().__init__(word)
+        self.read_in: list[threading.Thread] = []
+        self.caller: list[str] = []
+        self.scored_from_reads = self.scored_directly = 0
+
+    def read(self, queries: Sequence[str], document: Document) -> list[float]:
+        self.read_in.append(threading.current_thread())
+        self.caller.append(CALLER.get())
+        return [float(len(q)) for q in queries]
+
+    def score_read(
+        self, read: Any, queries: Sequence[str], document: Document, units: Sequence[Unit], state: Any
+    ) -> list[np.ndarray]:
+        self.scored_from_reads += 1
+        return [state * length for length in read]
+
+    def score(self, queries: Sequence[str], document: Document, units: Sequence[Unit], state: Any) -> list[np.ndarray]:
+        self.scored_directly += 1
+        return [state * float(len(q)) for q in queries]
+
+
+def test_a_read_ahead_plugin_reads_beside_the_analysis_and_scores_from_its_read() -> None:
+    built: list[LengthView] = []
+    register_view("length", lambda r, o: built.append(LengthView("apple")) or built[-1])
+    try:
+        config = {
+            "views": {"length": {}},
+            "fusion": {"weights": {"attention": 1, "dense": 1, "lexical": 1, "length": 1}},
+        }
+        r = AttentionRetriever(config)
+        view = built[0]
+        assert isinstance(view, ReadsAhead)
+        CALLER.set("the caller's request")
+        hits = r.score_units("Who picked up the apple?", STORY)
+        assert view.read_in[0] is not threading.current_thread()  # read in a second thread, in the caller's context
+        assert view.caller == ["the caller's request"] and (view.scored_from_reads, view.scored_directly) == (1, 0)
+        assert [h.scores["length"] for h in hits] == [24.0 * ("apple" in h.text) for h in hits]
+        r.score_units("Who has the apple?", STORY)  # analysed already: nothing to overlap, plain `score`
+        assert len(view.read_in) == 1 and (view.scored_from_reads, view.scored_directly) == (1, 1)
+    finally:
+        unregister_view("length")
+
+
+def test_an_analysis_error_beside_the_read_is_raised_as_it_is() -> None:
+    class Poisoned(KeywordView):
+        def prepare(self, document: Document, units: Sequence[Unit], reuse: tuple[int, Any] | None = None) -> Any:
+            if "poison" in document.text:
+                raise ValueError("poisoned view: the document holds 'poison'")
+            return super().prepare(document, units, reuse)
+
+    register_view("poisoned", lambda r, o: Poisoned("apple"))
+    try:
+        r = AttentionRetriever(
+            {
+                "views": {"poisoned": {}},
+                "fusion": {"weights": {"attention": 1, "dense": 1, "lexical": 1, "poisoned": 1}},
+            }
+        )
+        with pytest.raises(ValueError, match="poisoned view: the document holds 'poison'"):
+            r.score_units("Who picked up the apple?", STORY + " Fred dropped the poison.")
+        assert len(r.score_units("Who picked up the apple?", STORY)) == 6
+    finally:
+        unregister_view("poisoned")

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -107,3 +111,41 @@ def test_explain_cli_writes_html_and_json(tmp_path, capsys) -> None:
     units = payload["documents"][0]["units"]
     assert len(units) == 20 and all(CHAIN[u["start"] : u["end"]] for u in units)
     assert payload["hits"][0]["text"] == "Sandra got the milk there."
+
+
+def _timed(seen: dict[str, tuple[threading.Thread, float, float]], name: str, fn: Callable[..., Any]) -> Any:
+    """`fn`, recording in `seen[name]` the thread it ran in and when it started and ended."""
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            seen[name] = (threading.current_thread(), start, time.perf_counter())
+
+    return wrapped
+
+
+def test_a_new_document_is_analysed_while_the_model_reads_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    r = AttentionRetriever()
+    seen: dict[str, tuple[threading.Thread, float, float]] = {}
+    monkeypatch.setattr(r.analyser, "_build", _timed(seen, "analysis", r.analyser._build))
+    monkeypatch.setattr(r.engine, "head_token_scores", _timed(seen, "read", r.engine.head_token_scores))
+    scores = [h.score for h in r.score_units(QUERY, CHAIN)]
+    (analysed_in, a0, a1), (read_in, r0, r1) = seen["analysis"], seen["read"]
+    assert analysed_in is threading.current_thread() and read_in is not analysed_in  # the read in a second thread
+    assert a0 < r1 and r0 < a1  # at the same time
+    seen.clear()
+    r.score_units("Who went to the kitchen?", CHAIN)
+    assert "analysis" not in seen and seen["read"][0] is threading.current_thread()  # analysed: no second thread
+    one_after_the_other = AttentionRetriever({"overlap_analysis": False})
+    expected = [h.score for h in one_after_the_other.score_units(QUERY, CHAIN)]
+    assert np.allclose(scores, expected, atol=1e-6)
+
+
+def test_a_failed_read_still_waits_for_the_analysis_and_raises_its_error() -> None:
+    r = AttentionRetriever({"model": {"max_tokens": 128}, "cascade": {"enabled": False}})
+    with pytest.raises(ValueError, match="exceeds the model window of 128 tokens"):
+        r.score_units(QUERY, CHAIN)
+    assert r.analyser.cached(Document(CHAIN))  # the analysis beside it finished (no thread left running)
+    assert r.units(CHAIN)[0].text == MOVE
