@@ -45,7 +45,7 @@ class View(Protocol):
 @runtime_checkable
 class ReadsAhead(View, Protocol):
     """A view whose scoring starts with work that needs no units (the attention view's forward): the retriever runs
-    `read` while a new document is analysed in a second thread, then passes its result to `score_read`."""
+    `read` in a second thread while a new document is analysed, then passes its result to `score_read`."""
 
     def read(self, queries: Sequence[str], document: Document) -> Any:
         """The part of scoring `queries` on `document` that needs neither its units nor its prepared state."""
