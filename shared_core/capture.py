@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
+from . import interrupt
 from .model_family import forward_with_cache
 
 ATTN_IMPLEMENTATION = "attnret"
@@ -111,6 +112,7 @@ def _capture_attention_forward(
     Measured on a 2-core CPU (SmolLM2-135M), SDPA plus the observer's few softmax rows beat computing every row's
     softmax explicitly and sharing it: a 1k-token cascade chunk 3x faster, a 50-row query pass 2x.
     """
+    interrupt.check()
     observer = _active.get()
     layer_idx = getattr(module, "layer_idx", None)
     if observer is not None and layer_idx in observer.layers:

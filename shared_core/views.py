@@ -12,11 +12,11 @@ from __future__ import annotations
 import contextvars
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
+from . import interrupt
 from .document import Document, Unit
 from .lexical import LexicalIndex
 
@@ -120,17 +120,41 @@ def read_ahead(
     document's analysis) runs in this one.
 
     The two need nothing of each other, so a first query pays about the longer of them, not their sum (the model's
-    forward in the second thread measured faster on a 2-core CPU than the other way round). Both finish before this
-    returns; an error of `alongside` is raised first, then one of the reads.
+    forward in the second thread measured faster on a 2-core CPU than the other way round). An error or an interrupt
+    (Ctrl-C) in this thread stops the model's read at its next layer (`interrupt`) and is raised; otherwise an error
+    of the reads is raised here.
     """
     ahead = {name: view for name, view in views.items() if isinstance(view, ReadsAhead)}
     if not ahead:
         return alongside(), {}
     context = contextvars.copy_context()
-    with ThreadPoolExecutor(1, thread_name_prefix="attnret-read") as pool:
-        reads = pool.submit(context.run, lambda: {name: view.read(queries, document) for name, view in ahead.items()})
+    stop, finished = threading.Event(), threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def read() -> None:
+        try:
+            with interrupt.stoppable(stop):
+                outcome["reads"] = {name: view.read(queries, document) for name, view in ahead.items()}
+        except BaseException as exc:  # raised in the caller's thread below
+            outcome["error"] = exc
+        finally:
+            finished.set()
+
+    thread = threading.Thread(target=context.run, args=(read,), name="attnret-read")
+    thread.start()
+    try:
         done = alongside()
-        return done, reads.result()
+        finished.wait()  # not `join`: a join cut by Ctrl-C may return early on a later call (CPython)
+    except BaseException:
+        stop.set()
+        finished.wait()
+        raise
+    finally:
+        if finished.is_set():
+            thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return done, outcome["reads"]
 
 
 def score_views(

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextvars
+import os
+import signal
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -11,7 +14,7 @@ import numpy as np
 import pytest
 
 from shared_core import AttentionRetriever, Document, Unit
-from shared_core.views import ReadsAhead, View, register_view, registered_views, unregister_view
+from shared_core.views import ReadsAhead, View, read_ahead, register_view, registered_views, unregister_view
 
 STORY = (
     "Mary moved to the bathroom. John went to the hallway. Sandra moved to the garden. "
@@ -165,3 +168,32 @@ def test_an_analysis_error_beside_the_read_is_raised_as_it_is() -> None:
         assert len(r.score_units("Who picked up the apple?", STORY)) == 6
     finally:
         unregister_view("poisoned")
+
+
+def test_an_interrupt_in_the_callers_thread_stops_the_models_read() -> None:
+    r = AttentionRetriever({"views": {}})
+    r.warm_up()
+
+    def analysis() -> None:
+        raise KeyboardInterrupt  # Ctrl-C during the analysis, while the model reads
+
+    with pytest.raises(KeyboardInterrupt):
+        read_ahead(r.views, ["Who has the apple?"], Document(STORY * 20), analysis)
+    assert not [t for t in threading.enumerate() if t.name == "attnret-read"]  # the read stopped, and was joined
+    assert r.stats["forwards"] == 0 and r.stats["prefills"] == 0  # at its first layer: nothing was read or kept
+    assert len(r.score_units("Who has the apple?", STORY * 20)) == 120  # and the next call reads it in full
+
+
+def test_ctrl_c_while_waiting_for_the_read_stops_it_and_leaves_no_thread() -> None:
+    cascade = {"sink_tokens": 8, "cascades": 2, "window": 32, "stride": 64, "reuse": False}
+    r = AttentionRetriever({"model": {"max_tokens": 160}, "cascade": cascade})  # a long read: ~100 cascade chunks
+    r.warm_up()
+    r.units("Warm up the pipelines. Mary met Anna in Paris.")  # spaCy and the encoder loaded: a short analysis
+    long_text = "\n\n".join([STORY] * 40)
+    timer = threading.Timer(3.0, lambda: os.kill(os.getpid(), signal.SIGINT))  # Ctrl-C while the model reads
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        r.score_units("Who picked up the apple?", long_text)
+        time.sleep(60)  # only reached if the read ends within 3 s (it takes far longer on a CPU)
+    timer.join()
+    assert not [t for t in threading.enumerate() if t.name == "attnret-read"]  # stopped and joined
