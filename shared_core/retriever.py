@@ -226,17 +226,18 @@ class AttentionRetriever:
         """The document's analysis and, per query, each view's unit scores; a new document is analysed while the
         model reads it."""
         fresh = not self.analyser.cached(doc)
+        if fresh and self.config.overlap_analysis:
+            self.analyser.warm_up()  # a missing spaCy pipeline is reported before the model reads anything
         analysis, reads = self._read_alongside(queries, doc, lambda: self.analyser.analyse(doc), fresh)
         return analysis, score_views(self.views, queries, doc, list(analysis.units), analysis.states, reads)
 
     def _read_alongside(
         self, queries: list[str], doc: Document, work: Callable[[], T], fresh: bool
     ) -> tuple[T, dict[str, Any]]:
-        """`work()` and, when it is new work and `overlap_analysis` is on, the views' reads beside it
-        (`views.read_ahead`); otherwise `work()` alone and no reads (each view reads when it scores). The analysis
-        pipelines are loaded first, so a missing one is reported before the model reads anything."""
+        """`work()` (views' `prepare`, with or without an analysis) and, when it is new work and `overlap_analysis`
+        is on, the views' reads beside it (`views.read_ahead`); otherwise `work()` alone and no reads (each view
+        reads when it scores). The dense encoder is loaded first, so a missing one is reported before any read."""
         if fresh and self.config.overlap_analysis:
-            self.analyser.warm_up()
             if self.config.dense.enabled:
                 self.dense.warm_up()
             return read_ahead(self.views, queries, doc, work)

@@ -149,3 +149,12 @@ def test_a_failed_read_still_waits_for_the_analysis_and_raises_its_error() -> No
         r.score_units(QUERY, CHAIN)
     assert r.analyser.cached(Document(CHAIN))  # the analysis beside it finished (no thread left running)
     assert r.units(CHAIN)[0].text == MOVE
+
+
+def test_scoring_given_spans_needs_no_spacy_pipeline() -> None:
+    missing = "en_core_web_missing"
+    r = AttentionRetriever({"units": {"spacy_model": missing}, "entities": {"spacy_model": missing}})
+    spans = [(0, len(MOVE)), (CHAIN.index("Sandra got"), CHAIN.index("Sandra got") + 26)]
+    assert len(r.score_spans(QUERY, CHAIN, spans)) == 2  # the caller's spans: nothing to parse
+    with pytest.raises(OSError, match="is not installed"):
+        r.score_units(QUERY, CHAIN)
