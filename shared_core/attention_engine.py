@@ -5,7 +5,7 @@ each query runs only its own tokens against a copy-on-write view of it. A docume
 (the same header, a conversation grown by a turn) prefills only the tokens after the shared prefix. Past the window
 (or the memory budget) the document goes through the cascading KV cache once for all the queries at hand; the pass
 is kept (`cascade_state`) so that later queries are replayed chunk by chunk without reading the document again,
-and a grown document resumes the pass after its last shared chunk. The "N/A" calibration pass depends only on the
+and a grown document resumes the pass inside its last shared chunk. The "N/A" calibration pass depends only on the
 document, so it runs once per document and head selection.
 """
 
@@ -26,7 +26,7 @@ from . import capture, scoring
 from .cascade import cascade_needed
 from .cascade_config import parse_bytes
 from .cascade_scoring import cascade_token_scores
-from .cascade_state import CascadeState, replay_scores, shared_chunks, supports_replay
+from .cascade_state import CascadeState, ResumePoint, replay_scores, resume_point, supports_replay
 from .config import RetrieverConfig
 from .document import Document
 from .heads import HeadSelection, select_heads
@@ -439,8 +439,8 @@ class AttentionEngine:
         """One strided pass of the document through the cascading cache for these queries (kept when configured)."""
         cfg = self.config.cascade
         ids = torch.tensor(tokens.ids, dtype=torch.long)
-        resume = self._resume_point(ids, family) if cfg.reuse else None
-        first = resume[0].chunks[resume[1]].start if resume is not None else 0
+        resume = self._resume_point(ids, family, selection.deepest) if cfg.reuse else None
+        first = resume.start if resume is not None else 0
         bar = tqdm(total=len(tokens.ids), desc="cascade", unit="tok", disable=not self.config.show_progress)
 
         def progress(done: int, _total: int) -> None:
@@ -464,15 +464,15 @@ class AttentionEngine:
         self._count(cascade_passes=1, cascade_tokens=len(tokens.ids) - first)
         return res.scores, res.state
 
-    def _resume_point(self, ids: torch.Tensor, family: str) -> tuple[CascadeState, int] | None:
-        """The kept pass (in memory) sharing the most leading chunks with `ids`, and how many."""
+    def _resume_point(self, ids: torch.Tensor, family: str, deepest: int) -> ResumePoint | None:
+        """Of the kept passes in memory deep enough for these heads, the one a pass over `ids` takes most from."""
         if not supports_replay(self.model.model):
             return None
-        best: tuple[CascadeState, int] | None = None
+        best: ResumePoint | None = None
         for state in self.states.in_memory(family):
-            n = shared_chunks(state, ids)
-            if n and (best is None or n > best[1]):
-                best = (state, n)
+            point = resume_point(state, ids) if state.n_layers > deepest else None
+            if point is not None and (best is None or point.start > best.start):
+                best = point
         return best
 
 

@@ -264,6 +264,7 @@ class _CascadeLayerBase(CacheLayerMixin):
         self.pending_k: torch.Tensor | None = None  # rotated at positions K..K+c-1, as the model gave them
         self.pending_v: torch.Tensor | None = None
         self.received: torch.Tensor | None = None  # [B,H,kv] attention mass received during the pending chunk
+        self.carried_in = False  # pending holds a chunk's first tokens from an earlier pass: the next forward extends
         self._view: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -306,11 +307,17 @@ class _CascadeLayerBase(CacheLayerMixin):
             parts_k = [t.expand(b, -1, -1, -1) if t.shape[0] != b else t for t in parts_k]
             parts_v = [t.expand(b, -1, -1, -1) if t.shape[0] != b else t for t in parts_v]
             return torch.cat(parts_k, dim=2), torch.cat(parts_v, dim=2)
-        if self.pending_k is not None:
+        if self.pending_k is not None and self.pending_v is not None and self.carried_in:
+            self.carried_in = False  # the chunk began in an earlier pass (`CascadingCache.carry`): extend it
+            self.pending_k = torch.cat([self.pending_k, key_states], dim=2)
+            self.pending_v = torch.cat([self.pending_v, value_states], dim=2)
+        elif self.pending_k is not None:
             raise RuntimeError("CascadingCache: commit() the previous chunk before reading the next one")
-        self.pending_k, self.pending_v = key_states, value_states
-        self.owner._note_pending(key_states.shape[-2])
-        return torch.cat([kk, key_states], dim=2), torch.cat([vv, value_states], dim=2)
+        else:
+            self.pending_k, self.pending_v = key_states, value_states
+        assert self.pending_k is not None and self.pending_v is not None
+        self.owner._note_pending(self.pending_k.shape[-2])
+        return torch.cat([kk, self.pending_k], dim=2), torch.cat([vv, self.pending_v], dim=2)
 
     def record_received(self, mass: torch.Tensor) -> None:
         """Attention mass [B, H_kv, kv] that this layer's keys received from the pending chunk's sampled rows."""
@@ -480,6 +487,7 @@ class CascadingCache(Cache):
         self.rotary = rotary
         self.frozen = False
         self.pending_len = 0
+        self.carried = 0  # tokens of the next chunk `carry` set before its forward
         self._rope_cache: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = {}
         windows = sliding_windows or [None] * len(kinds)
         layers: list[Any] = []
@@ -504,8 +512,9 @@ class CascadingCache(Cache):
 
     # -- the Cache interface the model uses ---------------------------------------------------------------------
     def get_seq_length(self, layer_idx: int = 0) -> int:
-        """Virtual position of the next token: kept slots (+ the pending chunk inside `frozen_view`)."""
-        return self.structure.kept + (self.pending_len if self.frozen else 0)
+        """Virtual position of the next token: kept slots (+ the pending chunk inside `frozen_view`, + the tokens
+        `carry` put before the next forward)."""
+        return self.structure.kept + (self.pending_len if self.frozen else self.carried)
 
     def get_mask_sizes(self, query_length: int, layer_idx: int) -> tuple[int, int]:
         if layer_idx >= len(self.layers):
@@ -540,6 +549,18 @@ class CascadingCache(Cache):
         finally:
             self.frozen = False
 
+    def carry(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Begin the next chunk with its first tokens as an earlier pass read them: keys [L, H_kv, t, d] rotated at
+        positions K..K+t-1 and values, per layer. The next forward (positions K+t..) extends the chunk with the
+        rest, and the chunk is committed whole; so a longer document resumes inside its last chunk exactly."""
+        if self.pending_len or self.carried:
+            raise RuntimeError("CascadingCache: carry() needs a cache with no pending chunk")
+        for i in range(len(self.layers)):
+            layer = self.layer(i)
+            layer.pending_k, layer.pending_v = keys[i : i + 1], values[i : i + 1]
+            layer.carried_in = True
+        self.carried = int(keys.shape[2])
+
     def note_committed(self, layer_idx: int, keys: torch.Tensor, values: torch.Tensor | None, start: int) -> None:
         """Hand a layer's committed chunk (keys without RoPE) to `on_commit`, e.g. to keep it for later queries."""
         if self.on_commit is not None and values is not None:
@@ -552,7 +573,7 @@ class CascadingCache(Cache):
         plan = self.structure.plan(self.pending_len)
         for i in range(len(self.layers)):
             self.layer(i).commit(plan)
-        self.pending_len = 0
+        self.pending_len = self.carried = 0
         self._rope_cache.clear()
 
     def layer(self, layer_idx: int) -> _CascadeLayerBase:

@@ -34,7 +34,8 @@ class CascadeConfig(_Section):
         64,
         gt=0,
         le=_MAX_SLOTS,
-        description="Rows of each chunk sampled to estimate the attention every cached key receives.",
+        description="Rows of each chunk sampled to estimate the attention every cached key receives (evenly spaced "
+        "over a stride; a shorter last chunk samples those inside it).",
     )
     scoring: Literal["resident", "end"] = Field(
         "resident",

@@ -40,7 +40,18 @@ import torch
 
 from . import capture
 from .cascade import CascadeConfig, CascadingCache, check_budget
-from .cascade_state import CascadeState, StateRecorder, as_part, replay_scores, resume_cache, supports_replay
+from .cascade_state import (
+    CascadeState,
+    ChunkTail,
+    ResumePoint,
+    StateRecorder,
+    as_part,
+    carried_kv,
+    replay_scores,
+    resume_cache,
+    supports_replay,
+    tail_tokens,
+)
 from .heads import HeadSelection
 from .model_family import ModelShape
 from .prompt import QueryTokens
@@ -53,34 +64,61 @@ ProgressFn = Callable[[int, int], None]
 
 
 class EmaObserver:
-    """Reduces a few sampled rows of each chunk to the attention every cached key received (per key head)."""
+    """Reduces a few sampled rows of each chunk to the attention every cached key received (per key head).
 
-    def __init__(self, cache: CascadingCache, deepest: int, rows: int) -> None:
+    The rows are `rows` evenly spaced over a full stride, those inside the chunk; a chunk's rows thus do not depend
+    on how long it is, and the rows below a cut of the last chunk give a longer document the same rows (`tail`).
+    A short last chunk therefore samples fewer rows; its EMA decides nothing in its own pass (no chunk follows).
+    """
+
+    def __init__(self, cache: CascadingCache, deepest: int, rows: int, stride: int) -> None:
         self.cache = cache
         self.layers = frozenset(range(deepest + 1))
         self.deepest = deepest
-        self.n_rows = rows
-        self._row_cache: dict[tuple[int, str], torch.Tensor] = {}
+        r = min(rows, stride)
+        self.grid = sorted({round(i * (stride - 1) / max(1, r - 1)) for i in range(r)})
+        self.begin(stride)
 
-    def _rows(self, q_len: int, device: torch.device) -> torch.Tensor:
-        """Evenly spaced rows of the chunk, built on the host once per chunk length (no device sync)."""
-        key = (q_len, str(device))
-        rows = self._row_cache.get(key)
-        if rows is None:
-            r = min(self.n_rows, q_len)
-            picked = sorted({round(i * (q_len - 1) / max(1, r - 1)) for i in range(r)})
-            rows = self._row_cache[key] = torch.tensor(picked, dtype=torch.long, device=device)
-        return rows
+    def begin(self, length: int, tail: ChunkTail | None = None, carried: int = 0, cut: int | None = None) -> None:
+        """The next chunk: `length` tokens, the first `carried` read by an earlier pass (whose rows below them are
+        `tail`); with `cut` (>= carried), the rows below chunk token `cut` are summed for a later resume."""
+        rows = [g for g in self.grid if g < length]
+        self.count = len(rows)
+        self.forward_rows = torch.tensor([g - carried for g in rows if g >= carried], dtype=torch.long)
+        self.carried, self.carried_tail = carried, tail
+        self.cut = cut
+        self.below = sum(1 for g in rows if carried <= g < cut) if cut is not None else 0
+        self.tail_mass: dict[int, torch.Tensor] = {}
 
     def observe(self, inputs: capture.AttentionInputs) -> None:
-        """Sampled rows -> mean softmax -> summed over the query heads of each key head -> the layer's EMA input."""
+        """Sampled rows -> softmax summed over the rows and the query heads of each key head -> mean over all the
+        chunk's rows (the carried ones' mass included) -> the layer's EMA input."""
         layer = self.cache.layer(inputs.layer_idx)
         if layer.is_sliding:  # sliding layers keep a plain window: no EMA needed
             return
-        probs = inputs.row_probs(self._rows(inputs.query.shape[2], inputs.query.device)).mean(dim=2)
-        b, hq, kv = probs.shape
-        hkv = inputs.key.shape[1]
-        layer.record_received(probs.view(b, hkv, hq // hkv, kv).sum(dim=2))
+        b, hkv, kv = inputs.query.shape[0], inputs.key.shape[1], inputs.key.shape[2]
+        rows = self.forward_rows.to(inputs.query.device)
+        if len(rows):
+            per_row = inputs.row_probs(rows).view(b, hkv, -1, len(rows), kv).sum(dim=2)  # [B, Hkv, r, kv]
+        else:
+            per_row = inputs.key.new_zeros((b, hkv, 0, kv), dtype=torch.float32)
+        mass, below = per_row.sum(dim=2), per_row[:, :, : self.below].sum(dim=2)
+        if self.carried_tail is not None:  # what the carried rows gave: nothing past themselves (causal)
+            carried = self.carried_tail.mass[inputs.layer_idx].to(mass.device)[None]
+            mass[..., : carried.shape[-1]] += carried
+            below[..., : carried.shape[-1]] += carried
+        layer.record_received(mass / max(1, self.count))
+        if self.cut is not None:
+            reach = kv - self.carried - inputs.query.shape[2] + self.cut  # kept tokens + the chunk below the cut
+            self.tail_mass[inputs.layer_idx] = below[0, :, :reach].float().cpu()
+
+    def tail_at(self, start: int) -> ChunkTail | None:
+        """The rows below the cut of the chunk just read (its first token `start`), from which a longer document
+        resumes inside it (None: no cut asked, or not every layer observed)."""
+        if self.cut is None or len(self.tail_mass) != len(self.layers):
+            return None
+        rows = (self.carried_tail.rows if self.carried_tail is not None else 0) + self.below
+        return ChunkTail(start + self.cut, torch.stack([self.tail_mass[i] for i in sorted(self.tail_mass)]), rows)
 
 
 @dataclass
@@ -149,7 +187,7 @@ def cascade_token_scores(
     *,
     progress: ProgressFn | None = None,
     keep: bool = False,
-    resume: tuple[CascadeState, int] | None = None,
+    resume: ResumePoint | None = None,
     batch_size: int = 1,
 ) -> CascadeScores:
     """Read `doc_ids` (the prompt part before the query: template head + document) through a cascading cache and
@@ -160,9 +198,10 @@ def cascade_token_scores(
     one stride, or when the model is not loaded with the capture attention.
 
     `keep=True` records a `CascadeState` (returned as `.state`) from which `replay_scores` scores later queries
-    without reading the document again. `resume=(state, r)` takes the first `r` chunks from an earlier state of a
-    document sharing their tokens (replayed for these queries) and reads only the rest. With `batch_size` > 1 the
-    queries run against each chunk packed in batches of that many (`query_batch`); 1 = one forward per query.
+    without reading the document again. `resume` takes the first chunks (replayed for these queries) and the carried
+    tokens of the next one from an earlier state of a document sharing their tokens (`resume_point`) and reads only
+    the rest. With `batch_size` > 1 the queries run against each chunk packed in batches of that many
+    (`query_batch`); 1 = one forward per query.
     """
     t0 = time.perf_counter()
     doc_ids, checked, picked = _check_inputs(model, doc_ids, queries, layers)
@@ -176,26 +215,33 @@ def cascade_token_scores(
     n = int(doc_ids.numel())
     out = torch.zeros(len(checked), len(picked), shape.num_heads, n, dtype=torch.float32)
     selection = HeadSelection(dict.fromkeys(picked), "cascade")
-    ema = EmaObserver(cache, deepest, config.ema_rows)
+    ema = EmaObserver(cache, deepest, config.ema_rows, config.stride)
     keep = keep and config.scoring == "resident" and supports_replay(model)
     recorder = StateRecorder(doc_ids, cache) if keep or resume is not None else None
-    first = 0
+    first, carried, tail = 0, 0, None
     if resume is not None and recorder is not None:
-        state, shared = resume
-        replay_scores(model, state, checked, picked, chunks=shared, out=out, batch_size=batch_size)
-        first = resume_cache(model, cache, state, shared, device)
-        recorder.resume_from(state, shared)
+        state = resume.state
+        replay_scores(model, state, checked, picked, chunks=resume.chunks, out=out, batch_size=batch_size)
+        first = resume_cache(model, cache, state, resume.chunks, device)
+        recorder.resume_from(state, resume.chunks)
+        if resume.carried:
+            carried_kv(state, resume, cache, device)
+            carried, tail = resume.carried, state.tail
     doc_ids = doc_ids.to(device)
     parts = [as_part(ids, rows) for ids, rows in checked]
     lead = _lead(parts) if recorder is not None and config.scoring == "resident" else 0
     n_chunks = 0
     for start in range(first, n, config.stride):
         end = min(n, start + config.stride)
+        skip = carried if start == first else 0  # tokens the cache holds already (`carry`)
         if recorder is not None:
             recorder.before_chunk(cache, start, end)
-        kept = cache.get_seq_length()
-        positions = torch.arange(kept, kept + (end - start), device=device)[None]
-        _forward(model, doc_ids[None, start:end], positions, cache, ema)
+        last = end == n and recorder is not None
+        cut = max(skip, end - start - tail_tokens(config.stride)) if last else None  # kept for a longer text
+        ema.begin(end - start, tail if skip else None, skip, cut)
+        kept = cache.kept
+        positions = torch.arange(kept + skip, kept + (end - start), device=device)[None]
+        _forward(model, doc_ids[None, start + skip : end], positions, cache, ema)
         if config.scoring == "resident":
             c = end - start
             recorded = LeadRecorder(lead, deepest) if lead else None
@@ -207,6 +253,8 @@ def cascade_token_scores(
             for j, captured in enumerate(scored):
                 chunk = [captured[layer][:, kept : kept + c] for layer in picked]
                 out[j, :, :, start:end] = torch.stack(chunk).float().cpu()  # one transfer per chunk
+        if last and recorder is not None:
+            recorder.record_tail(ema.tail_at(start))
         cache.commit()
         n_chunks += 1
         if progress is not None:

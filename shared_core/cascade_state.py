@@ -15,6 +15,13 @@ document that grew (a conversation with a new turn) resume the pass from its las
 keys and values of the instruction the pass's queries started with (13 tokens for SmolLM2's template, ~0.47 KB per
 document token), so that a replay runs only each new query's own tokens.
 
+Growth. The keys and values live in segments (`token_kv`): a grown document's state references the earlier
+state's storage for the shared tokens and holds only the rest (nothing copied). The last chunk's EMA rows read so
+far are kept too (`ChunkTail`: the mass its sampled rows below a cut gave the cache and the chunk, [layers,
+kv_heads, K + cut]), so a longer document resumes *inside* that chunk: the tokens before the cut are carried into
+the cache as the earlier pass read them (`CascadingCache.carry`) and only the tokens from the cut on are read,
+which under causal attention is the same computation as reading the whole chunk (equal up to float rounding).
+
 Supported for models whose layers are all full attention; with sliding-window layers (Gemma 3) every query reads
 the document again (`supports_replay`).
 """
@@ -31,9 +38,21 @@ import torch
 
 from .cascade import CascadeLayer, CascadingCache, _Slots
 from .heads import HeadSelection
-from .model_family import apply_rope_, model_rotary, text_config
+from .model_family import apply_rope, apply_rope_, model_rotary, text_config
 from .prompt import QueryTokens
 from .query_batch import SharedPrefixCache, batched_scores, packable
+from .token_kv import Segment, TokenKV
+
+TAIL_TOKENS = 32
+"""Tokens at the end of a pass's last chunk read again when the document grows (at most a quarter of the stride): a
+grown text may tokenize its old last tokens differently (a merge across the old end), and a resume needs its
+carried tokens unchanged."""
+
+
+def tail_tokens(stride: int) -> int:
+    """Tokens of the last chunk after its tail's cut, for chunks of `stride` tokens."""
+    return min(TAIL_TOKENS, stride // 4)
+
 
 Structure = tuple[int, tuple[int, ...], tuple[int, ...], int]
 """The cascade's counters before a chunk: (sinks, fill per sub-cache, arrivals per sub-cache, tokens seen)."""
@@ -50,35 +69,46 @@ class ChunkRecord:
     structure: Structure
 
 
+@dataclass(frozen=True)
+class ChunkTail:
+    """The last chunk's EMA rows below token `cut`: the attention mass they gave the cache and the chunk, summed
+    [L, H_kv, K + cut - start] (causal: none reaches a later token), and how many rows (`EmaObserver`)."""
+
+    cut: int
+    mass: torch.Tensor
+    rows: int
+
+
 _NO_LEAD = torch.zeros(0, dtype=torch.long)
 
 
 @dataclass(frozen=True)
 class CascadeState:
-    """A document read once through the cascade: its prompt ids, keys (no RoPE) and values, and chunk records;
-    and the instruction the queries of the pass started with (`lead_ids`, t tokens) with, per chunk, its keys
+    """A document read once through the cascade: its prompt ids, keys (no RoPE) and values (`kv`), and chunk
+    records; the instruction the queries of the pass started with (`lead_ids`, t tokens) with, per chunk, its keys
     (rotated: at the positions right after that chunk) and values [chunks, L, H_kv, t, d], so that a replay runs
-    only each query's own tokens (t = 0: none kept)."""
+    only each query's own tokens (t = 0: none kept); and the last chunk's `tail`, from which a longer document
+    resumes inside that chunk."""
 
     ids: torch.Tensor  # [n] long, the document part of the prompt
-    keys: torch.Tensor  # [L, H_kv, n, d]
-    values: torch.Tensor  # [L, H_kv, n, d]
+    kv: TokenKV  # [L, H_kv, n, d] keys and values, in segments
     chunks: tuple[ChunkRecord, ...]
     lead_ids: torch.Tensor = _NO_LEAD
     lead_keys: torch.Tensor | None = None
     lead_values: torch.Tensor | None = None
+    tail: ChunkTail | None = None
 
     @property
     def n_layers(self) -> int:
         """Layers kept (0..n_layers-1): a query may read any layer below this."""
-        return int(self.keys.shape[0])
+        return self.kv.n_layers
 
     @property
     def nbytes(self) -> int:
-        """Memory this state holds."""
-        leads = [t for t in (self.lead_ids, self.lead_keys, self.lead_values) if t is not None]
-        tensors = [self.ids, self.keys, self.values, *leads, *(t for c in self.chunks for t in (c.kept, c.ema))]
-        return sum(t.element_size() * t.numel() for t in tensors)
+        """Memory this state holds alive (storage it shares with the state of a shorter text counted in full)."""
+        extras = [self.lead_ids, self.lead_keys, self.lead_values, self.tail.mass if self.tail else None]
+        tensors = [self.ids, *(t for t in extras if t is not None), *(t for c in self.chunks for t in (c.kept, c.ema))]
+        return self.kv.nbytes + sum(t.element_size() * t.numel() for t in tensors)
 
     def lead_for_depth(self, depth: int) -> bool:
         """Whether a lead is kept for the first `depth` layers."""
@@ -110,9 +140,12 @@ class StateRecorder:
     def __init__(self, ids: torch.Tensor, cache: CascadingCache) -> None:
         self.ids = ids.detach().to("cpu", torch.long).reshape(-1)
         self.n_layers = len(cache.layers)
-        self.keys: torch.Tensor | None = None
+        self.base: TokenKV | None = None  # the tokens before `start`, from the pass this one resumes
+        self.start = 0
+        self.keys: torch.Tensor | None = None  # tokens start..n-1: [L, H_kv, n - start, d]
         self.values: torch.Tensor | None = None
         self.chunks: list[ChunkRecord] = []
+        self.tail: ChunkTail | None = None
         self.lead_ids: list[int] = []
         self.leads: list[tuple[torch.Tensor, torch.Tensor]] | None = []  # per chunk [L, H, t, d]; None: not kept
         cache.on_commit = self._on_commit
@@ -130,12 +163,10 @@ class StateRecorder:
         self.leads.append((keys, values))
 
     def resume_from(self, prefix: CascadeState, n_chunks: int) -> None:
-        """The pass resumes after `prefix`'s first `n_chunks` chunks: take their records, keys and values."""
-        start = prefix.chunks[n_chunks].start
-        first_k, first_v = prefix.keys[: self.n_layers, :, :start], prefix.values[: self.n_layers, :, :start]
-        self.keys = first_k.new_empty((self.n_layers, first_k.shape[1], len(self.ids), first_k.shape[3]))
-        self.values = first_v.new_empty((self.n_layers, first_v.shape[1], len(self.ids), first_v.shape[3]))
-        self.keys[:, :, :start], self.values[:, :, :start] = first_k, first_v
+        """The pass resumes after `prefix`'s first `n_chunks` chunks: take their records, keys and values (the
+        latter shared, not copied)."""
+        self.start = prefix.chunks[n_chunks].start
+        self.base = prefix.kv.prefix(self.start, self.n_layers) if self.start else None
         self.chunks = list(prefix.chunks[:n_chunks])
         if prefix.lead_keys is not None and prefix.lead_values is not None and prefix.lead_for_depth(self.n_layers):
             self.lead_ids = prefix.lead_ids.tolist()
@@ -161,20 +192,27 @@ class StateRecorder:
         ema = [e.expand(heads, -1) for e in ema]
         self.chunks.append(ChunkRecord(start, end, torch.stack(kept), torch.stack(ema), _structure(cache)))
 
+    def record_tail(self, tail: ChunkTail | None) -> None:
+        """The last chunk's EMA rows below its cut, from `EmaObserver.tail` (None: not kept)."""
+        self.tail = tail
+
     def _on_commit(self, layer_idx: int, keys: torch.Tensor, values: torch.Tensor, start: int) -> None:
         if self.keys is None or self.values is None:
             _, heads, _, dim = keys.shape
-            self.keys = torch.empty((self.n_layers, heads, len(self.ids), dim), dtype=keys.dtype)
-            self.values = torch.empty((self.n_layers, heads, len(self.ids), values.shape[-1]), dtype=values.dtype)
-        c = keys.shape[2]
-        self.keys[layer_idx, :, start : start + c] = keys[0].to("cpu")
-        self.values[layer_idx, :, start : start + c] = values[0].to("cpu")
+            n = len(self.ids) - self.start
+            self.keys = torch.empty((self.n_layers, heads, n, dim), dtype=keys.dtype)
+            self.values = torch.empty((self.n_layers, heads, n, values.shape[-1]), dtype=values.dtype)
+        c, at = keys.shape[2], start - self.start
+        self.keys[layer_idx, :, at : at + c] = keys[0].to("cpu")
+        self.values[layer_idx, :, at : at + c] = values[0].to("cpu")
 
     def state(self) -> CascadeState:
         """The finished state (call after the last commit)."""
         if self.keys is None or self.values is None:
             raise RuntimeError("the cascade pass committed no chunk")
-        state = CascadeState(ids=self.ids, keys=self.keys, values=self.values, chunks=tuple(self.chunks))
+        own = Segment(self.start, len(self.ids), self.keys, self.values)
+        kv = self.base.then(own) if self.base is not None else TokenKV((own,))
+        state = CascadeState(ids=self.ids, kv=kv, chunks=tuple(self.chunks), tail=self.tail)
         if self.leads is None or len(self.leads) != len(self.chunks) or not self.lead_ids:
             return state
         lead_keys = torch.stack([k for k, _ in self.leads])
@@ -183,10 +221,26 @@ class StateRecorder:
         return dataclasses.replace(state, lead_ids=lead_ids, lead_keys=lead_keys, lead_values=lead_values)
 
 
-def shared_chunks(state: CascadeState, ids: torch.Tensor) -> int:
-    """Leading chunks of `state` that a pass over `ids` can take as they are: those inside the shared token prefix.
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a pass over a document sharing a prefix with `state`'s resumes: after `chunks` chunks taken as they
+    are, and `carried` tokens of the next one (0: it is read from its start)."""
 
-    The pass then resumes at the next recorded chunk start (a multiple of the stride), so its chunks, and hence its
+    state: CascadeState
+    chunks: int
+    carried: int
+
+    @property
+    def start(self) -> int:
+        """First token the pass reads."""
+        return self.state.chunks[self.chunks].start + self.carried
+
+
+def resume_point(state: CascadeState, ids: torch.Tensor) -> ResumePoint | None:
+    """How much of `state` a pass over `ids` can take as it is: the chunks inside the shared token prefix and, where
+    the prefix covers the last chunk up to its tail's cut, that chunk's tokens before the cut (None: nothing).
+
+    The pass then reads chunks at the recorded starts (multiples of the stride), so its chunks, and hence its
     scores, are those of a fresh pass over `ids`.
     """
     ids = ids.reshape(-1).to("cpu", torch.long)
@@ -198,7 +252,19 @@ def shared_chunks(state: CascadeState, ids: torch.Tensor) -> int:
         if chunk.start > common or chunk.start >= len(ids):
             break
         count += 1
-    return count
+    carried = 0
+    tail, last = state.tail, state.chunks[count]
+    if count == len(state.chunks) - 1 and tail is not None and last.start < tail.cut <= common < len(ids):
+        carried = tail.cut - last.start
+    return ResumePoint(state, count, carried) if count else None
+
+
+def carried_kv(state: CascadeState, point: ResumePoint, cache: CascadingCache, device: torch.device) -> None:
+    """Put the carried tokens of `point`'s chunk into `cache` (after `resume_cache`), rotated where they sit."""
+    start = state.chunks[point.chunks].start
+    keys, values = state.kv.span(len(cache.layers), start, start + point.carried)
+    cos, sin = cache.rope(0, cache.kept, point.carried, device)  # every layer is full attention (replayable)
+    cache.carry(apply_rope(keys.to(device), cos, sin), values.to(device))
 
 
 def resume_cache(model: Any, cache: CascadingCache, state: CascadeState, n_chunks: int, device: torch.device) -> int:
@@ -225,23 +291,7 @@ def resume_cache(model: Any, cache: CascadingCache, state: CascadeState, n_chunk
 
 def _gather(state: CascadeState, depth: int, pos: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, ...]:
     """Keys (no RoPE) and values [depth, H_kv, K, d] of the kept tokens `pos` [depth, H_kv, K] of layers < depth."""
-    index = _rows(state, pos)
-    keys, values = _flat(state.keys), _flat(state.values)
-    shape = (*pos.shape, keys.shape[-1])
-    return keys.index_select(0, index).view(shape).to(device), values.index_select(0, index).view(shape).to(device)
-
-
-def _flat(t: torch.Tensor) -> torch.Tensor:
-    """[L, H, n, d] -> [L*H*n, d] (a view of a kept state's contiguous keys or values)."""
-    return t.reshape(-1, t.shape[-1])
-
-
-def _rows(state: CascadeState, pos: torch.Tensor) -> torch.Tensor:
-    """Row indices into `_flat(state.keys)` of source tokens `pos` [depth, H_kv, K] (layer l, head h), flattened."""
-    depth, heads = pos.shape[:2]
-    n = len(state.ids)
-    base = (torch.arange(depth)[:, None] * state.keys.shape[1] + torch.arange(heads)[None, :]) * n
-    return (pos.long() + base[..., None]).reshape(-1)
+    return state.kv.gather(pos, values=False).to(device), state.kv.gather(pos, values=True).to(device)
 
 
 def _chunk_layers(
@@ -258,26 +308,25 @@ def _chunk_layers(
     [1, H_kv, K+c+lead+spare, d], gathered and rotated when the layer first runs, with `spare` free positions after
     them for the query tokens (`SharedPrefixCache`)."""
     chunk = state.chunks[index]
-    heads = state.keys.shape[1]
+    heads = state.kv.heads
     kept = chunk.kept[:depth].long().expand(-1, heads, -1)  # the first chunk records one head
     own = torch.arange(chunk.start, chunk.end).expand(depth, heads, -1)
-    rows = _rows(state, torch.cat([kept, own], dim=2)).view(depth, heads, -1)
-    length = rows.shape[-1]
+    positions = torch.cat([kept, own], dim=2)
+    length = positions.shape[-1]
     cos, sin = (t[:length] for t in rope)
+    sample = state.kv.segments[0].keys
 
-    def gathered(source: torch.Tensor, i: int, lead_source: torch.Tensor | None) -> torch.Tensor:
-        flat = _flat(source)
-        buffer = flat.new_empty((1, heads, length + lead + spare, flat.shape[-1]))
-        for h in range(heads):  # straight into the buffer: one copy of each kept row
-            torch.index_select(flat, 0, rows[i, h], out=buffer[0, h, :length])
+    def gathered(values: bool, i: int, lead_source: torch.Tensor | None) -> torch.Tensor:
+        buffer = sample.new_empty((1, heads, length + lead + spare, sample.shape[-1]))
+        state.kv.gather_layer(i, positions[i], buffer[0, :, :length], values=values)  # one copy of each kept row
         if lead and lead_source is not None:
             buffer[0, :, length : length + lead] = lead_source[index, i, :, :lead]
         return buffer.to(device)
 
     def layer(i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        keys = gathered(state.keys, i, state.lead_keys)
+        keys = gathered(False, i, state.lead_keys)
         apply_rope_(keys[:, :, :length], cos, sin)  # the lead's keys were kept rotated
-        return keys, gathered(state.values, i, state.lead_values)
+        return keys, gathered(True, i, state.lead_values)
 
     return [functools.partial(layer, i) for i in range(depth)]
 

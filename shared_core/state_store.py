@@ -21,11 +21,12 @@ from typing import Any
 
 import torch
 
-from .cascade_state import CascadeState, ChunkRecord
+from .cascade_state import CascadeState, ChunkRecord, ChunkTail
+from .token_kv import TokenKV
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "attnret-cascade-state/2"
+FORMAT = "attnret-cascade-state/3"
 """/2: the queries' instruction (lead) keys and values per chunk are kept too."""
 
 
@@ -162,9 +163,13 @@ def _touch(path: Path) -> None:
 
 
 def _tensors(state: CascadeState) -> dict[str, torch.Tensor]:
-    out = {"ids": state.ids, "keys": state.keys, "values": state.values, "lead_ids": state.lead_ids}
+    keys, values = state.kv.dense()
+    out = {"ids": state.ids, "keys": keys, "values": values, "lead_ids": state.lead_ids}
     if state.lead_keys is not None and state.lead_values is not None:
         out["lead_keys"], out["lead_values"] = state.lead_keys, state.lead_values
+    if state.tail is not None:
+        out["tail_mass"] = state.tail.mass
+        out["tail_meta"] = torch.tensor([state.tail.cut, state.tail.rows], dtype=torch.long)
     for i, chunk in enumerate(state.chunks):
         out[f"kept.{i}"] = chunk.kept.contiguous()
         out[f"ema.{i}"] = chunk.ema.contiguous()
@@ -183,14 +188,18 @@ def _state(tensors: dict[str, torch.Tensor], chunks: list[list[Any]]) -> Cascade
     for i, (start, end, sinks, fill, arrivals, seen) in enumerate(chunks):
         structure = (int(sinks), tuple(int(x) for x in fill), tuple(int(x) for x in arrivals), int(seen))
         records.append(ChunkRecord(int(start), int(end), tensors[f"kept.{i}"], tensors[f"ema.{i}"], structure))
+    tail = None
+    if "tail_mass" in tensors:
+        cut, rows = (int(x) for x in tensors["tail_meta"])
+        tail = ChunkTail(cut, tensors["tail_mass"], rows)
     return CascadeState(
         ids=tensors["ids"],
-        keys=tensors["keys"],
-        values=tensors["values"],
+        kv=TokenKV.whole(tensors["keys"], tensors["values"]),
         chunks=tuple(records),
         lead_ids=tensors["lead_ids"],
         lead_keys=tensors.get("lead_keys"),
         lead_values=tensors.get("lead_values"),
+        tail=tail,
     )
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
@@ -22,9 +24,11 @@ from shared_core.cascade import (
     parse_bytes,
 )
 from shared_core.cascade_scoring import cascade_token_scores
+from shared_core.cascade_state import resume_point, tail_tokens
 from shared_core.heads import HeadSelection
 from shared_core.model_family import ModelShape, apply_rope
 from shared_core.query_batch import BatchRowObserver
+from shared_core.token_kv import MAX_SEGMENTS, Segment, TokenKV
 
 H, D = 2, 8
 
@@ -347,3 +351,66 @@ def test_real_model_long_needle_document(shared_data: Path) -> None:
     gold = {story_at + i for i in support}
     top = ranking[:5]
     assert gold & set(top), f"no supporting fact in the top 5: {[units[u][:40] for u in top]}"
+
+
+def _kv_pair(seed: int, n: int, start: int = 0, layers: int = 3) -> Segment:
+    g = torch.Generator().manual_seed(seed)
+    keys, values = torch.randn(layers, 2, n, 4, generator=g), torch.randn(layers, 2, n, 4, generator=g)
+    return Segment(start, start + n, keys, values)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(1, 9), min_size=1, max_size=10), st.data())
+def test_segmented_keys_gather_as_one_tensor_and_compact_past_the_limit(sizes: list[int], data) -> None:
+    kv = TokenKV((_kv_pair(0, sizes[0]),))
+    for i, size in enumerate(sizes[1:], start=1):  # each growth shares the earlier segments (views, no copy)
+        grown = kv.then(_kv_pair(i, size, kv.length))
+        assert len(grown.segments) == min(len(kv.segments) + 1, 1 if len(kv.segments) == MAX_SEGMENTS else 99)
+        if len(grown.segments) > 1:
+            assert grown.segments[0].keys.data_ptr() == kv.segments[0].keys.data_ptr()
+        kv = grown
+    keys, values = kv.dense()
+    assert keys.shape == (3, 2, sum(sizes), 4)
+    picks = data.draw(st.lists(st.sets(st.integers(0, kv.length - 1), min_size=1), min_size=2, max_size=2))
+    width = min(len(p) for p in picks)
+    pos = torch.tensor([sorted(p)[:width] for p in picks]).expand(3, -1, -1)
+    expected = torch.stack([torch.stack([keys[layer, h, pos[layer, h]] for h in range(2)]) for layer in range(3)])
+    torch.testing.assert_close(kv.gather(pos, values=False), expected, atol=0, rtol=0)
+    cut = data.draw(st.integers(1, kv.length))
+    torch.testing.assert_close(kv.prefix(cut, 2).dense()[1], values[:2, :, :cut], atol=0, rtol=0)
+    with pytest.raises(ValueError, match="cannot follow"):
+        kv.then(_kv_pair(0, 2, kv.length + 1))
+    with pytest.raises(ValueError, match="outside"):
+        kv.prefix(kv.length + 1, 1)
+
+
+def test_a_longer_document_resumes_inside_the_last_chunk_as_a_fresh_pass_reads_it() -> None:
+    """Growth by a few tokens: the resumed pass carries the last chunk's tokens before the tail's cut, reads only
+    the rest, shares the earlier keys (no copy), and ends where a fresh pass over the longer document ends."""
+    model = _tiny("llama")
+    cfg = CascadeConfig(sink_tokens=4, cascades=2, window=8, stride=16, ema_rows=6, scoring="resident")
+    query, rows = torch.randint(0, 97, (5,)), torch.tensor([0, 4])
+    text = torch.randint(0, 97, (75,))
+    state = cascade_token_scores(model, text, [(query, rows)], [1, 2], cfg, keep=True).state
+    assert state is not None and state.tail is not None and state.tail.cut == 75 - tail_tokens(16) == 71
+    for grown_by in (40, 3, 20):  # into the next chunk, inside the tail, across two chunks
+        longer = torch.cat([text, torch.randint(0, 97, (grown_by,))])
+        point = resume_point(state, longer)
+        assert point is not None and point.start == state.tail.cut  # only the tokens from the cut on are read
+        resumed = cascade_token_scores(model, longer, [(query, rows)], [1, 2], cfg, keep=True, resume=point)
+        fresh = cascade_token_scores(model, longer, [(query, rows)], [1, 2], cfg, keep=True)
+        torch.testing.assert_close(resumed.scores, fresh.scores, atol=1e-5, rtol=1e-4)
+        new, ref = resumed.state, fresh.state
+        assert new is not None and ref is not None and new.tail is not None and ref.tail is not None
+        assert new.kv.segments[0].keys.data_ptr() == state.kv.segments[0].keys.data_ptr()
+        for a, b in zip(new.chunks, ref.chunks, strict=True):
+            assert (a.start, a.end, a.structure) == (b.start, b.end, b.structure) and torch.equal(a.kept, b.kept)
+            torch.testing.assert_close(a.ema, b.ema, atol=1e-5, rtol=1e-4)
+        assert (new.tail.cut, new.tail.rows) == (ref.tail.cut, ref.tail.rows)
+        torch.testing.assert_close(new.tail.mass, ref.tail.mass, atol=1e-5, rtol=1e-4)
+        for got, want in zip(new.kv.dense(), ref.kv.dense(), strict=True):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+        state, text = new, longer
+    edited = torch.cat([text[:-5], (text[-5:] + 1) % 97])  # a change after the cut: the chunk is read again
+    point = resume_point(state, edited)
+    assert point is not None and point.carried == 0 and point.start == state.chunks[-1].start
