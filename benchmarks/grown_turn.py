@@ -69,7 +69,7 @@ def measure(n_tokens: int, pairs: int) -> dict[str, Any]:
                 model, grown, suffixes(questions[i]), layers, cfg, keep=True, resume=point, batch_size=batch
             )
             row[mode].append(time.perf_counter() - t)
-        row.setdefault(mode.replace("_s", "_tokens_read"), len(grown) - point.start)
+        row.setdefault(mode.removesuffix("_s") + "_tokens_read", len(grown) - point.start)
         logger.info("%d tokens, %s: %.2fs", len(first_ids), mode, row[mode][-1])
     return row
 

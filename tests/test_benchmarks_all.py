@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import grown_turn
 from benchmarks.__main__ import main
 from benchmarks.report import markers
 
@@ -62,3 +63,13 @@ def test_quick_run_writes_results_readme_and_plots(shared_data: Path, tmp_path: 
         data = (docs / name).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 10_000
         assert f"(docs/{name})" in text
+
+
+def test_grown_turn_benchmark_resumes_inside_and_reads_fewer_tokens(tmp_path: Path) -> None:
+    out = tmp_path / "grown.json"
+    assert grown_turn.main(["--tokens", "1400", "--pairs", "1", "--out", str(out)]) == 0
+    result = json.loads(out.read_text(encoding="utf-8"))
+    assert {"date", "commit", "machine", "command"} <= set(result["meta"])
+    (row,) = result["rows"]
+    assert len(row["carried_s"]) == len(row["chunk_start_s"]) == 1 and row["first_s"] > 0
+    assert 0 < row["carried_tokens_read"] < row["chunk_start_tokens_read"]  # the old last chunk is not read again
