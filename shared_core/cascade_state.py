@@ -193,7 +193,7 @@ class StateRecorder:
         self.chunks.append(ChunkRecord(start, end, torch.stack(kept), torch.stack(ema), _structure(cache)))
 
     def record_tail(self, tail: ChunkTail | None) -> None:
-        """The last chunk's EMA rows below its cut, from `EmaObserver.tail` (None: not kept)."""
+        """The last chunk's EMA rows below its cut, from `EmaObserver.tail_at` (None: not kept)."""
         self.tail = tail
 
     def _on_commit(self, layer_idx: int, keys: torch.Tensor, values: torch.Tensor, start: int) -> None:
