@@ -102,13 +102,16 @@ class EmaObserver:
             per_row = inputs.row_probs(rows).view(b, hkv, -1, len(rows), kv).sum(dim=2)  # [B, Hkv, r, kv]
         else:
             per_row = inputs.key.new_zeros((b, hkv, 0, kv), dtype=torch.float32)
-        mass, below = per_row.sum(dim=2), per_row[:, :, : self.below].sum(dim=2)
+        mass = per_row.sum(dim=2)
+        carried = None
         if self.carried_tail is not None:  # what the carried rows gave: nothing past themselves (causal)
             carried = self.carried_tail.mass[inputs.layer_idx].to(mass.device)[None]
             mass[..., : carried.shape[-1]] += carried
-            below[..., : carried.shape[-1]] += carried
         layer.record_received(mass / max(1, self.count))
-        if self.cut is not None:
+        if self.cut is not None:  # the last chunk only: the rows below the cut, for a later resume
+            below = per_row[:, :, : self.below].sum(dim=2)
+            if carried is not None:
+                below[..., : carried.shape[-1]] += carried
             reach = kv - self.carried - inputs.query.shape[2] + self.cut  # kept tokens + the chunk below the cut
             self.tail_mass[inputs.layer_idx] = below[0, :, :reach].float().cpu()
 
@@ -225,7 +228,7 @@ def cascade_token_scores(
         first = resume_cache(model, cache, state, resume.chunks, device)
         recorder.resume_from(state, resume.chunks)
         if resume.carried:
-            carried_kv(state, resume, cache, device)
+            carried_kv(resume, cache, device)
             carried, tail = resume.carried, state.tail
     doc_ids = doc_ids.to(device)
     parts = [as_part(ids, rows) for ids, rows in checked]

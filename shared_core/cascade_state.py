@@ -259,10 +259,10 @@ def resume_point(state: CascadeState, ids: torch.Tensor) -> ResumePoint | None:
     return ResumePoint(state, count, carried) if count else None
 
 
-def carried_kv(state: CascadeState, point: ResumePoint, cache: CascadingCache, device: torch.device) -> None:
+def carried_kv(point: ResumePoint, cache: CascadingCache, device: torch.device) -> None:
     """Put the carried tokens of `point`'s chunk into `cache` (after `resume_cache`), rotated where they sit."""
-    start = state.chunks[point.chunks].start
-    keys, values = state.kv.span(len(cache.layers), start, start + point.carried)
+    start = point.state.chunks[point.chunks].start
+    keys, values = point.state.kv.span(len(cache.layers), start, start + point.carried)
     cos, sin = cache.rope(0, cache.kept, point.carried, device)  # every layer is full attention (replayable)
     cache.carry(apply_rope(keys.to(device), cos, sin), values.to(device))
 
