@@ -183,6 +183,7 @@ def cmd_detect_heads(args: argparse.Namespace) -> int:
         show_progress=True,
         sources=args.data,
         command=command,
+        max_layer=args.max_layer,
     )
     result.save(args.out)
     sys.stdout.write(f"wrote {len(result.heads)} heads to {args.out}: {', '.join(result.heads)}\n")
@@ -239,6 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--offset", type=int, default=0, help="skip this many HotpotQA questions (held-out splits)")
     detect.add_argument("--metric", choices=["ndcg", "gold_score"], default="ndcg", help="per-head quality measure")
     detect.add_argument("--k", type=int, default=10, help="cut-off of nDCG (default 10)")
+    detect.add_argument(
+        "--max-layer",
+        type=int,
+        help="take heads only from layers up to this one (0-indexed; negative from the end): the forward of every "
+        "query stops at the set's deepest layer, so a shallower set is faster (default: every layer)",
+    )
     detect.add_argument("--config", help="a RetrieverConfig YAML file (scoring rule, prompt, device)")
     detect.set_defaults(func=cmd_detect_heads)
 

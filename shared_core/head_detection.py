@@ -95,6 +95,8 @@ class DetectionResult:
     sources: list[str] = field(default_factory=list)
     aliases: list[str] = field(default_factory=list)
     command: str | None = None
+    max_layer: int | None = None
+    """The deepest layer candidates were taken from (None: every layer)."""
 
     def to_yaml(self) -> str:
         """The head-set file format read by `attention.heads: <path>`."""
@@ -112,6 +114,8 @@ class DetectionResult:
             "versions": self.versions,
             "command": self.command,
         }
+        if self.max_layer is not None:
+            data["max_layer"] = self.max_layer
         return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
     def save(self, path: str | Path) -> None:
@@ -129,8 +133,12 @@ def detect_heads(
     show_progress: bool = False,
     sources: Sequence[str] = (),
     command: str | None = None,
+    max_layer: int | None = None,
 ) -> DetectionResult:
-    """Score every (layer, head) of the model alone on `examples` and return the `top` best."""
+    """Score every (layer, head) of the model alone on `examples` and return the `top` best.
+
+    `max_layer` (0-indexed, negative from the end) keeps the candidates in layers up to it: every query's forward
+    stops at the deepest layer of the head set, so a shallower set reads fewer layers (a faster first query)."""
     if top <= 0:
         raise ValueError(f"top must be positive, got {top}")
     if metric not in ("ndcg", "gold_score"):
@@ -139,8 +147,9 @@ def detect_heads(
     att = base.attention.model_copy(update={"heads": "all", "layers": [-1]})
     retriever = AttentionRetriever(base.model_copy(update={"attention": att}))
     loaded = retriever.model
-    everything = HeadSelection(dict.fromkeys(range(loaded.num_layers)), source="detection")
-    totals = np.zeros(loaded.num_layers * loaded.num_heads)
+    layers = _candidate_layers(loaded.num_layers, max_layer)
+    everything = HeadSelection(dict.fromkeys(range(layers)), source="detection")
+    totals = np.zeros(layers * loaded.num_heads)
     used = 0
     for ex in tqdm(examples, desc="detect heads", disable=not show_progress):
         per_head = _example_scores(retriever, ex, everything, metric, k)
@@ -169,7 +178,21 @@ def detect_heads(
         versions=_versions(),
         sources=list(sources),
         command=command,
+        max_layer=None if max_layer is None else layers - 1,
     )
+
+
+def _candidate_layers(num_layers: int, max_layer: int | None) -> int:
+    """How many layers, from the first, hold candidate heads (`max_layer` checked against the model)."""
+    if max_layer is None:
+        return num_layers
+    last = max_layer + num_layers if max_layer < 0 else max_layer
+    if not 0 <= last < num_layers:
+        raise ValueError(
+            f"max_layer (--max-layer) {max_layer} is outside this model's {num_layers} layers (0-{num_layers - 1}, "
+            "or negative from the end)"
+        )
+    return last + 1
 
 
 def _example_scores(

@@ -102,7 +102,24 @@ def test_detection_is_deterministic_and_writes_a_loadable_file(tmp_path) -> None
     assert all(STORY[h.start : h.end] == h.text for h in hits)
 
 
+def test_detection_bounded_to_a_layer_scores_its_heads_as_a_full_detection_does(tmp_path) -> None:
+    full = detect_heads(_examples(), top=6)
+    bounded = detect_heads(_examples(), top=6, max_layer=-25)  # layers 0-5 of 30
+    assert bounded.max_layer == 5 and full.max_layer is None
+    assert len(bounded.scores) == 6 * 9 and all(int(h.split("-")[0]) <= 5 for h in bounded.scores)
+    for head, score in bounded.scores.items():  # a head's score does not depend on where the forward stops
+        assert score == pytest.approx(full.scores[head], abs=1e-9)
+    expected = [h for h in full.scores if int(h.split("-")[0]) <= 5][:6]
+    assert bounded.heads == expected
+    path = tmp_path / "bounded.yaml"
+    bounded.save(path)
+    assert load_head_file(path)["max_layer"] == 5 and "max_layer" not in full.to_yaml()
+    assert AttentionRetriever({"attention": {"heads": str(path)}}).head_selection.deepest <= 5
+
+
 def test_detection_rejects_unusable_input() -> None:
+    with pytest.raises(ValueError, match="max_layer \\(--max-layer\\) 30 is outside this model's 30 layers"):
+        detect_heads(_examples(), max_layer=30)
     with pytest.raises(ValueError, match="top must be positive"):
         detect_heads(_examples(), top=0)
     with pytest.raises(ValueError, match="metric"):
@@ -141,6 +158,17 @@ def test_detect_heads_cli_accepts_a_real_set(shared_data, tmp_path) -> None:
     assert cli_main([*argv, "--top", "3", "--out", str(out)]) == 0
     saved = load_head_file(out)
     assert len(saved["heads"]) == 3 and saved["n_examples"] == 1 and saved["sources"] == ["covidqa"]
+
+
+def test_detect_heads_cli_refuses_a_layer_outside_the_model(tmp_path, capsys) -> None:
+    out = tmp_path / "heads.yaml"
+    argv = ["detect-heads", "--data", "babi-qa1", "--examples", "1", "--words", "100", "--max-layer", "30"]
+    assert cli_main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == (
+        "attnret: error: max_layer (--max-layer) 30 is outside this model's 30 layers (0-29, or negative from the end)"
+    )
+    assert "Traceback" not in err and not out.exists()
 
 
 def test_auto_layers_read_only_the_layers_that_see_the_whole_context() -> None:
