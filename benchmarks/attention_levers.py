@@ -42,11 +42,12 @@ from tqdm.auto import tqdm
 from benchmarks.quality import SYNTHETIC_TASKS, Prepared, Scorers, prepare, question_metrics
 from benchmarks.report import command_line, run_metadata
 from benchmarks.tune_fusion import question_jobs
-from shared_core import ranking, scoring
+from shared_core.engine import scoring
+from shared_core.engine.heads import HeadSelection, load_head_file, parse_heads
 from shared_core.evaluation import REAL_TASKS, shared_data_dir
-from shared_core.fusion import minmax
-from shared_core.heads import HeadSelection, load_head_file, parse_heads
 from shared_core.validation import coerce_document
+from shared_core.views import ranking
+from shared_core.views.fusion import minmax
 
 logger = logging.getLogger("benchmarks.attention_levers")
 
@@ -92,7 +93,7 @@ def _flat(per_layer: dict[int, tuple[int, ...] | None], num_heads: int) -> tuple
 
 
 def _layer_types(model: Any) -> list[str] | None:
-    from shared_core.model_family import text_config
+    from shared_core.models.family import text_config
 
     types = getattr(text_config(model.model), "layer_types", None)
     return list(types) if types else None
@@ -408,7 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seconds[task] = seconds.get(task, 0.0) + time.perf_counter() - t
     records = evaluate(questions, collector)
     summary = summarise(records)
-    from shared_core.model_loading import model_id as resolve_model_id
+    from shared_core.models.loading import model_id as resolve_model_id
 
     model_id = resolve_model_id(collector.default.config.model)
     label = args.label or model_id

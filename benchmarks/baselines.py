@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from shared_core.lexical import bm25_scores
+from shared_core.views.lexical import bm25_scores
 
 __all__ = ["bm25_scores"]

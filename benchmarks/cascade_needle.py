@@ -42,14 +42,14 @@ import psutil
 import torch
 
 from benchmarks.report import command_line, run_metadata, run_section, update_readme_section
-from shared_core.cascade import CascadeConfig
-from shared_core.cascade_scoring import cascade_token_scores
-from shared_core.config import AttentionConfig, ModelConfig
+from shared_core.config import AttentionConfig, CascadeConfig, ModelConfig
+from shared_core.engine.capture import load_model
+from shared_core.engine.cascade_scoring import cascade_token_scores
+from shared_core.engine.heads import HeadSelection, select_heads
+from shared_core.engine.prompt import PromptLayout
 from shared_core.evaluation import shared_data_dir
-from shared_core.heads import HeadSelection, select_heads
-from shared_core.model_family import text_config
-from shared_core.model_loading import load_model, model_id
-from shared_core.prompt import PromptLayout
+from shared_core.models.family import text_config
+from shared_core.models.loading import model_id
 
 logger = logging.getLogger("cascade_needle")
 

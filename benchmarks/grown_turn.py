@@ -31,9 +31,9 @@ def measure(n_tokens: int, pairs: int) -> dict[str, Any]:
     import torch
 
     from shared_core import AttentionRetriever, Document, RetrieverConfig
-    from shared_core.attention_engine import CALIBRATION_QUERY
-    from shared_core.cascade_scoring import cascade_token_scores
-    from shared_core.cascade_state import resume_point
+    from shared_core.engine.attention_engine import CALIBRATION_QUERY
+    from shared_core.engine.cascade_scoring import cascade_token_scores
+    from shared_core.engine.cascade_state import resume_point
 
     r = AttentionRetriever(RetrieverConfig.model_validate({"cascade": {"reuse_disk": False}}))
     r.warm_up()

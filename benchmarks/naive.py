@@ -14,11 +14,12 @@ from typing import Any
 
 import torch
 
-from shared_core import AttentionRetriever, capture, scoring
-from shared_core.attention_engine import CALIBRATION_QUERY, AttentionEngine
+from shared_core import AttentionRetriever
 from shared_core.document import Document
-from shared_core.heads import HeadSelection
-from shared_core.prompt import DocumentTokens
+from shared_core.engine import capture, scoring
+from shared_core.engine.attention_engine import CALIBRATION_QUERY, AttentionEngine
+from shared_core.engine.heads import HeadSelection
+from shared_core.engine.prompt import DocumentTokens
 
 DEFAULT_BUDGET_GB = 8.0
 """Largest set of attention maps (float32, every layer and head) the reference may build."""
@@ -89,6 +90,8 @@ class NaiveAttentionRetriever(AttentionRetriever):
     """
 
     def __init__(self, config: Any = None, budget_gb: float = DEFAULT_BUDGET_GB) -> None:
-        super().__init__(config)
         self.budget_gb = budget_gb
-        self.engine = NaiveAttentionEngine(self.config, budget_gb)
+        super().__init__(config)
+
+    def _build_engine(self) -> AttentionEngine:
+        return NaiveAttentionEngine(self.config, self.budget_gb)

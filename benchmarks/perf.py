@@ -125,7 +125,7 @@ def _measure(method: str, n_tokens: int, device: str, queue: Any, n_questions: i
         t = time.perf_counter()
         r.units(_document(n_tokens, seed=2))  # the analysis alone: segmentation, entities, embeddings, BM25 index
         result["analysis_s"] = time.perf_counter() - t
-        result["kept_mb"] = r.engine.states.memory_used / 2**20
+        result["kept_mb"] = r.engine.past.states.memory_used / 2**20
         times = []
         for q in questions[1:]:
             t = time.perf_counter()
@@ -145,8 +145,9 @@ def _measure(method: str, n_tokens: int, device: str, queue: Any, n_questions: i
         result["queries_50_many_s"] = time.perf_counter() - t
         result["stats"] = dict(r.stats)
     elif method in ("dense", "bm25"):
-        from shared_core.dense import DenseConfig, DenseScorer
-        from shared_core.lexical import LexicalConfig, LexicalIndex
+        from shared_core.config import DenseConfig, LexicalConfig
+        from shared_core.views.dense import DenseScorer
+        from shared_core.views.lexical import LexicalIndex
 
         units = [u.text for u in r.units(doc)]
         questions = _questions()

@@ -9,7 +9,7 @@ questions' paragraphs; bAbI qa1/qa2 stories among renamed facts of other stories
 Each document is scored once and every budget is derived from that one scoring. Methods, all under the same budget,
 the same tokenizer (the scoring model's) and the same marker:
 
-- ``attnret``: ``shared_core.pruning`` on the default retriever's hits (fused attention + dense + BM25, entity
+- ``attnret``: ``shared_core.tasks.pruning`` on the default retriever's hits (fused attention + dense + BM25, entity
   background);
 - ``head``: the first tokens of the document (token-exact truncation at the budget);
 - ``bm25`` / ``dense``: the best sentences by BM25 / by MiniLM similarity, kept in document order with the same
@@ -38,8 +38,8 @@ from tqdm.auto import tqdm
 from benchmarks.report import command_line, markers, provenance_line, run_metadata, update_readme_section
 from shared_core.document import Hit, Unit
 from shared_core.evaluation import LabelledExample, load_examples, shared_data_dir
-from shared_core.lexical import bm25_scores
-from shared_core.pruning import KeptSpan, PrunedDocument, TokenCounter, prune_hits, prune_scores
+from shared_core.tasks.pruning import KeptSpan, PrunedDocument, TokenCounter, prune_hits, prune_scores
+from shared_core.views.lexical import bm25_scores
 
 logger = logging.getLogger("benchmarks.pruning")
 

@@ -203,7 +203,8 @@ class Scorers:
     def dense(self) -> Any:
         """The dense scorer (all-MiniLM-L6-v2 by default), created on first use."""
         if self._dense is None:
-            from shared_core.dense import DenseConfig, DenseScorer
+            from shared_core.config import DenseConfig
+            from shared_core.views.dense import DenseScorer
 
             self._dense = DenseScorer(DenseConfig())
         return self._dense

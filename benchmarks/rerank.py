@@ -126,7 +126,7 @@ def bare_prefill_seconds(retriever: Any, texts: Sequence[str]) -> tuple[float, i
     """Seconds of one plain decoder forward over the candidates joined (prompt order), and its token count."""
     import torch
 
-    from shared_core.candidates import join
+    from shared_core.tasks.candidates import join
 
     loaded = retriever.model
     text, _ = join(texts)
@@ -157,7 +157,7 @@ def run_setting(
     retriever: Any, bm25: BM25Corpus, queries: Sequence[Query], setting: str, **options: Any
 ) -> list[dict[str, Any]]:
     """One row per question: each method's metrics, attnret's time, the bare prefill time and the token count."""
-    from shared_core.candidates import Candidate
+    from shared_core.tasks.candidates import Candidate
 
     rows = []
     for qi, query in queries:  # type: ignore[misc]

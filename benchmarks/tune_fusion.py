@@ -35,10 +35,9 @@ from tqdm.auto import tqdm
 
 from benchmarks.quality import SYNTHETIC_TASKS, Prepared, Scorers, prepare, question_metrics
 from benchmarks.report import run_metadata
-from shared_core import ranking
-from shared_core.entities import EntitiesConfig
+from shared_core.config import EntitiesConfig, FusionConfig
 from shared_core.evaluation import REAL_TASKS, group_by_document, load_examples, load_real
-from shared_core.fusion import FusionConfig
+from shared_core.views import ranking
 
 logger = logging.getLogger("benchmarks.tune_fusion")
 

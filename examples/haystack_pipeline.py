@@ -46,7 +46,7 @@ class LocalGenerator:
         """Load the model (shared with the retriever's, when both use the default)."""
         if self._loaded is None:
             from shared_core.config import ModelConfig
-            from shared_core.model_loading import load_model
+            from shared_core.models.loading import load_model
 
             self._loaded = load_model(ModelConfig())
 
@@ -58,7 +58,7 @@ class LocalGenerator:
 
 
 def generate(loaded: Any, prompt: str, max_new_tokens: int) -> str:
-    """Greedy completion of a one-turn chat with a loaded core model (`shared_core.model_loading.LoadedModel`)."""
+    """Greedy completion of a one-turn chat with a loaded core model (`shared_core.models.loading.LoadedModel`)."""
     import torch
 
     tokenizer = loaded.tokenizer

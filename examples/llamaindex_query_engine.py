@@ -50,7 +50,7 @@ class LocalSmolLLM(CustomLLM):
     def _model(self) -> Any:
         if self._loaded is None:
             from shared_core.config import ModelConfig
-            from shared_core.model_loading import load_model
+            from shared_core.models.loading import load_model
 
             self._loaded = load_model(ModelConfig())
         return self._loaded

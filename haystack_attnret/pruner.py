@@ -14,7 +14,7 @@ from haystack import Document, component, default_from_dict, default_to_dict
 
 from shared_core import AttentionRetriever, RetrieverConfig
 from shared_core import Document as CoreDocument
-from shared_core.pruning import DEFAULT_ENTITY_SHARE, DEFAULT_MARKER, PrunedDocument, PruneOptions, check_budget
+from shared_core.tasks.pruned import DEFAULT_ENTITY_SHARE, DEFAULT_MARKER, PrunedDocument, PruneOptions, check_budget
 from shared_core.validation import check_query
 
 logger = logging.getLogger(__name__)

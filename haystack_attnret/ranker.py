@@ -16,7 +16,7 @@ from haystack.utils import ComponentDevice
 
 from shared_core import AttentionRetriever, RetrieverConfig
 from shared_core import Document as CoreDocument
-from shared_core.candidates import Candidate
+from shared_core.tasks.candidates import Candidate
 from shared_core.validation import check_query, check_top_k
 
 logger = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from llama_index.core.schema import (
 from llama_index.core.schema import Document as LIDocument
 
 from shared_core import Document, Hit
-from shared_core.candidates import Candidate
+from shared_core.tasks.candidates import Candidate
 
 NODE_SEPARATOR = "\n\n"
 REASONS_KEY = "attnret_reasons"

@@ -14,11 +14,10 @@ from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRan
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
+from llamaindex_attnret.context import build_contexts, node_candidate, rescored, split_scoreable, unit_node
+from llamaindex_attnret.shared import shared_retriever, with_granularity
 from shared_core import AttentionRetriever, RetrieverConfig
 from shared_core.validation import check_query, check_top_k
-
-from .context import build_contexts, node_candidate, rescored, split_scoreable, unit_node
-from .shared import shared_retriever, with_granularity
 
 logger = logging.getLogger(__name__)
 dispatcher = get_dispatcher(__name__)

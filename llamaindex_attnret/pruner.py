@@ -11,12 +11,11 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_validator
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 
+from llamaindex_attnret.context import node_text
+from llamaindex_attnret.shared import shared_retriever
 from shared_core import AttentionRetriever, RetrieverConfig
 from shared_core import Document as CoreDocument
-from shared_core.pruning import DEFAULT_ENTITY_SHARE, DEFAULT_MARKER, PruneOptions, check_budget
-
-from .context import node_text
-from .shared import shared_retriever
+from shared_core.tasks.pruned import DEFAULT_ENTITY_SHARE, DEFAULT_MARKER, PruneOptions, check_budget
 
 logger = logging.getLogger(__name__)
 

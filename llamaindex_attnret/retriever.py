@@ -14,11 +14,10 @@ from llama_index.core.indices.base import BaseIndex
 from llama_index.core.schema import BaseNode, NodeWithScore, QueryBundle
 from llama_index.core.storage.docstore.types import BaseDocumentStore
 
+from llamaindex_attnret.context import SourceContext, build_contexts, split_scoreable, unit_node
+from llamaindex_attnret.shared import shared_retriever, with_granularity
 from shared_core import AttentionRetriever, RetrieverConfig
 from shared_core.validation import check_top_k
-
-from .context import SourceContext, build_contexts, split_scoreable, unit_node
-from .shared import shared_retriever, with_granularity
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 # Render an attnret explanation page in headless Debian chromium: screenshot it and check that its script ran cleanly.
 #
 # Usage: scripts/check_explain_html.sh [REPORT.html] [SHOT.png]
-#   REPORT.html  page written by `attnret explain` or shared_core.explain.write_html; when it is not given or does not
+#   REPORT.html  page written by `attnret explain` or shared_core.tasks.explain.write_html; when it is not given or does not
 #                exist, a demo page is built there first from a small bAbI-like story (real spaCy NER, MiniLM dense).
 #   SHOT.png     where the screenshot goes (default: next to the report, .png).
 # Needs /usr/bin/chromium (apt-get install -y chromium). Exits non-zero when the page fails to render.
@@ -25,11 +25,13 @@ if [[ ! -e "$report" ]]; then
 import logging
 import sys
 
-from shared_core.dense import DenseScorer
+from shared_core.views.dense import DenseScorer
 from shared_core.document import Document, Hit, Unit
-from shared_core.entities import EntitiesConfig, EntityIndex, expand, load_nlp
-from shared_core.explain import build_explanation, write_html
-from shared_core.fusion import FusionConfig, fuse
+from shared_core.config import EntitiesConfig
+from shared_core.views.entities import EntityIndex, expand, load_nlp
+from shared_core.tasks.explain import build_explanation, write_html
+from shared_core.config import FusionConfig
+from shared_core.views.fusion import fuse
 
 logging.basicConfig(level=logging.INFO)
 sentences = [

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .config import RetrieverConfig
-from .document import Document, Hit, Unit
+from shared_core.config import RetrieverConfig
+from shared_core.document import Document, Hit, Unit
 
 if TYPE_CHECKING:
-    from .retriever import AttentionRetriever
+    from shared_core.retriever import AttentionRetriever
 
 __all__ = ["AttentionRetriever", "Document", "Hit", "RetrieverConfig", "Unit"]
 __version__ = "0.2.0.dev0"
@@ -19,7 +19,7 @@ __version__ = "0.2.0.dev0"
 
 def __getattr__(name: str) -> Any:
     if name == "AttentionRetriever":
-        from .retriever import AttentionRetriever
+        from shared_core.retriever import AttentionRetriever
 
         return AttentionRetriever
     raise AttributeError(f"module 'shared_core' has no attribute {name!r}")

@@ -18,11 +18,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import RetrieverConfig
-from .dense import DenseModelNotFoundError
-from .document import Document, Hit
-from .nlp import SpacyModelNotFoundError
-from .validation import check_queries, check_query, check_top_k
+from shared_core.config import RetrieverConfig
+from shared_core.document import Document, Hit
+from shared_core.text.nlp import SpacyModelNotFoundError
+from shared_core.validation import check_queries, check_query, check_top_k
+from shared_core.views.dense import DenseModelNotFoundError
 
 logger = logging.getLogger("attnret")
 
@@ -84,7 +84,7 @@ def _load_config(path: str | None) -> RetrieverConfig:
 
 
 def _retriever(config: RetrieverConfig) -> Any:
-    from .retriever import AttentionRetriever  # torch loads only once the arguments are known to be good
+    from shared_core.retriever import AttentionRetriever  # torch loads only once the arguments are known to be good
 
     return AttentionRetriever(config)
 
@@ -137,7 +137,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     """Write a self-contained HTML page explaining why each sentence scored as it did."""
-    from .explain import write_html
+    from shared_core.tasks.explain import write_html
 
     check_top_k(args.top_k, "--top-k")
     check_query(args.query)
@@ -156,7 +156,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def cmd_detect_heads(args: argparse.Namespace) -> int:
     """Detect the retrieval heads of a model on labelled examples and write a head-set file."""
-    from .head_detection import detect_heads, detection_examples
+    from shared_core.training.head_detection import detect_heads, detection_examples
 
     for flag in ("top", "examples", "words", "k", "per_doc", "real_max_words"):
         check_top_k(getattr(args, flag), f"--{flag.replace('_', '-')}")
@@ -249,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--config", help="a RetrieverConfig YAML file (scoring rule, prompt, device)")
     detect.set_defaults(func=cmd_detect_heads)
 
-    from .batch.command import add_parser as add_batch_parser  # `attnret batch`: arguments and handler there
+    from shared_core.batch.command import add_parser as add_batch_parser  # `attnret batch`: arguments and handler there
 
     add_batch_parser(sub)
     return parser

@@ -17,20 +17,21 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import ranking, scoring
-from .analysis import Analyser, Analysis
-from .attention_engine import CALIBRATION_QUERY, PREFILL_CHUNK, AttentionEngine
-from .config import RetrieverConfig
-from .dense import DenseScorer
-from .document import Document, Hit, Unit
-from .entities import EntityIndex
-from .explain import Explanation, build_explanation
-from .heads import HeadSelection
-from .model_loading import LoadedModel
-from .prompt import DocumentTokens
-from .segmentation import units_from_spans
-from .validation import check_queries, check_query, check_top_k, coerce_document, coerce_documents
-from .views import build_views, read_ahead, score_views
+from shared_core.config import RetrieverConfig
+from shared_core.document import Document, Hit, Unit
+from shared_core.engine import scoring
+from shared_core.engine.attention_engine import CALIBRATION_QUERY, PREFILL_CHUNK, AttentionEngine
+from shared_core.engine.heads import HeadSelection
+from shared_core.engine.prompt import DocumentTokens
+from shared_core.models.loading import LoadedModel
+from shared_core.tasks.explain import Explanation, build_explanation
+from shared_core.text.segmentation import units_from_spans
+from shared_core.validation import check_queries, check_query, check_top_k, coerce_document, coerce_documents
+from shared_core.views import ViewContext, ranking, read_ahead, score_views
+from shared_core.views.analysis import Analyser, Analysis
+from shared_core.views.builtin import build_views
+from shared_core.views.dense import DenseScorer
+from shared_core.views.entities import EntityIndex
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -57,9 +58,9 @@ class AttentionRetriever:
         if not isinstance(trust_remote_code, bool):
             raise TypeError(f"trust_remote_code must be a bool, got {type(trust_remote_code).__name__}")
         self.trust_remote_code = trust_remote_code
-        self.engine = AttentionEngine(self.config, trust_remote_code)
+        self.engine = self._build_engine()
         self._dense = DenseScorer(self.config.dense)
-        self.views = build_views(self)
+        self.views = build_views(ViewContext(self.config, self.engine, self._dense))
         self.analyser = Analyser(self.config, self.views)
 
     # ----------------------------------------------------------------- setup
@@ -168,15 +169,15 @@ class AttentionRetriever:
         return [float(x) for x in ranking.fuse_views(scored, self.config.fusion)]
 
     def prune(self, query: str, documents: Sequence[str | Document], budget_tokens: int, **options: Any) -> list[Any]:
-        """Each document cut to `budget_tokens` reader tokens, order kept: see `shared_core.pruning.prune`."""
-        from .pruning import prune
+        """Each document cut to `budget_tokens` reader tokens, order kept: see `shared_core.tasks.pruning.prune`."""
+        from shared_core.tasks.pruning import prune
 
         return prune(self, query, documents, budget_tokens, **options)
 
     def score_candidates(self, query: str, candidates: Sequence[Any], **options: Any) -> list[Hit]:
         """Every candidate of one query read in one prompt, scored on absolute [0, 1] scales, in input order:
-        see `shared_core.candidates.score_candidates` (what a reranker needs)."""
-        from .candidates import score_candidates
+        see `shared_core.tasks.candidates.score_candidates` (what a reranker needs)."""
+        from shared_core.tasks.candidates import score_candidates
 
         return score_candidates(self, query, candidates, **options)
 
@@ -216,12 +217,23 @@ class AttentionRetriever:
         self.engine.share(other.engine)
         self.analyser.share(other.analyser)
 
+    def sibling(self, config: RetrieverConfig) -> AttentionRetriever:
+        """A retriever with `config` (e.g. another unit granularity) that shares this one's caches and remote-code
+        grant: the prefilled documents are reused wherever the new config reads the same state."""
+        other = AttentionRetriever(config, trust_remote_code=self.trust_remote_code)
+        other.share_caches(self)
+        return other
+
     def clear_cache(self) -> None:
         """Drop every prefilled and analysed document and every kept cascade pass held in memory."""
         self.engine.clear()
         self.analyser.clear()
 
     # ----------------------------------------------------------------- internals
+    def _build_engine(self) -> AttentionEngine:
+        """The attention engine the views read through (a subclass may read attention another way)."""
+        return AttentionEngine(self.config, self.trust_remote_code)
+
     def _views(self, queries: list[str], doc: Document) -> tuple[Analysis, list[dict[str, np.ndarray]]]:
         """The document's analysis and, per query, each view's unit scores; a new document is analysed while the
         model reads it."""

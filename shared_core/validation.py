@@ -6,7 +6,7 @@ import operator
 from collections.abc import Sequence
 from typing import Any
 
-from .document import Document
+from shared_core.document import Document
 
 
 def check_text(text: str, name: str) -> str:

@@ -20,19 +20,19 @@ import yaml
 from shared_core import AttentionRetriever, Document, RetrieverConfig
 from shared_core.cli import escape_terminal, main
 from shared_core.config import (
-    MAX_ERROR_CHARS,
     AttentionConfig,
     ConfigError,
     ConfigFileNotFoundError,
     ModelConfig,
     load_yaml,
 )
-from shared_core.entities import load_nlp
-from shared_core.heads import load_head_file, select_heads
-from shared_core.nlp import SpacyModelNotFoundError
-from shared_core.prompt import PromptLayout
-from shared_core.segmentation import segment, units_from_spans
+from shared_core.config.reading import MAX_ERROR_CHARS
+from shared_core.engine.heads import load_head_file, select_heads
+from shared_core.engine.prompt import PromptLayout
+from shared_core.text.nlp import SpacyModelNotFoundError
+from shared_core.text.segmentation import segment, units_from_spans
 from shared_core.validation import check_queries, check_query, check_top_k, coerce_document, coerce_documents
+from shared_core.views.entities import load_nlp
 
 SMOLLM = "HuggingFaceTB/SmolLM2-135M-Instruct"
 STORY = "Mary got the milk there. John moved to the bedroom.\n\nDaniel went to the office. Bill picked up the apple."

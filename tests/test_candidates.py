@@ -1,4 +1,4 @@
-"""Candidate-set scoring (shared_core.candidates): prompt layout, absolute scales, and real-model reranking."""
+"""Candidate-set scoring (shared_core.tasks.candidates): prompt layout, absolute scales, and real-model reranking."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from shared_core import AttentionRetriever
-from shared_core import candidates as cand
-from shared_core.candidates import Candidate, ViewScales, coerce_candidates, join, prompt_order, windows
+from shared_core.tasks import candidates as cand
+from shared_core.tasks.candidates import Candidate, ViewScales, coerce_candidates, join, prompt_order, windows
 
 QUERY = "Where did Mary leave the brass key?"
 RELEVANT = "Mary left the brass key on the desk in the office."

@@ -14,21 +14,16 @@ from hypothesis import strategies as st
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
-from shared_core import capture
-from shared_core.cascade import (
-    CascadeConfig,
-    CascadeLayer,
-    CascadingCache,
-    cascade_needed,
-    check_budget,
-    parse_bytes,
-)
-from shared_core.cascade_scoring import cascade_token_scores
-from shared_core.cascade_state import resume_point, tail_tokens
-from shared_core.heads import HeadSelection
-from shared_core.model_family import ModelShape, apply_rope
-from shared_core.query_batch import BatchRowObserver
-from shared_core.token_kv import MAX_SEGMENTS, Segment, TokenKV
+from shared_core.config import CascadeConfig, parse_bytes
+from shared_core.engine import capture
+from shared_core.engine.cascade import CascadeLayer, CascadingCache
+from shared_core.engine.cascade_budget import cascade_needed, check_budget
+from shared_core.engine.cascade_scoring import cascade_token_scores
+from shared_core.engine.cascade_state import resume_point, tail_tokens
+from shared_core.engine.heads import HeadSelection
+from shared_core.engine.query_batch import BatchRowObserver
+from shared_core.engine.token_kv import MAX_SEGMENTS, Segment, TokenKV
+from shared_core.models.family import ModelShape, apply_rope
 
 H, D = 2, 8
 
@@ -273,7 +268,7 @@ def test_bad_inputs() -> None:
 def _default_model():
     try:
         from shared_core.config import ModelConfig
-        from shared_core.model_loading import load_model
+        from shared_core.engine.capture import load_model
 
         loaded = load_model(ModelConfig(device="cpu"))
         return loaded.model, loaded.tokenizer

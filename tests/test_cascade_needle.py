@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from benchmarks.cascade_needle import head_mask, markdown, method_config, summarise
-from shared_core.cascade import CascadeConfig
-from shared_core.heads import HeadSelection
+from shared_core.config import CascadeConfig
+from shared_core.engine.heads import HeadSelection
 
 BASE = CascadeConfig(sink_tokens=16, cascades=4, window=64, stride=256)
 

@@ -282,7 +282,7 @@ def test_babilong_pronoun_sentence_stays_with_antecedent(babi_file: Path) -> Non
 
 
 def test_babilong_spacy_cuts_at_fact_boundaries(babi_file: Path) -> None:
-    from shared_core.segmentation import segment
+    from shared_core.text.segmentation import segment
 
     for ex in babilong_examples(babi_file, n=2, target_words=300, seed=10):
         doc = ex.documents[0]
@@ -574,7 +574,7 @@ def test_covidqa_loader_maps_answer_spans_exactly(tmp_path: Path) -> None:
 
 
 def test_qmsum_loader_gold_turns_are_exactly_the_spans_turns(tmp_path: Path) -> None:
-    from shared_core.segmentation import paragraph_spans
+    from shared_core.text.segmentation import paragraph_spans
 
     path = _qmsum_file(tmp_path)
     examples = qmsum_examples(path, split="held-out")
@@ -620,7 +620,7 @@ def _covers(doc: str, units: list[tuple[int, int]], unit_ids: set[int], span: tu
 
 @pytest.mark.parametrize("granularity", ["sentence", "paragraph"])
 def test_real_covidqa_gold_spans_lie_inside_their_units(shared_data: Path, granularity: str) -> None:
-    from shared_core.segmentation import segment
+    from shared_core.text.segmentation import segment
 
     examples = load_real("covidqa", split="held-out", n_documents=2, per_document=4, data_dir=shared_data)
     raw = json.loads((shared_data / "covidqa" / "covidqa_dev.json").read_text(encoding="utf-8"))
@@ -639,7 +639,7 @@ def test_real_covidqa_gold_spans_lie_inside_their_units(shared_data: Path, granu
 
 
 def test_real_qmsum_gold_turns_match_the_file(shared_data: Path) -> None:
-    from shared_core.segmentation import paragraph_spans
+    from shared_core.text.segmentation import paragraph_spans
 
     examples = load_real("qmsum", split="held-out", n_documents=2, per_document=3, data_dir=shared_data)
     lines = (shared_data / "qmsum" / "qmsum_val.jsonl").read_text(encoding="utf-8").splitlines()

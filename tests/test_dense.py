@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from shared_core import dense
-from shared_core.dense import DenseConfig, DenseModelNotFoundError, DenseScorer
+from shared_core.config import DenseConfig
+from shared_core.views import dense
+from shared_core.views.dense import DenseModelNotFoundError, DenseScorer
 
 
 @pytest.fixture(scope="module")

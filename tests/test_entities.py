@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from shared_core import entities
-from shared_core.dense import DenseConfig, DenseScorer
+from shared_core.config import DenseConfig, FusionConfig
 from shared_core.document import Unit
-from shared_core.entities import (
+from shared_core.text.nlp import SpacyModelNotFoundError
+from shared_core.views import entities
+from shared_core.views.dense import DenseScorer
+from shared_core.views.entities import (
     EntitiesConfig,
     EntityIndex,
     Expansion,
@@ -24,8 +26,7 @@ from shared_core.entities import (
     load_nlp,
     normalise_entity,
 )
-from shared_core.fusion import FusionConfig, fuse
-from shared_core.nlp import SpacyModelNotFoundError
+from shared_core.views.fusion import fuse
 
 logger = logging.getLogger(__name__)
 
@@ -403,7 +404,8 @@ def test_names_missed_by_ner_are_matched(nlp: Any) -> None:
 def test_one_parse_serves_units_and_entities_and_a_grown_text_parses_only_its_new_paragraphs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from shared_core import AttentionRetriever, analysis
+    from shared_core import AttentionRetriever
+    from shared_core.views import analysis
 
     parsed: list[list[str]] = []
     real_parse = analysis.parse

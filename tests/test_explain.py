@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from shared_core.config import EntitiesConfig
 from shared_core.document import Document, Hit, Unit
-from shared_core.entities import EntitiesConfig, EntityIndex, expand, load_nlp
-from shared_core.explain import Explanation, build_explanation, render_html, write_html
+from shared_core.tasks.explain import Explanation, build_explanation, render_html, write_html
+from shared_core.views.entities import EntityIndex, expand, load_nlp
 
 SENTENCES = [
     "Sandra Smith got the milk.",

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from shared_core.fusion import FusionConfig, fuse, minmax, ranks
+from shared_core.config import FusionConfig
+from shared_core.views.fusion import fuse, minmax, ranks
 
 
 def test_minmax_scales_to_unit_interval() -> None:

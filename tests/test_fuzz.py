@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shared_core.config import ConfigError, ModelConfig, RetrieverConfig, load_yaml
-from shared_core.prompt import PromptLayout
-from shared_core.scoring import unit_token_ranges
-from shared_core.segmentation import segment, units_from_spans
+from shared_core.engine.prompt import PromptLayout
+from shared_core.engine.scoring import unit_token_ranges
+from shared_core.text.segmentation import segment, units_from_spans
 
 # text with the characters that matter here: sentence ends, blank lines, CRLF, unicode, controls; no surrogates
 _PIECES = st.sampled_from(
@@ -61,7 +61,7 @@ def layout() -> PromptLayout:
     """The default model's real tokenizer and prompt layout (tokenizer files only: no weights are loaded)."""
     from transformers import AutoTokenizer
 
-    from shared_core.model_loading import _converted_gguf, default_model_path
+    from shared_core.models.loading import _converted_gguf, default_model_path
 
     tokenizer = AutoTokenizer.from_pretrained(str(_converted_gguf(default_model_path(), ModelConfig())))
     return PromptLayout(tokenizer, "auto", ModelConfig().instruction)

@@ -16,7 +16,7 @@ from haystack.utils import ComponentDevice, Device, DeviceMap
 
 from haystack_attnret import AttentionRanker
 from shared_core import RetrieverConfig
-from shared_core.candidates import Candidate
+from shared_core.tasks.candidates import Candidate
 
 TYPE = "haystack_attnret.ranker.AttentionRanker"
 STORY = (

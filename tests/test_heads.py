@@ -9,10 +9,10 @@ import yaml
 from shared_core import AttentionRetriever, RetrieverConfig
 from shared_core.cli import main as cli_main
 from shared_core.config import AttentionConfig
+from shared_core.engine.heads import load_head_file, parse_heads, select_heads, shipped_head_sets
+from shared_core.engine.scoring import pool, unit_token_ranges
 from shared_core.evaluation import GoldSpan, LabelledExample, real_split
-from shared_core.head_detection import _ndcg_rows, detect_heads, detection_examples
-from shared_core.heads import load_head_file, parse_heads, select_heads, shipped_head_sets
-from shared_core.scoring import pool, unit_token_ranges
+from shared_core.training.head_detection import _ndcg_rows, detect_heads, detection_examples
 
 
 def test_parse_heads_groups_by_layer_and_validates() -> None:
@@ -176,8 +176,8 @@ def test_auto_layers_read_only_the_layers_that_see_the_whole_context() -> None:
 
     from transformers import Gemma3TextConfig, LlamaConfig
 
-    from shared_core.heads import auto_layers
-    from shared_core.model_family import full_attention_layers
+    from shared_core.engine.heads import auto_layers
+    from shared_core.models.family import full_attention_layers
 
     gemma = SimpleNamespace(config=Gemma3TextConfig(num_hidden_layers=18, sliding_window=512))
     full = full_attention_layers(gemma)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from shared_core import AttentionRetriever
-from shared_core.lexical import LexicalConfig, LexicalIndex, bm25_scores
+from shared_core.config import LexicalConfig
+from shared_core.views.lexical import LexicalIndex, bm25_scores
 
 UNITS = ["John went home.", "Mary got the milk there.", "Nothing here.", "The milk was sour."]
 

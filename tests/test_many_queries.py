@@ -17,12 +17,12 @@ import pytest
 import torch
 
 from shared_core import AttentionRetriever, Document
-from shared_core.attention_engine import EXTENSION_LIMIT
-from shared_core.cascade_state import CascadeState, ChunkRecord, ChunkTail, tail_tokens
-from shared_core.prompt import QueryTokens
-from shared_core.query_batch import QueryBatch
-from shared_core.state_store import StateStore, state_key
-from shared_core.token_kv import TokenKV
+from shared_core.engine.attention_engine import EXTENSION_LIMIT
+from shared_core.engine.cascade_state import CascadeState, ChunkRecord, ChunkTail, tail_tokens
+from shared_core.engine.prompt import QueryTokens
+from shared_core.engine.query_batch import QueryBatch
+from shared_core.engine.state_store import StateStore, state_key
+from shared_core.engine.token_kv import TokenKV
 
 STORY = (
     "Mary moved to the bathroom. John went to the hallway. Daniel went back to the hallway. "
@@ -93,11 +93,11 @@ def test_a_further_query_past_the_window_replays_the_kept_pass(tmp_path: Path) -
 def test_a_replay_runs_only_each_querys_own_tokens_after_the_kept_instruction(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from shared_core import cascade_state
+    from shared_core.engine import cascade_state
 
     r = _past_window(tmp_path)
     r.score_units(QUERIES[0], LONG)  # the query and its "N/A" part share the instruction: it is kept per chunk
-    (state,) = r.engine.states.in_memory(r.engine._family())
+    (state,) = r.engine.past.states.in_memory(r.engine.past.family(r.engine.model, r.engine.prompt.key))
     t = len(state.lead_ids)
     assert t > 0 and state.lead_keys is not None
     dim = state.kv.segments[0].keys.shape[3]
@@ -166,8 +166,8 @@ def test_a_grown_document_reads_only_its_new_part() -> None:
     assert past.stats["cascade_tokens"] - read_before <= n_longer - n_long + tail_tokens(SMALL_CASCADE["stride"]) + 4
     fresh_past = _past_window(reuse=False).score_units("Where is the milk?", longer)
     np.testing.assert_allclose(_scores(resumed), _scores(fresh_past), atol=1e-5)  # same chunks: same scores
-    family = past.engine._family()
-    old, new = (past.engine.states.get(state_key(family, Document(t).content_hash)) for t in (LONG, longer))
+    family = past.engine.past.family(past.engine.model, past.engine.prompt.key)
+    old, new = (past.engine.past.states.get(state_key(family, Document(t).content_hash)) for t in (LONG, longer))
     assert old is not None and new is not None  # the grown pass shares the earlier keys and values, not a copy
     assert new.kv.segments[0].keys.data_ptr() == old.kv.segments[0].keys.data_ptr()
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from shared_core.config import ModelConfig
-from shared_core.model_loading import (
+from shared_core.engine import capture
+from shared_core.models.loading import (
     COMPLETE_MARKER,
     ModelLoadError,
     _converted_gguf,
@@ -34,7 +35,7 @@ def test_default_model_is_found_and_cached_as_safetensors(retriever) -> None:
     loaded = retriever.model
     assert (loaded.num_layers, loaded.num_heads, loaded.num_kv_heads) == (30, 9, 3)
     assert loaded.model.config._attn_implementation == "attnret"
-    assert load_model(ModelConfig()) is loaded  # shared process-wide
+    assert capture.load_model(ModelConfig()) is loaded  # shared process-wide
 
 
 def test_cache_dir_is_configurable(monkeypatch, tmp_path) -> None:
@@ -131,7 +132,7 @@ def test_unwritable_cache_is_a_clear_error_before_converting(tmp_path, monkeypat
 
 
 def test_full_disk_is_a_clear_error(tmp_path, monkeypatch) -> None:
-    import shared_core.model_loading as ml
+    import shared_core.models.loading as ml
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -13,7 +13,7 @@ import pytest
 
 from shared_core import AttentionRetriever
 from shared_core import Document as CoreDocument
-from shared_core.pruning import (
+from shared_core.tasks.pruning import (
     PrunedDocument,
     PruneOptions,
     TokenCounter,

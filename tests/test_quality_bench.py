@@ -27,9 +27,8 @@ from benchmarks.quality import (
     with_overall,
 )
 from benchmarks.tune_fusion import load_cases, replay
-from shared_core.entities import EntitiesConfig
+from shared_core.config import EntitiesConfig, FusionConfig
 from shared_core.evaluation import GoldSpan, LabelledExample, tie_aware_metrics
-from shared_core.fusion import FusionConfig
 
 
 def test_readme_section_added_when_missing(tmp_path: Path) -> None:
@@ -241,8 +240,8 @@ def test_quick_run_covers_both_real_sets(shared_data: Path, tmp_path: Path) -> N
 
 
 def test_agreement_weights_lower_the_view_that_disagrees_and_keep_the_default_fixed() -> None:
-    from shared_core.fusion import adaptive_weights
-    from shared_core.ranking import rank_units
+    from shared_core.views.fusion import adaptive_weights
+    from shared_core.views.ranking import rank_units
 
     rising = np.arange(20, dtype=np.float64)
     views = {"attention": rising[::-1].copy(), "dense": rising.copy(), "lexical": rising.copy()}

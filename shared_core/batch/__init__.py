@@ -8,19 +8,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .runner import BatchSummary, run_batch
-    from .storage import read_output
+    from shared_core.batch.runner import BatchSummary, run_batch
+    from shared_core.batch.storage import read_output
 
 __all__ = ["BatchSummary", "read_output", "run_batch"]
 
 
 def __getattr__(name: str) -> Any:
     if name in ("BatchSummary", "run_batch"):
-        from . import runner
+        from shared_core.batch import runner
 
         return getattr(runner, name)
     if name == "read_output":
-        from .storage import read_output
+        from shared_core.batch.storage import read_output
 
         return read_output
     raise AttributeError(f"module 'shared_core.batch' has no attribute {name!r}")

@@ -40,7 +40,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run the batch and print its summary; exit status 1 when any job failed."""
-    from .runner import run_batch
+    from shared_core.batch.runner import run_batch
 
     default, named = None, {}
     for item in args.config:

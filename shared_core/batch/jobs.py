@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..validation import check_query, check_top_k
+from shared_core.validation import check_query, check_top_k
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def read_rows(source: str | Path | Sequence[Mapping[str, Any]] | Any) -> list[tu
 
 def _read_file_rows(name: str) -> list[tuple[int, Mapping[str, Any] | str]]:
     """Rows of a JSONL or Parquet jobs file (by its suffix)."""
-    from .storage import open_input
+    from shared_core.batch.storage import open_input
 
     suffix = name.rsplit(".", 1)[-1].lower() if "." in name.rsplit("/", 1)[-1] else ""
     if suffix == "parquet":

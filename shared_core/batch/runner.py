@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import RetrieverConfig
-from .jobs import DEFAULT_CONFIG, Job, JobError, load_jobs, plan_batches, read_rows
+from shared_core.batch.jobs import DEFAULT_CONFIG, Job, JobError, load_jobs, plan_batches, read_rows
+from shared_core.config import RetrieverConfig
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ def run_batch(
 
     import pyarrow.compute as pc
 
-    from .storage import ERROR_SCHEMA, HIT_SCHEMA, PartFolder, file_size
+    from shared_core.batch.storage import ERROR_SCHEMA, HIT_SCHEMA, PartFolder, file_size
 
     out = str(out)
     hits_folder = PartFolder(out, HIT_SCHEMA)
@@ -242,7 +242,7 @@ def _execute(
     """Yield one output table (hits and failed jobs) per finished batch, as the actors produce them."""
     import ray
 
-    from .worker import RetrieveBatch
+    from shared_core.batch.worker import RetrieveBatch
 
     if num_gpus_per_worker > 0:
         gpus = ray.cluster_resources().get("GPU", 0)

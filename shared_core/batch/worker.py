@@ -13,10 +13,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from ..config import RetrieverConfig
-from ..document import Document
-from ..retriever import AttentionRetriever
-from .storage import ERROR_SCHEMA, HIT_SCHEMA, read_text
+from shared_core.batch.storage import ERROR_SCHEMA, HIT_SCHEMA, read_text
+from shared_core.config import RetrieverConfig
+from shared_core.document import Document
+from shared_core.retriever import AttentionRetriever
 
 logger = logging.getLogger(__name__)
 

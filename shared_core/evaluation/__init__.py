@@ -5,8 +5,8 @@ Used by the benchmarks, the tests and head detection; the retrieval core never i
 
 from __future__ import annotations
 
-from .data import REAL_TASKS, babi_task_name, resolve_task_path, shared_data_dir
-from .examples import (
+from shared_core.evaluation.data import REAL_TASKS, babi_task_name, resolve_task_path, shared_data_dir
+from shared_core.evaluation.examples import (
     GoldSpan,
     LabelledExample,
     content_words,
@@ -16,10 +16,24 @@ from .examples import (
     shares_content_word,
     word_count,
 )
-from .loading import load_examples
-from .metrics import expected_gains, hit_at_k, ndcg_at_k, rank_by_score, recall_at_k, tie_aware_metrics
-from .real import covidqa_examples, load_real, qmsum_examples, real_split
-from .synthetic import BabiFact, BabiQuestion, BabiStory, babilong_examples, hotpot_examples, load_babi
+from shared_core.evaluation.hotpot import hotpot_examples
+from shared_core.evaluation.loading import load_examples
+from shared_core.evaluation.metrics import (
+    expected_gains,
+    hit_at_k,
+    ndcg_at_k,
+    rank_by_score,
+    recall_at_k,
+    tie_aware_metrics,
+)
+from shared_core.evaluation.real import covidqa_examples, load_real, qmsum_examples, real_split
+from shared_core.evaluation.synthetic import (
+    BabiFact,
+    BabiQuestion,
+    BabiStory,
+    babilong_examples,
+    load_babi,
+)
 
 __all__ = [
     "REAL_TASKS",

@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .data import REAL_TASKS, resolve_task_path
-from .examples import LabelledExample, load_jsonl
-from .synthetic import babilong_examples, hotpot_examples
+from shared_core.evaluation.data import REAL_TASKS, resolve_task_path
+from shared_core.evaluation.examples import LabelledExample, load_jsonl
+from shared_core.evaluation.hotpot import hotpot_examples
+from shared_core.evaluation.synthetic import babilong_examples
 
 
 def load_examples(

@@ -11,9 +11,9 @@ from typing import Literal
 
 import numpy as np
 
-from ..segmentation import paragraph_spans
-from .data import REAL_FILES, resolve_task_path
-from .examples import GoldSpan, LabelledExample, find_all, word_count
+from shared_core.evaluation.data import REAL_FILES, resolve_task_path
+from shared_core.evaluation.examples import GoldSpan, LabelledExample, find_all, word_count
+from shared_core.text.segmentation import paragraph_spans
 
 logger = logging.getLogger(__name__)
 

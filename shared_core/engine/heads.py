@@ -1,0 +1,131 @@
+"""Head selection: which (layer, head) pairs are read, from config, a head-set file or a shipped set.
+
+Head strings follow the QRHead reference: ``"layer-head"``, both 0-indexed, head = query head.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from shared_core.config import AttentionConfig, ConfigError, read_yaml_file
+
+_HEAD_RE = re.compile(r"^\s*(-?\d+)\s*-\s*(\d+)\s*$")
+
+
+@dataclass(frozen=True)
+class HeadSelection:
+    """Selected heads per layer (None = every head of that layer), in ascending layer order."""
+
+    per_layer: dict[int, tuple[int, ...] | None]
+    source: str
+
+    @property
+    def layers(self) -> list[int]:
+        """Layers that hold at least one selected head."""
+        return sorted(self.per_layer)
+
+    @property
+    def deepest(self) -> int:
+        """The last layer the forward pass must reach."""
+        return max(self.per_layer)
+
+
+def parse_heads(items: list[str], num_layers: int, num_heads: int) -> dict[int, tuple[int, ...]]:
+    """Parse 'layer-head' strings and check them against the model's shape; clear errors otherwise."""
+    per_layer: dict[int, set[int]] = {}
+    for item in items:
+        m = _HEAD_RE.match(str(item))
+        if not m:
+            raise ValueError(f"head {item!r} is not of the form 'layer-head' (e.g. '14-22', both 0-indexed)")
+        layer, head = int(m.group(1)), int(m.group(2))
+        if not 0 <= layer < num_layers or not 0 <= head < num_heads:
+            raise ValueError(
+                f"head {item!r} is outside this model: it has {num_layers} layers (0-{num_layers - 1}) "
+                f"and {num_heads} query heads per layer (0-{num_heads - 1})"
+            )
+        per_layer.setdefault(layer, set()).add(head)
+    return {layer: tuple(sorted(h)) for layer, h in sorted(per_layer.items())}
+
+
+def load_head_file(path: str | Path) -> dict[str, Any]:
+    """Read a head-set YAML file (as written by `attnret detect-heads`); a missing file is a
+    `ConfigFileNotFoundError`, a malformed one a `ConfigError` (both ValueErrors)."""
+    data = read_yaml_file(path, what="head-set")
+    if not isinstance(data, dict) or not isinstance(data.get("heads"), list) or not data["heads"]:
+        raise ConfigError(
+            f"{path}: a head-set file is a YAML mapping with a non-empty 'heads' list of 'layer-head' strings"
+        )
+    return data
+
+
+def shipped_head_sets() -> dict[str, Path]:
+    """Head-set files shipped with the package, by the model id they were detected for."""
+    found: dict[str, Path] = {}
+    folder = resources.files("shared_core") / "head_sets"
+    if not folder.is_dir():
+        return found
+    for entry in folder.iterdir():
+        if entry.name.endswith(".yaml"):
+            path = Path(str(entry))
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            for model_id in [data.get("model"), *data.get("aliases", [])]:
+                if model_id:
+                    found[str(model_id)] = path
+    return found
+
+
+def select_heads(
+    config: AttentionConfig,
+    num_layers: int,
+    num_heads: int,
+    model_id: str,
+    full_layers: Sequence[int] | None = None,
+) -> HeadSelection:
+    """Resolve `attention.heads`/`attention.layers` into the heads to read for this model.
+
+    An explicit `layers` list always applies: with `heads: auto` it reads every head of those layers instead of the
+    shipped head set (the config refuses an explicit head set together with explicit layers). `full_layers` are the
+    layers that attend to the whole context (None = all): `layers: auto` reads only those.
+    """
+    heads = config.heads
+    if heads == "auto":
+        path = shipped_head_sets().get(model_id) if config.layers == "auto" else None
+        heads = str(path) if path else "all"
+    if isinstance(heads, str) and heads != "all":
+        data = load_head_file(heads)
+        return HeadSelection(dict(parse_heads(data["heads"], num_layers, num_heads)), source=str(heads))
+    if isinstance(heads, list):
+        return HeadSelection(dict(parse_heads(heads, num_layers, num_heads)), source="config")
+    if config.layers == "auto":
+        layers = auto_layers(num_layers, full_layers)
+    else:
+        layers = _explicit_layers(config.layers, num_layers)
+    return HeadSelection(dict.fromkeys(layers), source="layers")
+
+
+def auto_layers(num_layers: int, full_layers: Sequence[int] | None = None) -> list[int]:
+    """The second half of the layers (the band that retrieved best in our measurements, README), keeping only
+    layers that see the whole context: a sliding-window layer sees the last few hundred tokens, so its attention
+    ranks by recency (measured on Gemma 3 270M, docs/quality.md). With no full layer there, every full layer."""
+    band = list(range(num_layers // 2, num_layers))
+    if full_layers is None:
+        return band
+    full = set(full_layers)
+    return [layer for layer in band if layer in full] or sorted(full) or band
+
+
+def _explicit_layers(layers: list[int], num_layers: int) -> list[int]:
+    out = set()
+    for layer in layers:
+        idx = layer + num_layers if layer < 0 else layer
+        if not 0 <= idx < num_layers:
+            raise ValueError(f"attention.layers: {layer} is outside this model's {num_layers} layers")
+        out.add(idx)
+    return sorted(out)

@@ -1,0 +1,313 @@
+"""Candidate-set scoring: rerank the short candidates of one query (chunks from any number of sources) together.
+
+A reranker's input is a handful of short texts from many documents. Scoring each in its own context and min-max
+normalising inside it gives a lone candidate a constant score and makes the scores of different documents
+incomparable. Here, as in ICR and QRHead, every candidate of the query goes into ONE prompt (grouped by source, in
+document order where the source and offsets are known, the sources in reverse order of the order given so that the
+first stage's best sit nearest the query, separated by a blank line so each candidate's char span in the joined text
+is exact) and is scored by the calibrated attention mass the query
+pays it; the dense and lexical views are computed over the same set. Each view is mapped to an absolute [0, 1]
+scale (see `ViewScales`) and fused with the configured `fusion.weights`, so scores are comparable across the
+candidates of one call, a single candidate gets a real score, and a threshold means the same thing in every call:
+
+- 0.0: no evidence of relevance in any weighted view (the query attends to the candidate no more than the
+  content-free query "N/A" does, its embedding is orthogonal to the query's, and it shares no query term);
+- 1.0: every weighted view saturates (attention far above a uniform share, identical embedding, every query term
+  present many times).
+
+Candidates whose joined text does not fit the model window are read in several windows (consecutive groups in prompt
+order); each window has its own "N/A" calibration and its attention is expressed in multiples of that window's
+uniform share, which is what makes the windows comparable. A candidate that alone exceeds the window is read
+through the cascade by `AttentionRetriever.token_scores`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import bm25s
+import numpy as np
+
+from shared_core.document import Document, Hit
+from shared_core.engine.scoring import pool, unit_token_ranges
+from shared_core.validation import check_query
+from shared_core.views.lexical import LexicalIndex
+from shared_core.views.ranking import REASON_TOP
+
+if TYPE_CHECKING:
+    from shared_core.tasks.scorer import Scorer
+
+logger = logging.getLogger(__name__)
+
+SEPARATOR = "\n\n"
+"""Between two candidates in the joined prompt text (a paragraph break: the model reads them as separate passages)."""
+TEMPLATE_MARGIN = 160
+"""Tokens kept free in each window for the prompt template around the document and the query part."""
+WINDOW_TOKENS: int | None = 4096
+"""Most candidate tokens read in one prompt (None = as many as the model window holds). 4,096: on held-in BM25
+top-50 sets (~8k tokens) the same nDCG as one full window at ~25 % less time (attention cost grows with the window),
+and windows near the ~3k tokens the position bias was measured at; see docs/rerank.md."""
+POSITION_BIAS = 1.6
+"""Recency bias of the calibrated attention: log of how many times more a candidate read at the end of the prompt
+gets than the same candidate read at its start, measured by reading held-in candidate sets in two opposite orders
+(docs/rerank.md). `attention_multiples` divides it out: m · exp(-bias · (p - 0.5)), p = relative position."""
+
+Pooling = Literal["mean", "sum"]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One text to rerank: its text, an optional caller id, its source document and its char offset in that source.
+
+    Candidates sharing a `source` are read next to each other, ordered by `start` (those without come after, in the
+    order given); sources and candidates without a source are read in reverse order of first appearance.
+    """
+
+    text: str
+    id: str | None = None
+    source: str | None = None
+    start: int | None = None
+
+
+@dataclass(frozen=True)
+class ViewScales:
+    """How each view's raw score maps to an absolute [0, 1] scale (fixed, not relative to the other candidates).
+
+    - attention: `1 - exp(-max(m, 0) / attention_scale)`, where `m` is the calibrated attention the query pays the
+      candidate, in multiples of a uniform share (1.0 = exactly what a uniform spread over the prompt's text would
+      give it; calibrated: minus the same share under the query "N/A"). 0 = no more than "N/A" gives it.
+    - dense: the cosine similarity clipped to [0, 1] (0 = orthogonal or opposite, 1 = same direction).
+    - lexical: BM25 over the candidate set divided by the query's ideal BM25 (the sum of its terms' IDF, terms
+      absent from every candidate included): the IDF-weighted, term-frequency-saturated share of the query's terms
+      that the candidate holds, then `lexical_power`-th root (spreads the typical 0.1–0.4 range).
+    """
+
+    attention_scale: float = 2.0
+    lexical_power: float = 1.0
+    position_bias: float = POSITION_BIAS
+
+    def attention(self, multiples: np.ndarray) -> np.ndarray:
+        """Attention multiples of a uniform share -> [0, 1]."""
+        return 1.0 - np.exp(-np.maximum(multiples, 0.0) / self.attention_scale)
+
+    @staticmethod
+    def dense(cosine: np.ndarray) -> np.ndarray:
+        """Cosine similarity -> [0, 1]."""
+        return np.clip(cosine, 0.0, 1.0)
+
+    def lexical(self, share: np.ndarray) -> np.ndarray:
+        """Share of the query's ideal BM25 -> [0, 1]."""
+        return np.clip(share, 0.0, 1.0) ** (1.0 / self.lexical_power)
+
+
+DEFAULT_SCALES = ViewScales()
+
+
+@dataclass(frozen=True)
+class _Window:
+    """Candidates (input indices, in prompt order) read in one prompt, and their char spans in its joined text."""
+
+    members: tuple[int, ...]
+    text: str
+    spans: tuple[tuple[int, int], ...]
+
+
+def coerce_candidates(candidates: object) -> list[Candidate]:
+    """A non-empty sequence of `Candidate`s or str (a str is a candidate without id or source), as Candidates."""
+    if isinstance(candidates, str | Candidate):
+        raise TypeError("candidates must be a sequence of Candidate/str (wrap a single candidate in a list)")
+    if not isinstance(candidates, Sequence):
+        raise TypeError(f"candidates must be a sequence of Candidate/str, got {type(candidates).__name__}")
+    if not candidates:
+        raise ValueError("candidates is empty")
+    out = []
+    for i, c in enumerate(candidates):
+        if isinstance(c, str):
+            c = Candidate(text=c)
+        elif not isinstance(c, Candidate):
+            raise TypeError(f"candidate {i} must be a Candidate or str, got {type(c).__name__}")
+        if not isinstance(c.text, str):
+            raise TypeError(f"candidate {i} text must be a str, got {type(c.text).__name__}")
+        if not c.text.strip():
+            raise ValueError(f"candidate {i} is empty or whitespace; leave textless items out of the candidate set")
+        if c.start is not None and (isinstance(c.start, bool) or not isinstance(c.start, int)):
+            raise TypeError(f"candidate {i} start must be an int or None, got {type(c.start).__name__}")
+        out.append(c)
+    return out
+
+
+def prompt_order(candidates: Sequence[Candidate]) -> list[int]:
+    """Input indices in reading order: each source's candidates together, by `start`; the sources (and candidates
+    without one) in REVERSE order of first appearance, so the first stage's best are read nearest the query, where
+    a causal LM reads most closely (held-in measurement, docs/rerank.md)."""
+    groups: dict[object, list[int]] = {}
+    for i, c in enumerate(candidates):
+        groups.setdefault(("source", c.source) if c.source is not None else ("alone", i), []).append(i)
+    order: list[int] = []
+    for members in reversed(groups.values()):
+        order.extend(sorted(members, key=lambda i: (candidates[i].start is None, candidates[i].start or 0, i)))
+    return order
+
+
+def join(texts: Sequence[str]) -> tuple[str, list[tuple[int, int]]]:
+    """The texts joined by `SEPARATOR` and each text's exact [start, end) char span in the result."""
+    spans, cursor = [], 0
+    for text in texts:
+        spans.append((cursor, cursor + len(text)))
+        cursor += len(text) + len(SEPARATOR)
+    return SEPARATOR.join(texts), spans
+
+
+def windows(order: Sequence[int], lengths: Sequence[int], budget: int, texts: Sequence[str]) -> list[_Window]:
+    """Consecutive groups of `order` whose token `lengths` (plus separators) fit `budget` tokens each."""
+    groups: list[list[int]] = []
+    used = 0
+    for i in order:
+        need = lengths[i] + (2 if groups and groups[-1] else 0)
+        if not groups or used + need > budget:
+            groups.append([i])
+            used = lengths[i]
+        else:
+            groups[-1].append(i)
+            used += need
+    out = []
+    for members in groups:
+        text, spans = join([texts[i] for i in members])
+        out.append(_Window(members=tuple(members), text=text, spans=tuple(spans)))
+    return out
+
+
+def attention_multiples(
+    retriever: Scorer, query: str, window: _Window, pooling: Pooling, position_bias: float = POSITION_BIAS
+) -> dict[int, float]:
+    """Per candidate of one window: calibrated attention in multiples of a uniform share (see `ViewScales`).
+
+    'mean': the candidate's mean token score times the window's token count (its share over a length-proportional
+    one); 'sum': the candidate's total mass times the number of candidates (its share over an equal split). Both are
+    divided by the recency bias at the candidate's relative position in the window (`POSITION_BIAS`).
+    """
+    tokens, token_scores = retriever.token_scores(query, Document(text=window.text))
+    lo, hi = unit_token_ranges(tokens.offsets, list(window.spans))
+    n = tokens.n_doc_tokens
+    mean = pool(token_scores, lo, hi, "mean", 1, 0.0)
+    values = mean * n if pooling == "mean" else mean * (hi - lo) * len(window.members)
+    position = (lo + hi) / (2.0 * max(n, 1))  # 0 = start of the text, 1 = right before the query
+    values = values * np.exp(-position_bias * (position - 0.5))
+    return {i: float(v) for i, v in zip(window.members, values, strict=True)}
+
+
+def lexical_share(query: str, texts: Sequence[str], retriever: Scorer) -> tuple[np.ndarray, np.ndarray]:
+    """(raw BM25 over the candidate set, its share of the query's ideal BM25) per text."""
+    lex = retriever.config.lexical
+    raw = LexicalIndex.build(list(texts), lex).score(query)
+    query_terms = bm25s.tokenize([query], stopwords="en", return_ids=False, show_progress=False)[0]
+    if not query_terms:
+        return raw, np.zeros(len(texts))
+    docs = bm25s.tokenize(list(texts), stopwords="en", return_ids=False, show_progress=False)
+    n = len(texts)
+    df = {t: sum(t in set(d) for d in docs) for t in set(query_terms)}
+    # bm25s' Lucene IDF; a term in no candidate still counts in the ideal, so missing terms lower every share
+    ideal = sum(float(np.log(1.0 + (n - df[t] + 0.5) / (df[t] + 0.5))) for t in query_terms)
+    return raw, raw / ideal if ideal > 0 else np.zeros(n)
+
+
+def score_candidates(
+    retriever: Scorer,
+    query: str,
+    candidates: Sequence[Candidate | str],
+    *,
+    pooling: Pooling = "mean",
+    orders: int = 1,
+    scales: ViewScales = DEFAULT_SCALES,
+    window_tokens: int | None = WINDOW_TOKENS,
+) -> list[Hit]:
+    """Score every candidate of one query read together; one `Hit` per candidate, in input order.
+
+    `Hit.score` is the weighted mean (`fusion.weights`) of the enabled views on their absolute [0, 1] scales
+    (`ViewScales`): comparable across candidates and across calls. `Hit.scores` holds each view's [0, 1] value
+    under its name, its raw value under `<view>_raw` (attention multiples, cosine, BM25) and `fused`.
+    `document_index` is the input position, `document_id` the candidate id (or the position), `start`/`end` the
+    candidate's offsets in its source (from `start`, else 0). `orders=2` also reads the candidates in reverse
+    prompt order and averages the attention of both readings (corrects position bias at twice the model cost).
+    """
+    check_query(query)
+    cands = coerce_candidates(candidates)
+    if pooling not in ("mean", "sum"):
+        raise ValueError(f"pooling must be 'mean' or 'sum', got {pooling!r}")
+    if isinstance(orders, bool) or orders not in (1, 2):
+        raise ValueError(f"orders must be 1 or 2, got {orders!r}")
+    if window_tokens is not None and (isinstance(window_tokens, bool) or not isinstance(window_tokens, int)):
+        raise TypeError(f"window_tokens must be an int or None, got {type(window_tokens).__name__}")
+    if window_tokens is not None and window_tokens <= 0:
+        raise ValueError(f"window_tokens must be positive, got {window_tokens}")
+    cfg = retriever.config
+    texts = [c.text for c in cands]
+    weights = cfg.fusion.weights
+    if cfg.fusion.method != "weighted":
+        logger.debug("candidate scoring fuses absolute view scales by weight; fusion.method=%r is not used", cfg.fusion)
+
+    order = prompt_order(cands)
+    tokenizer = retriever.model.tokenizer
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    query_len = len(tokenizer(query, add_special_tokens=False)["input_ids"])
+    budget = max(retriever.window - query_len - TEMPLATE_MARGIN, 1)
+    if window_tokens is not None:
+        budget = min(budget, window_tokens)
+    readings = [order, order[::-1]][:orders] if weights.get("attention", 0.0) > 0 else []  # weight 0: no model read
+    multiples = np.zeros(len(cands))
+    for reading in readings:
+        parts = windows(reading, lengths, budget, texts)
+        if len(parts) > 1:
+            logger.debug("%d candidates (%d tokens) read in %d windows", len(cands), sum(lengths), len(parts))
+        for part in parts:
+            for i, value in attention_multiples(retriever, query, part, pooling, scales.position_bias).items():
+                multiples[i] += value / len(readings)
+
+    raw: dict[str, np.ndarray] = {"attention": multiples} if readings else {}
+    scaled: dict[str, np.ndarray] = {"attention": scales.attention(multiples)} if readings else {}
+    if cfg.dense.enabled and weights.get("dense", 0.0) > 0:
+        cosine = np.asarray(retriever.dense.score(query, texts), dtype=np.float64)
+        raw["dense"], scaled["dense"] = cosine, scales.dense(cosine)
+    if cfg.lexical.enabled and weights.get("lexical", 0.0) > 0:
+        bm25, share = lexical_share(query, texts, retriever)
+        raw["lexical"], scaled["lexical"] = bm25, scales.lexical(share)
+    if not scaled:
+        raise ValueError("every candidate view is off (fusion.weights 0 or view disabled); give one a positive weight")
+    fused = _fuse(scaled, weights)
+
+    tops = {name: set(np.argsort(-v, kind="stable")[:REASON_TOP].tolist()) for name, v in scaled.items()}
+    hits = []
+    for i, c in enumerate(cands):
+        scores = {name: float(v[i]) for name, v in scaled.items()}
+        scores.update({f"{name}_raw": float(v[i]) for name, v in raw.items()})
+        scores["fused"] = float(fused[i])
+        start = c.start or 0
+        hits.append(
+            Hit(
+                document_id=c.id if c.id is not None else str(i),
+                document_index=i,
+                start=start,
+                end=start + len(c.text),
+                text=c.text,
+                score=float(fused[i]),
+                scores=scores,
+                reasons=[n for n in scaled if i in tops[n] and scaled[n][i] > 0] or ["fused"],
+                unit_index=0,
+            )
+        )
+    return hits
+
+
+def _fuse(scaled: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:
+    """Weighted mean of [0, 1] views (a view without a weight is an error, as in `fusion.fuse`)."""
+    missing = sorted(name for name in scaled if name not in weights)
+    if missing:
+        raise ValueError(f"no fusion weight for view(s) {missing}; add them to fusion.weights (0 switches one off)")
+    total = sum(weights[name] for name in scaled)
+    if total <= 0:
+        raise ValueError(f"all candidate views {sorted(scaled)} have weight 0; at least one must be positive")
+    fused = sum(weights[name] * values for name, values in scaled.items())
+    return np.clip(np.asarray(fused, dtype=np.float64) / total, 0.0, 1.0)

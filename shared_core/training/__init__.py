@@ -1,0 +1,5 @@
+"""Training wing: learning what to read from labelled examples: head detection (and head training).
+
+It drives the facade (`AttentionRetriever`) over the evaluation data, so it sits above it, beside `batch` and the
+CLI; nothing in the core below imports it.
+"""
