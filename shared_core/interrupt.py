@@ -3,6 +3,7 @@ stopped at its next attention layer when the caller fails or is interrupted (Ctr
 
 from __future__ import annotations
 
+import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,3 +31,31 @@ def check() -> None:
     event = _stop.get()
     if event is not None and event.is_set():
         raise ReadStopped
+
+
+@contextmanager
+def ctrl_c_stops(stop: threading.Event) -> Iterator[threading.Event]:
+    """While inside, Ctrl-C (SIGINT) also sets `stop` and the yielded event before raising KeyboardInterrupt as usual.
+
+    Python drops a KeyboardInterrupt that lands in a finalizer (`__del__`, a weakref callback) or in C code that
+    clears errors, so a Ctrl-C during the caller's work could be lost while the read ran on; the flag keeps it. Only
+    the main thread can set signal handlers, and a handler the application installed is left alone.
+    """
+    interrupted = threading.Event()
+    if threading.current_thread() is not threading.main_thread() or (
+        signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield interrupted
+        return
+
+    def on_sigint(signum: int, frame: object) -> None:
+        interrupted.set()
+        stop.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextvars
-import os
 import signal
+import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -184,28 +185,82 @@ def test_an_interrupt_in_the_callers_thread_stops_the_models_read() -> None:
     assert len(r.score_units("Who has the apple?", STORY * 20)) == 120  # and the next call reads it in full
 
 
+def _main_thread_waits_for_the_read() -> bool:
+    """Whether the main thread is blocked in `read_ahead`'s wait for the read (innermost frame in threading)."""
+    frame = sys._current_frames().get(threading.main_thread().ident or -1)
+    names = []
+    while frame is not None:
+        names.append((frame.f_code.co_name, frame.f_code.co_filename))
+        frame = frame.f_back
+    return bool(names) and names[0][1] == threading.__file__ and any(name == "read_ahead" for name, _ in names)
+
+
+@contextmanager
+def _inside_the_read(r: AttentionRetriever, at_layer: int, action: Callable[[], None]) -> Iterator[threading.Event]:
+    """Run `action` from the read thread once its forward reaches decoder layer `at_layer`, then hold the read there
+    until the caller asks it to stop (bounded), so what happens next is known to happen while the model reads."""
+    from shared_core import interrupt
+
+    reached = threading.Event()
+
+    def hook(module: Any, args: Any) -> None:
+        if threading.current_thread().name != "attnret-read" or reached.is_set():
+            return
+        reached.set()
+        action()
+        stop = interrupt._stop.get()
+        assert stop is not None and stop.wait(60), "the read was not asked to stop"
+
+    handle = r.model.decoder.layers[at_layer].register_forward_pre_hook(hook)
+    try:
+        yield reached
+    finally:
+        handle.remove()
+
+
 def test_ctrl_c_while_waiting_for_the_read_stops_it_and_leaves_no_thread() -> None:
-    cascade = {"sink_tokens": 8, "cascades": 2, "window": 32, "stride": 64, "reuse": False}
-    r = AttentionRetriever({"model": {"max_tokens": 160}, "cascade": cascade})  # a long read: ~100 cascade chunks
+    r = AttentionRetriever({"views": {}})
     r.warm_up()
-    r.units("Warm up the pipelines. Mary met Anna in Paris.")  # spaCy and the encoder loaded: a short analysis
-    long_text = "\n\n".join([STORY] * 40)
-    analysed = threading.Event()
+    r.units("Warm up the pipelines. Mary met Anna in Paris.")  # spaCy and the encoder loaded
+
+    def ctrl_c_once_the_caller_waits() -> None:  # runs in the read thread, inside the model
+        deadline = time.monotonic() + 60
+        while not _main_thread_waits_for_the_read() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+
+    with _inside_the_read(r, 1, ctrl_c_once_the_caller_waits) as reached, pytest.raises(KeyboardInterrupt):
+        r.score_units("Who picked up the apple?", STORY * 20)
+    assert reached.is_set()
+    assert not [t for t in threading.enumerate() if t.name == "attnret-read"]  # stopped and joined
+    assert r.stats["prefills"] == 0  # stopped inside its first forward: nothing was kept
+    assert len(r.score_units("Who picked up the apple?", STORY * 20)) == 120  # and the next call reads it in full
+
+
+class _CtrlCInAFinalizer:
+    """Sends Ctrl-C to the main thread from its finalizer and runs Python code there, so the KeyboardInterrupt is
+    raised inside `__del__`, where Python prints and drops it (what a Ctrl-C landing in a finalizer does)."""
+
+    def __del__(self) -> None:
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+        for _ in range(1000):  # the handler runs at the next bytecode checks, here
+            pass
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped interrupt, printed
+def test_ctrl_c_dropped_by_a_finalizer_during_the_analysis_still_stops_the_call() -> None:
+    r = AttentionRetriever({"views": {}})
+    r.warm_up()
+    r.units("Warm up the pipelines. Mary met Anna in Paris.")
     analyse = r.analyser.analyse
 
-    def analyse_then_signal(doc: Document) -> object:
-        try:
-            return analyse(doc)
-        finally:
-            analysed.set()
+    def analysis_with_a_finalizer(doc: Document) -> object:
+        assert reached.wait(60)  # the model is reading beside us
+        _CtrlCInAFinalizer()  # dropped at once: its __del__ runs here, in the main thread
+        return analyse(doc)
 
-    r.analyser.analyse = analyse_then_signal  # type: ignore[method-assign]
-    # Ctrl-C once the analysis is done, while this thread waits for the model's read (not inside the analysis,
-    # where a signal may land in a finalizer and be ignored by Python)
-    timer = threading.Thread(target=lambda: (analysed.wait(), time.sleep(0.3), os.kill(os.getpid(), signal.SIGINT)))
-    timer.start()
-    with pytest.raises(KeyboardInterrupt):
-        r.score_units("Who picked up the apple?", long_text)
-        time.sleep(60)  # only reached if the read ends within 0.3 s of the analysis (it takes far longer)
-    timer.join()
-    assert not [t for t in threading.enumerate() if t.name == "attnret-read"]  # stopped and joined
+    r.analyser.analyse = analysis_with_a_finalizer  # type: ignore[method-assign]
+    with _inside_the_read(r, 1, lambda: None) as reached, pytest.raises(KeyboardInterrupt):
+        r.score_units("Who picked up the apple?", STORY * 20)
+    assert not [t for t in threading.enumerate() if t.name == "attnret-read"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored

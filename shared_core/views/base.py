@@ -135,17 +135,20 @@ def read_ahead(
             finished.set()
 
     thread = threading.Thread(target=context.run, args=(read,), name="attnret-read")
-    thread.start()
-    try:
-        done = alongside()
-        finished.wait()  # not `join`: a join cut by Ctrl-C may return early on a later call (CPython)
-    except BaseException:
-        stop.set()
-        finished.wait()
-        raise
-    finally:
-        if finished.is_set():
-            thread.join()
+    with interrupt.ctrl_c_stops(stop) as interrupted:
+        thread.start()
+        try:
+            done = alongside()
+            finished.wait()  # not `join`: a join cut by Ctrl-C may return early on a later call (CPython)
+            if interrupted.is_set():  # Ctrl-C whose KeyboardInterrupt Python dropped (it landed in a finalizer)
+                raise KeyboardInterrupt
+        except BaseException:
+            stop.set()
+            finished.wait()
+            raise
+        finally:
+            if finished.is_set():
+                thread.join()
     if "error" in outcome:
         raise outcome["error"]
     return done, outcome["reads"]
