@@ -6,6 +6,7 @@ again, a grown document resumed inside its last shared chunk, and each query's r
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -21,6 +22,15 @@ from shared_core.engine.scoring import PerLayer
 from shared_core.engine.state_store import StateStore, state_key
 from shared_core.lru import LRUCache
 from shared_core.models.loading import LoadedModel
+
+
+@dataclass(frozen=True)
+class _Queries:
+    """What one pass or replay scores: the model, each query part's (ids, query rows) and the heads read."""
+
+    model: LoadedModel
+    suffixes: list[tuple[torch.Tensor, torch.Tensor]]
+    selection: HeadSelection
 
 
 class PastWindow:
@@ -77,10 +87,11 @@ class PastWindow:
             state = None
         queries = list(missing)
         suffixes = [(torch.tensor(missing[q].ids), torch.tensor(missing[q].rows)) for q in queries]
+        job = _Queries(model, suffixes, selection)
         if state is not None:
-            scores = self._replay(model, state, suffixes, selection)
+            scores = self._replay(job, state)
         else:
-            scores, state = self._cascade_pass(model, tokens, suffixes, selection, family)
+            scores, state = self._cascade_pass(job, tokens, family)
             if state is not None:
                 self.states.put(skey, family, state)
         for i, q in enumerate(queries):
@@ -93,41 +104,31 @@ class PastWindow:
             out[q] = per_layer
         return out
 
-    def _replay(
-        self,
-        model: LoadedModel,
-        state: CascadeState,
-        suffixes: list[tuple[torch.Tensor, torch.Tensor]],
-        selection: HeadSelection,
-    ) -> torch.Tensor:
+    def _replay(self, job: _Queries, state: CascadeState) -> torch.Tensor:
+        """The queries' scores replayed chunk by chunk from a kept pass (no read of the document)."""
         bar = tqdm(total=len(state.chunks), desc="replay", unit="chunk", disable=not self.config.show_progress)
         try:
             with torch.inference_mode():
                 scores = replay_scores(
-                    model.model,
+                    job.model.model,
                     state,
-                    suffixes,
-                    selection.layers,
+                    job.suffixes,
+                    job.selection.layers,
                     progress=lambda d, t: bar.update(1),
                     batch_size=self.config.attention.query_batch,
                 )
         finally:
             bar.close()
-        self._count(cascade_replays=1, cascade_replayed_queries=len(suffixes))
+        self._count(cascade_replays=1, cascade_replayed_queries=len(job.suffixes))
         return scores
 
     def _cascade_pass(
-        self,
-        model: LoadedModel,
-        tokens: DocumentTokens,
-        suffixes: list[tuple[torch.Tensor, torch.Tensor]],
-        selection: HeadSelection,
-        family: str,
+        self, job: _Queries, tokens: DocumentTokens, family: str
     ) -> tuple[torch.Tensor, CascadeState | None]:
         """One strided pass of the document through the cascading cache for these queries (kept when configured)."""
         cfg = self.config.cascade
         ids = torch.tensor(tokens.ids, dtype=torch.long)
-        resume = self._resume_point(model, ids, family, selection.deepest) if cfg.reuse else None
+        resume = self._resume_point(job.model, ids, family, job.selection.deepest) if cfg.reuse else None
         first = resume.start if resume is not None else 0
         bar = tqdm(total=len(tokens.ids), desc="cascade", unit="tok", disable=not self.config.show_progress)
 
@@ -137,10 +138,10 @@ class PastWindow:
         try:
             with torch.inference_mode():
                 res = cascade_token_scores(
-                    model.model,
+                    job.model.model,
                     ids,
-                    suffixes,
-                    selection.layers,
+                    job.suffixes,
+                    job.selection.layers,
                     cfg,
                     progress=progress,
                     keep=cfg.reuse,
