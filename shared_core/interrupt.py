@@ -58,4 +58,3 @@ def ctrl_c_stops(stop: threading.Event) -> Iterator[threading.Event]:
         yield interrupted
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
-
