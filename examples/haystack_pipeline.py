@@ -22,6 +22,10 @@ from haystack import Document, Pipeline, component
 from haystack.components.preprocessors import DocumentSplitter
 
 HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))  # `local_lm`, and `haystack_pipeline.LocalGenerator` for the pipeline YAML
+import local_lm  # noqa: E402
+
 DOCUMENT = HERE / "data" / "calloway_venn_annual_report.txt"
 PIPELINE_YAML = HERE / "haystack_pipeline.yaml"
 QUESTION = "In which town was the first Kestrel seismometer prototype built?"
@@ -40,36 +44,16 @@ class LocalGenerator:
         if max_new_tokens <= 0:
             raise ValueError(f"max_new_tokens must be > 0, got {max_new_tokens}")
         self.max_new_tokens = max_new_tokens
-        self._loaded: Any = None
 
     def warm_up(self) -> None:
-        """Load the model (shared with the retriever's, when both use the default)."""
-        if self._loaded is None:
-            from shared_core.config import ModelConfig
-            from shared_core.models.loading import load_model
-
-            self._loaded = load_model(ModelConfig())
+        """Load the model (once per process)."""
+        local_lm.load()
 
     @component.output_types(replies=list[str])
     def run(self, prompt: str) -> dict[str, list[str]]:
         """Generate one reply to `prompt`."""
         self.warm_up()
-        return {"replies": [generate(self._loaded, prompt, self.max_new_tokens)]}
-
-
-def generate(loaded: Any, prompt: str, max_new_tokens: int) -> str:
-    """Greedy completion of a one-turn chat with a loaded core model (`shared_core.models.loading.LoadedModel`)."""
-    import torch
-
-    tokenizer = loaded.tokenizer
-    messages = [{"role": "user", "content": prompt}]
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    ids = {k: v.to(loaded.device) for k, v in ids.items()}
-    with torch.no_grad():
-        out = loaded.model.generate(
-            **ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id
-        )
-    return tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+        return {"replies": [local_lm.generate(prompt, self.max_new_tokens)]}
 
 
 def long_units(text: str) -> list[Document]:
@@ -81,8 +65,6 @@ def long_units(text: str) -> list[Document]:
 
 def load_pipeline() -> Pipeline:
     """The query pipeline from YAML, trusting only this package and this module."""
-    if str(HERE) not in sys.path:
-        sys.path.insert(0, str(HERE))  # so that `haystack_pipeline.LocalGenerator` resolves
     return Pipeline.loads(PIPELINE_YAML.read_text(encoding="utf-8"), allowed_modules=ALLOWED_MODULES)
 
 
@@ -106,9 +88,9 @@ def answer(question: str = QUESTION) -> dict[str, Any]:
             "n": n,
             "text": doc.content,
             "score": doc.score,
-            "start": doc.meta["split_idx_start"] + doc.meta["start"],
-            "end": doc.meta["split_idx_start"] + doc.meta["end"],
-            "reasons": doc.meta["reasons"],
+            "start": doc.meta["split_idx_start"] + doc.meta["attnret_start"],
+            "end": doc.meta["split_idx_start"] + doc.meta["attnret_end"],
+            "reasons": doc.meta["attnret_reasons"],
         }
         for n, doc in enumerate(generated.documents, start=1)
     ]

@@ -18,7 +18,7 @@ from typing import Any
 
 from llama_index.core import Document
 from llama_index.core.base.llms.types import CompletionResponse, CompletionResponseGen, LLMMetadata
-from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.bridge.pydantic import Field
 from llama_index.core.llms import CustomLLM
 from llama_index.core.llms.callbacks import llm_completion_callback
 from llama_index.core.node_parser import SentenceSplitter
@@ -29,6 +29,10 @@ from llama_index.retrievers.bm25 import BM25Retriever
 from llamaindex_attnret import AttentionRerank
 
 HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))  # `local_lm`, shared by the examples
+import local_lm  # noqa: E402
+
 DOCUMENT = HERE / "data" / "calloway_venn_annual_report.txt"
 QUESTION = "In which town was the first Kestrel seismometer prototype built?"
 CHUNK_TOKENS = 1536
@@ -40,36 +44,16 @@ class LocalSmolLLM(CustomLLM):
     """Greedy completions from attnret's offline default LM (SmolLM2-135M-Instruct) through its chat template."""
 
     max_new_tokens: int = Field(default=48, gt=0, description="Longest completion in tokens.")
-    _loaded: Any = PrivateAttr(default=None)
 
     @property
     def metadata(self) -> LLMMetadata:
         """Window and output size, so LlamaIndex packs prompts that fit."""
         return LLMMetadata(context_window=8192, num_output=self.max_new_tokens, model_name="SmolLM2-135M-Instruct")
 
-    def _model(self) -> Any:
-        if self._loaded is None:
-            from shared_core.config import ModelConfig
-            from shared_core.models.loading import load_model
-
-            self._loaded = load_model(ModelConfig())
-        return self._loaded
-
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         """Greedy completion of `prompt`."""
-        import torch
-
-        loaded = self._model()
-        tokenizer = loaded.tokenizer
-        messages = [{"role": "user", "content": prompt}]
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-        ids = {k: v.to(loaded.device) for k, v in ids.items()}
-        with torch.no_grad():
-            out = loaded.model.generate(
-                **ids, max_new_tokens=self.max_new_tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id
-            )
-        text = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+        text = local_lm.generate(prompt, self.max_new_tokens)
         return CompletionResponse(text=text)
 
     @llm_completion_callback()
@@ -95,17 +79,7 @@ def build_query_engine(top_n: int = 8) -> RetrieverQueryEngine:
 def answer(question: str = QUESTION) -> dict[str, Any]:
     """Run the query engine; returns the answer text and the cited sentences with their offsets in the file."""
     response = build_query_engine().query(question)
-    spans = [
-        {
-            "n": n,
-            "text": item.node.get_content(),
-            "score": item.score,
-            "start": item.node.start_char_idx,
-            "end": item.node.end_char_idx,
-            "reasons": item.node.metadata.get("attnret_reasons", []),
-        }
-        for n, item in enumerate(response.source_nodes, start=1)
-    ]
+    spans = local_lm.node_spans(response.source_nodes)
     return {"question": question, "answer": str(response), "spans": spans}
 
 

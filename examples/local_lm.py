@@ -1,0 +1,50 @@
+"""What the examples share: attnret's offline default LM as a small local generator, and the cited spans of
+LlamaIndex source nodes. Examples put this folder on `sys.path` (a script's own folder is there already)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+_loaded: list[Any] = []
+
+
+def load() -> Any:
+    """The offline default LM (SmolLM2-135M-Instruct), loaded once: a `shared_core.models.loading.LoadedModel`."""
+    if not _loaded:
+        from shared_core.config import ModelConfig
+        from shared_core.models.loading import load_model
+
+        _loaded.append(load_model(ModelConfig()))
+    return _loaded[0]
+
+
+def generate(prompt: str, max_new_tokens: int) -> str:
+    """Greedy completion of a one-turn chat through the model's chat template."""
+    import torch
+
+    loaded = load()
+    tokenizer = loaded.tokenizer
+    messages = [{"role": "user", "content": prompt}]
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    ids = {k: v.to(loaded.device) for k, v in ids.items()}
+    with torch.no_grad():
+        out = loaded.model.generate(
+            **ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id
+        )
+    return str(tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip())
+
+
+def node_spans(source_nodes: Sequence[Any]) -> list[dict[str, Any]]:
+    """LlamaIndex source nodes as numbered spans: text, score, offsets in the file, and why attnret kept them."""
+    return [
+        {
+            "n": n,
+            "text": item.node.get_content(),
+            "score": item.score,
+            "start": item.node.start_char_idx,
+            "end": item.node.end_char_idx,
+            "reasons": item.node.metadata.get("attnret_reasons", []),
+        }
+        for n, item in enumerate(source_nodes, start=1)
+    ]
