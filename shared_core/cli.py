@@ -250,8 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     detect.set_defaults(func=cmd_detect_heads)
 
     from shared_core.batch.command import add_parser as add_batch_parser  # `attnret batch`: arguments and handler there
+    from shared_core.training.command import add_parser as add_train_parser  # `attnret train-heads`, likewise
 
     add_batch_parser(sub)
+    add_train_parser(sub)
     return parser
 
 

@@ -195,7 +195,8 @@ class AttentionRetriever:
     def token_scores(self, query: str, document: str | Document) -> tuple[DocumentTokens, np.ndarray]:
         """Aggregated (and calibrated) attention score of each document token, aligned to `tokens.offsets`."""
         tokens, per_query = self.engine.head_token_scores([check_query(query)], coerce_document(document, 0))
-        return tokens, scoring.aggregate_heads(per_query[0], self.config.attention.head_aggregation)
+        weights = self.engine.head_selection.weights
+        return tokens, scoring.aggregate_heads(per_query[0], self.config.attention.head_aggregation, weights)
 
     def head_token_scores(
         self, query: str, document: str | Document, selection: HeadSelection

@@ -271,6 +271,16 @@ def test_bad_head_files(tmp_path: Path, content: str, error: type[Exception], fr
 
 
 # ------------------------------------------------------------------------------------------ input validation
+def _check_outcome(check: Any, value: Any, outcome: Any) -> None:
+    """`check(value)` raises `outcome`'s type with its message, or returns `outcome`."""
+    if isinstance(outcome, Exception):
+        with pytest.raises(type(outcome)) as info:
+            check(value)
+        assert str(outcome) in str(info.value)
+    else:
+        assert check(value) == outcome
+
+
 @pytest.mark.parametrize(
     ("query", "outcome"),
     [
@@ -293,12 +303,7 @@ def test_bad_head_files(tmp_path: Path, content: str, error: type[Exception], fr
     ],
 )
 def test_check_query(query: Any, outcome: Any) -> None:
-    if isinstance(outcome, Exception):
-        with pytest.raises(type(outcome)) as info:
-            check_query(query)
-        assert str(outcome) in str(info.value)
-    else:
-        assert check_query(query) is query
+    _check_outcome(check_query, query, outcome)
 
 
 @pytest.mark.parametrize(
@@ -370,12 +375,7 @@ def test_coerce_documents(documents: Any, outcome: Any) -> None:
     ],
 )
 def test_check_queries(queries: Any, outcome: Any) -> None:
-    if isinstance(outcome, Exception):
-        with pytest.raises(type(outcome)) as info:
-            check_queries(queries)
-        assert str(outcome) in str(info.value)
-    else:
-        assert check_queries(queries) == outcome
+    _check_outcome(check_queries, queries, outcome)
 
 
 def test_coerce_document_keeps_the_given_document() -> None:
@@ -664,7 +664,7 @@ HAYSTACK_YAML_CASES = [
     ("score_threshold: .inf", "score_threshold must be a finite number, got inf"),
     ("score_threshold: high", "score_threshold must be a number or None, got str"),
     ("top_k: true", "top_k must be an int, got bool"),
-    ("top_k: 0", "top_k must be positive"),
+    ("top_k: 0", "top_k must be > 0, but got 0"),
     ("top_k: 2.5", "top_k must be an int, got float"),
     ("granularity: word", "granularity must be one of"),
     ("config:\n  cascade:\n    memory_budget: true", "memory_budget cannot be a bool"),
@@ -702,8 +702,8 @@ def test_haystack_serialisation_never_carries_remote_code() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error", "fragment"),
     [
-        ({"top_k": 0}, ValueError, "top_k must be positive"),
-        ({"top_k": -1}, ValueError, "top_k must be positive"),
+        ({"top_k": 0}, ValueError, "top_k must be > 0, but got 0"),
+        ({"top_k": -1}, ValueError, "top_k must be > 0, but got -1"),
         ({"top_k": True}, TypeError, "got bool"),
         ({"top_k": 1.5}, TypeError, "got float"),
         ({"score_threshold": math.nan}, ValueError, "finite"),
@@ -728,7 +728,7 @@ def test_haystack_ranker_init(kwargs: dict, error: type, fragment: str) -> None:
         ({"score_threshold": math.nan}, ValueError, "finite"),
         ({"score_threshold": math.inf}, ValueError, "finite"),
         ({"top_k": True}, TypeError, "got bool"),
-        ({"top_k": 0}, ValueError, "positive"),
+        ({"top_k": 0}, ValueError, "top_k must be > 0, but got 0"),
     ],
 )
 def test_haystack_ranker_run_overrides(override: dict, error: type, fragment: str) -> None:
@@ -857,7 +857,8 @@ def test_cli_crlf_offsets_escapes_and_many_queries(
     f.write_bytes(raw)
     stored = raw.decode("utf-8")
     code, out, _ = _cli(capsys, "search", "--file", str(f), "--query", "Who picked up the apple?", "--json")
-    hits = json.loads(out)
+    ((single_query,),) = [json.loads(out)]  # the --queries shape: one {query, hits} per query
+    hits = single_query["hits"]
     assert code == 0 and hits and all(stored[h["start"] : h["end"]] == h["text"] for h in hits)
     assert any("\x1b[2J" in h["text"] for h in hits)  # --json keeps the exact text
     queries = tmp_path / "q.txt"

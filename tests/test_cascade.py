@@ -177,30 +177,19 @@ def test_parse_bytes_and_budget_errors() -> None:
 def _tiny(kind: str) -> torch.nn.Module:
     capture.register()
     torch.manual_seed(0)
+    shared = {
+        "vocab_size": 97,
+        "hidden_size": 64,
+        "intermediate_size": 96,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 1024,
+    }
     if kind == "llama":
-        cfg = LlamaConfig(
-            vocab_size=97,
-            hidden_size=64,
-            intermediate_size=96,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=1024,
-        )
-        model = LlamaForCausalLM(cfg)
+        model = LlamaForCausalLM(LlamaConfig(num_hidden_layers=3, **shared))
     else:
-        cfg = Gemma3TextConfig(
-            vocab_size=97,
-            hidden_size=64,
-            intermediate_size=96,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=16,
-            sliding_window=12,
-            layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
-            max_position_embeddings=1024,
-        )
+        sliding = ["sliding_attention", "full_attention", "sliding_attention", "full_attention"]
+        cfg = Gemma3TextConfig(num_hidden_layers=4, head_dim=16, sliding_window=12, layer_types=sliding, **shared)
         model = Gemma3ForCausalLM(cfg)
     model.set_attn_implementation(capture.ATTN_IMPLEMENTATION)
     return model.eval()

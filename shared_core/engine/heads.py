@@ -1,10 +1,13 @@
 """Head selection: which (layer, head) pairs are read, from config, a head-set file or a shipped set.
 
-Head strings follow the QRHead reference: ``"layer-head"``, both 0-indexed, head = query head.
+Head strings follow the QRHead reference: ``"layer-head"``, both 0-indexed, head = query head. A head-set file may
+give each head a non-negative weight (``weights:``, as `attnret train-heads` writes): the view then combines the heads
+by those weights, and heads of weight 0 are not read.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +28,8 @@ class HeadSelection:
 
     per_layer: dict[int, tuple[int, ...] | None]
     source: str
+    weights: dict[int, tuple[float, ...]] | None = None
+    """Per layer, one weight per selected head (aligned with `per_layer`); None = every head counts the same."""
 
     @property
     def layers(self) -> list[int]:
@@ -55,14 +60,45 @@ def parse_heads(items: list[str], num_layers: int, num_heads: int) -> dict[int, 
 
 
 def load_head_file(path: str | Path) -> dict[str, Any]:
-    """Read a head-set YAML file (as written by `attnret detect-heads`); a missing file is a
+    """Read a head-set YAML file (as written by `attnret detect-heads` or `train-heads`); a missing file is a
     `ConfigFileNotFoundError`, a malformed one a `ConfigError` (both ValueErrors)."""
     data = read_yaml_file(path, what="head-set")
     if not isinstance(data, dict) or not isinstance(data.get("heads"), list) or not data["heads"]:
         raise ConfigError(
             f"{path}: a head-set file is a YAML mapping with a non-empty 'heads' list of 'layer-head' strings"
         )
+    if data.get("weights") is not None:
+        _check_weights(data["weights"], data["heads"], path)
     return data
+
+
+def _check_weights(weights: Any, heads: list[Any], path: str | Path) -> None:
+    """A head-set file's `weights`: a mapping from each listed head to a finite weight >= 0, one of them > 0."""
+    if not isinstance(weights, dict):
+        raise ConfigError(f"{path}: 'weights' must map each head of 'heads' to a number >= 0")
+    names = {str(h).strip() for h in heads}
+    missing = sorted(names - {str(k).strip() for k in weights})
+    extra = sorted({str(k).strip() for k in weights} - names)
+    if missing or extra:
+        raise ConfigError(
+            f"{path}: 'weights' must name exactly the heads of 'heads' (missing {missing}, extra {extra})"
+        )
+    for head, w in weights.items():
+        if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w) or w < 0:
+            raise ConfigError(f"{path}: the weight of head {head!r} must be a finite number >= 0, got {w!r}")
+    if not any(w > 0 for w in weights.values()):
+        raise ConfigError(f"{path}: every head weight is 0; at least one must be positive")
+
+
+def weighted_selection(
+    heads: list[str], weights: dict[str, float], num_layers: int, num_heads: int, source: str
+) -> HeadSelection:
+    """The heads of positive weight, each with its weight: the read stops at the deepest weighted layer."""
+    kept = {str(h).strip(): float(w) for h, w in weights.items() if float(w) > 0}
+    per_layer = parse_heads([h for h in heads if str(h).strip() in kept], num_layers, num_heads)
+    by_index = {(int(a), int(b)): w for h, w in kept.items() for a, b in [h.split("-")]}
+    weight_rows = {layer: tuple(by_index[(layer, h)] for h in hs) for layer, hs in per_layer.items()}
+    return HeadSelection(dict(per_layer), source=source, weights=weight_rows)
 
 
 def shipped_head_sets() -> dict[str, Path]:
@@ -100,6 +136,8 @@ def select_heads(
         heads = str(path) if path else "all"
     if isinstance(heads, str) and heads != "all":
         data = load_head_file(heads)
+        if data.get("weights") is not None:
+            return weighted_selection(data["heads"], data["weights"], num_layers, num_heads, str(heads))
         return HeadSelection(dict(parse_heads(data["heads"], num_layers, num_heads)), source=str(heads))
     if isinstance(heads, list):
         return HeadSelection(dict(parse_heads(heads, num_layers, num_heads)), source="config")

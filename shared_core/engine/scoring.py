@@ -48,14 +48,26 @@ def document_token_scores(
     return out
 
 
-def aggregate_heads(per_layer: dict[int, torch.Tensor], how: str) -> np.ndarray:
-    """Combine heads and layers into one score per document token."""
+def aggregate_heads(
+    per_layer: dict[int, torch.Tensor], how: str, weights: dict[int, tuple[float, ...]] | None = None
+) -> np.ndarray:
+    """Combine heads and layers into one score per document token.
+
+    `weights` (a trained head set's, aligned with each layer's rows) make the mean a weighted mean and the sum a
+    weighted sum; with max_then_mean each row is scaled by its weight before the max."""
+    if weights is not None:
+        per_layer = {
+            layer: t * torch.as_tensor(weights[layer], dtype=t.dtype, device=t.device)[:, None]
+            for layer, t in per_layer.items()
+        }
     if how == "max_then_mean":
         stacked = torch.stack([t.max(dim=0).values for t in per_layer.values()])
         combined = stacked.mean(dim=0)
     else:
         rows = torch.cat(list(per_layer.values()), dim=0)
         combined = rows.sum(dim=0) if how == "sum" else rows.mean(dim=0)
+        if weights is not None and how != "sum":
+            combined = combined * (rows.shape[0] / sum(sum(w) for w in weights.values()))
     return combined.double().cpu().numpy()
 
 

@@ -72,7 +72,8 @@ class AttentionView:
         lo, hi = scoring.unit_token_ranges(tokens.offsets, [(u.start, u.end) for u in units])
         out = []
         for per_layer in per_query:
-            token_scores = scoring.aggregate_heads(per_layer, att.head_aggregation) * tokens.n_doc_tokens
+            weights = self.engine.head_selection.weights  # a trained head set's; None = every head the same
+            token_scores = scoring.aggregate_heads(per_layer, att.head_aggregation, weights) * tokens.n_doc_tokens
             out.append(scoring.pool(token_scores, lo, hi, att.pooling, att.topk, att.threshold_std))
         return out
 
