@@ -6,9 +6,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from pydantic import ValidationError
 
-from shared_core.config import DenseConfig
+from shared_core.config import ConfigError, DenseConfig
 from shared_core.views import dense
 from shared_core.views.dense import DenseModelNotFoundError, DenseScorer
 
@@ -86,7 +85,7 @@ def test_missing_configured_model_is_a_clear_error() -> None:
 
 
 def test_config_rejects_unknown_keys_and_bad_batch() -> None:
-    with pytest.raises(ValidationError):
+    with pytest.raises(ConfigError):
         DenseConfig.model_validate({"modle": "x"})
-    with pytest.raises(ValidationError):
+    with pytest.raises(ConfigError):
         DenseConfig(batch_size=0)

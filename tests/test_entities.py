@@ -10,9 +10,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from pydantic import ValidationError
 
-from shared_core.config import DenseConfig, FusionConfig
+from shared_core.config import ConfigError, DenseConfig, FusionConfig
 from shared_core.document import Unit
 from shared_core.text.nlp import SpacyModelNotFoundError
 from shared_core.views import entities
@@ -271,9 +270,9 @@ def test_expand_input_errors(nlp: Any) -> None:
 
 def test_config_validation() -> None:
     assert EntitiesConfig(labels=["person", "Org"]).labels == ["PERSON", "ORG"]
-    with pytest.raises(ValidationError):
+    with pytest.raises(ConfigError):
         EntitiesConfig.model_validate({"neighbors": True})
-    with pytest.raises(ValidationError):
+    with pytest.raises(ConfigError):
         EntitiesConfig(expand="document")  # type: ignore[arg-type]
 
 

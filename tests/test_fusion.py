@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from pydantic import ValidationError
 
-from shared_core.config import FusionConfig
+from shared_core.config import ConfigError, FusionConfig
 from shared_core.views.fusion import fuse, minmax, ranks
 
 
@@ -118,10 +117,10 @@ def test_fuse_input_errors() -> None:
 
 
 def test_config_validation() -> None:
-    with pytest.raises(ValidationError):
+    with pytest.raises(ConfigError):
         FusionConfig(weights={"attention": -1.0})
-    with pytest.raises(ValidationError):
+    with pytest.raises(ConfigError):
         FusionConfig(method="sum")  # type: ignore[arg-type]
-    with pytest.raises(ValidationError):
+    with pytest.raises(ConfigError):
         FusionConfig.model_validate({"weigths": {}})
     assert FusionConfig.model_validate(FusionConfig().model_dump()) == FusionConfig()

@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from shared_core.config.cascade import CascadeConfig
-from shared_core.config.reading import ConfigError, load_yaml, read_yaml_file, validation_message
+from shared_core.config.reading import ConfigError, load_yaml, read_yaml_file
 from shared_core.config.section import ConfigSection as _Section
 from shared_core.config.sections import (
     AttentionConfig,
@@ -64,14 +64,6 @@ class RetrieverConfig(_Section):
             hint = " (a file path must be a pathlib.Path or end in .yaml/.yml)" if isinstance(data, str) else ""
             raise ConfigError(f"{name}: a retriever config must be a YAML mapping, got {type(data).__name__}{hint}")
         return cls.validated(data, source=name)
-
-    @classmethod
-    def validated(cls, data: dict[str, Any], source: str = "dict") -> RetrieverConfig:
-        """`model_validate` whose errors are one bounded `ConfigError` (locations and types, never the input)."""
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            raise ConfigError(validation_message(exc, source)) from None
 
     def to_yaml(self) -> str:
         """YAML text that `from_yaml` turns back into an equal config."""

@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 import types
 import typing
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
+
+from shared_core.config.reading import ConfigError, validation_message
 
 
 class ConfigSection(BaseModel):
@@ -16,9 +18,43 @@ class ConfigSection(BaseModel):
     Errors never echo the input (`hide_input_in_errors`): a config may come from a shared file, and printing a
     deeply aliased value costs time exponential in its size. A bool is never accepted for a number field
     (pydantic would read `true` as 1), nor NaN/inf for any field.
+    Every way in raises the same one-line `ConfigError` (a ValueError): direct construction, `model_validate`,
+    an assignment, `from_yaml` and the adapters (never a raw pydantic `ValidationError`).
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, hide_input_in_errors=True)
+
+    def __init__(self, /, **data: Any) -> None:
+        """Validate `data`; a mistake is a `ConfigError` naming the section, the fields and the error types."""
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise ConfigError(validation_message(exc, type(self).__name__)) from None
+
+    # pydantic calls a custom __init__ for nested sections and model_validate too; marked as a base __init__ it
+    # validates those directly, so a nested mistake keeps its full location (`units.granularity`), not a wrapper's
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> Self:
+        """pydantic's `model_validate`, its errors a `ConfigError` as construction's are."""
+        return cls.validated(obj, cls.__name__, **kwargs)
+
+    @classmethod
+    def validated(cls, data: Any, source: str = "dict", **kwargs: Any) -> Self:
+        """`model_validate` whose errors are one bounded `ConfigError` naming `source` (locations and types, never
+        the input)."""
+        try:
+            return super().model_validate(data, **kwargs)
+        except ValidationError as exc:
+            raise ConfigError(validation_message(exc, source)) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """A validated assignment; a bad value is a `ConfigError`."""
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as exc:
+            raise ConfigError(validation_message(exc, type(self).__name__)) from None
 
     @field_validator("*", mode="before")
     @classmethod
