@@ -1,5 +1,9 @@
-"""The `attnret` command line: search documents (and more subcommands as the core grows).
+"""The `attnret` command line: `search` ranks the sentences of text files for a query, `explain` writes an HTML page
+showing how every sentence scored (and why), `detect-heads` finds a model's retrieval heads, `batch` runs a table of
+jobs on Ray Data. `attnret SUBCOMMAND --help` lists each one's options.
 
+`search --json` prints one shape for `--query` and `--queries`: a list of `{"query": ..., "hits": [...]}`.
+Progress bars (model loading, documents) go to stderr only with `--progress` or when stderr is a terminal.
 Every user error (bad input, config, missing file or model) prints one line `attnret: error: ...` and exits
 with status 2; Ctrl-C exits with 130, a closed output pipe with 141. Files are read as UTF-8 bytes without
 newline translation, so hit offsets index the file as stored (CRLF included). Text output escapes terminal
@@ -78,9 +82,22 @@ def _read_queries(name: str) -> list[str]:
     return check_queries(queries)
 
 
-def _load_config(path: str | None) -> RetrieverConfig:
+def show_progress(args: argparse.Namespace) -> bool:
+    """Progress bars (the model's loading bar, tqdm over documents) only with `--progress` or when stderr is a
+    terminal: a script, a pipe or a log file gets no bar text."""
+    if getattr(args, "progress", False):
+        return True
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # a replaced or closed stderr
+        return False
+
+
+def _load_config(path: str | None, progress: bool | None = None) -> RetrieverConfig:
+    """The config of `--config` (or the default), its bars on with `progress` (None: when stderr is a terminal)."""
     cfg = RetrieverConfig.from_yaml(Path(path)) if path else RetrieverConfig()
-    return cfg.model_copy(update={"show_progress": True})
+    on = show_progress(argparse.Namespace()) if progress is None else progress
+    return cfg.model_copy(update={"show_progress": on})
 
 
 def _retriever(config: RetrieverConfig) -> Any:
@@ -110,28 +127,23 @@ def cmd_search(args: argparse.Namespace) -> int:
     """Rank the units of the given files for a query (or each line of --queries) and print them."""
     check_top_k(args.top_k, "--top-k")
     queries = _read_queries(args.queries) if args.queries else None
-    query = check_query(args.query) if queries is None else None
-    config = _load_config(args.config)
+    asked = queries if queries is not None else [check_query(args.query)]
+    config = _load_config(args.config, show_progress(args))
     documents = _read_documents(args.file)
     retriever = _retriever(config)
-    if queries is not None:
-        per_query = retriever.retrieve_many(queries, documents, top_k=args.top_k)
-        if args.json:
-            pairs = zip(queries, per_query, strict=True)
-            data = [{"query": q, "hits": [h.to_dict() for h in hits]} for q, hits in pairs]
-            json.dump(data, sys.stdout, indent=2, ensure_ascii=False)
-            sys.stdout.write("\n")
-            return 0
-        for i, (q, hits) in enumerate(zip(queries, per_query, strict=True), 1):
-            sys.stdout.write(f"query {i}: {escape_terminal(q)}\n")
-            _print_hits(hits)
-        return 0
-    hits = retriever.retrieve(query, documents, top_k=args.top_k)
-    if args.json:
-        json.dump([h.to_dict() for h in hits], sys.stdout, indent=2, ensure_ascii=False)
+    per_query = retriever.retrieve_many(asked, documents, top_k=args.top_k)
+    if args.json:  # one shape for --query and --queries: a list of {query, hits}
+        pairs = zip(asked, per_query, strict=True)
+        data = [{"query": q, "hits": [h.to_dict() for h in hits]} for q, hits in pairs]
+        json.dump(data, sys.stdout, indent=2, ensure_ascii=False)
         sys.stdout.write("\n")
         return 0
-    _print_hits(hits)
+    if queries is None:
+        _print_hits(per_query[0])
+        return 0
+    for i, (q, hits) in enumerate(zip(queries, per_query, strict=True), 1):
+        sys.stdout.write(f"query {i}: {escape_terminal(q)}\n")
+        _print_hits(hits)
     return 0
 
 
@@ -144,7 +156,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     _check_out_file(args.out, "--out")
     if args.json:
         _check_out_file(args.json, "--json")
-    config = _load_config(args.config)
+    config = _load_config(args.config, show_progress(args))
     documents = _read_documents(args.file)
     explanation = _retriever(config).explain(args.query, documents, top_k=args.top_k)
     write_html(explanation, args.out)
@@ -161,7 +173,7 @@ def cmd_detect_heads(args: argparse.Namespace) -> int:
     for flag in ("top", "examples", "words", "k", "per_doc", "real_max_words"):
         check_top_k(getattr(args, flag), f"--{flag.replace('_', '-')}")
     _check_out_file(args.out, "--out")
-    cfg = _load_config(args.config)
+    cfg = _load_config(args.config, show_progress(args))
     if args.model:
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": args.model})})
     examples = detection_examples(
@@ -180,7 +192,7 @@ def cmd_detect_heads(args: argparse.Namespace) -> int:
         top=args.top,
         metric=args.metric,
         k=args.k,
-        show_progress=True,
+        show_progress=cfg.show_progress,
         sources=args.data,
         command=command,
         max_layer=args.max_layer,
@@ -202,16 +214,26 @@ def build_parser() -> argparse.ArgumentParser:
     asked.add_argument("--queries", metavar="FILE", help="a UTF-8 file of queries, one per line (blank lines skipped)")
     search.add_argument("--config", help="a RetrieverConfig YAML file")
     search.add_argument("--top-k", type=int, default=10, help="how many units to print (default 10)")
-    search.add_argument("--json", action="store_true", help="print the hits as JSON")
+    search.add_argument(
+        "--json", action="store_true", help='print JSON: a list of {"query": ..., "hits": [...]}, one per query'
+    )
+    _add_progress(search)
     search.set_defaults(func=cmd_search)
 
-    explain = sub.add_parser("explain", help="write an HTML page showing how every sentence scored")
+    explain = sub.add_parser(
+        "explain",
+        help="write an HTML page showing how every sentence scored",
+        description="Write a self-contained HTML page for one query: every sentence of the files shaded by its "
+        "fused score, its per-view scores (attention, dense, lexical) and reasons, the top hits, and the entities "
+        "linking sentences. Example: attnret explain --file report.txt --query 'Who signed?' --out why.html",
+    )
     explain.add_argument("--file", action="append", required=True, help="a text file (repeatable)")
     explain.add_argument("--query", required=True, help="the question or query")
     explain.add_argument("--out", required=True, help="HTML file to write")
     explain.add_argument("--json", help="also write the explanation data as JSON to this file")
     explain.add_argument("--config", help="a RetrieverConfig YAML file")
     explain.add_argument("--top-k", type=int, default=10, help="hits listed on the page (default 10)")
+    _add_progress(explain)
     explain.set_defaults(func=cmd_explain)
 
     detect = sub.add_parser("detect-heads", help="find the query-focused retrieval heads of a model")
@@ -247,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
         "query stops at the set's deepest layer, so a shallower set is faster (default: every layer)",
     )
     detect.add_argument("--config", help="a RetrieverConfig YAML file (scoring rule, prompt, device)")
+    _add_progress(detect)
     detect.set_defaults(func=cmd_detect_heads)
 
     from shared_core.batch.command import add_parser as add_batch_parser  # `attnret batch`: arguments and handler there
@@ -255,6 +278,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_batch_parser(sub)
     add_train_parser(sub)
     return parser
+
+
+def _add_progress(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--progress",
+        action="store_true",
+        help="show progress bars on stderr (model loading, documents); the default shows them only on a terminal",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,7 +13,9 @@ def test_search_prints_json_hits(tmp_path, capsys, retriever) -> None:
     f = tmp_path / "doc.txt"
     f.write_text(DOC)
     assert main(["search", "--file", str(f), "--query", "Who picked up the apple?", "--top-k", "2", "--json"]) == 0
-    hits = json.loads(capsys.readouterr().out)
+    (result,) = json.loads(capsys.readouterr().out)  # one shape for --query and --queries
+    assert result["query"] == "Who picked up the apple?"
+    hits = result["hits"]
     assert len(hits) == 2
     assert hits[0]["text"] == "Bill picked up the apple."
     assert DOC[hits[0]["start"] : hits[0]["end"]] == hits[0]["text"]

@@ -34,6 +34,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--num-gpus-per-worker", type=float, default=0, help="GPUs per actor (default 0: CPU)")
     p.add_argument("--batch-size", type=int, default=16, help="jobs per batch at most (default 16)")
     p.add_argument("--max-document-tokens", type=int, help="fail jobs whose document is longer (memory budget)")
+    p.add_argument(
+        "--progress",
+        action="store_true",
+        help="show Ray Data's progress bars on stderr; the default shows them only on a terminal",
+    )
     p.set_defaults(func=run)
     return p
 
@@ -67,7 +72,14 @@ def run(args: argparse.Namespace) -> int:
         num_gpus_per_worker=args.num_gpus_per_worker,
         batch_size=args.batch_size,
         max_document_tokens=args.max_document_tokens,
-        show_progress=True,
+        show_progress=args.progress or _stderr_is_terminal(),
     )
     sys.stdout.write(summary.line() + "\n")
     return 1 if summary.failed else 0
+
+
+def _stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # a replaced or closed stderr
+        return False
