@@ -14,6 +14,7 @@ from haystack import Document, component, default_from_dict, default_to_dict
 
 from shared_core import AttentionRetriever, RetrieverConfig
 from shared_core import Document as CoreDocument
+from shared_core.document import PRUNING_KEY
 from shared_core.tasks.pruned import DEFAULT_ENTITY_SHARE, DEFAULT_MARKER, PrunedDocument, PruneOptions, check_budget
 from shared_core.validation import check_query
 
@@ -26,9 +27,10 @@ class AttentionContextPruner:
 
     Sits between a retriever (or `AttentionRanker`) and `PromptBuilder`: every document comes back as a copy (same
     id, score and meta; inputs are not mutated) whose `content` is the pruned text, with where `marker` marks cut
-    text, and whose meta adds `pruned_spans` (kept char spans of the original content, each with its `reason`:
-    direct, entity, neighbour or whole), `original_length` (chars), `tokens_kept`, `tokens_original` (under the
-    reader's tokenizer) and `pruning_status` ("pruned", "whole", "truncated", "nothing_fits"; see docs/pruning.md).
+    text, and whose meta adds `attnret_pruning`, as the LlamaIndex pruner does: `spans` (kept char spans of the
+    original content, each with its `reason`: direct, entity, neighbour or whole), `original_length` (chars),
+    `tokens_kept`, `tokens_original` (under the reader's tokenizer) and `status` ("pruned", "whole", "truncated",
+    "nothing_fits"; see docs/pruning.md). The document's own meta keys are kept as they are.
     A document that fits the budget is returned whole; documents without text pass through unchanged.
 
     Pipeline YAML naming `haystack_attnret.pruner.AttentionContextPruner` loads only with the package allowlisted,
@@ -141,12 +143,4 @@ class AttentionContextPruner:
 
 def _pruned_copy(document: Document, pruned: PrunedDocument) -> Document:
     """A copy of `document` with the pruned text and the pruning facts in its meta (the same id and score)."""
-    meta = {
-        **document.meta,
-        "pruned_spans": [span.to_dict() for span in pruned.spans],
-        "original_length": pruned.original_length,
-        "tokens_kept": pruned.tokens_kept,
-        "tokens_original": pruned.tokens_original,
-        "pruning_status": pruned.status,
-    }
-    return dataclasses.replace(document, content=pruned.text, meta=meta)
+    return dataclasses.replace(document, content=pruned.text, meta={**document.meta, PRUNING_KEY: pruned.meta()})

@@ -7,6 +7,7 @@ import copy
 import dataclasses
 import logging
 import math
+import operator
 import threading
 from pathlib import Path
 from typing import Any, Literal
@@ -16,6 +17,7 @@ from haystack.utils import ComponentDevice
 
 from shared_core import AttentionRetriever, RetrieverConfig
 from shared_core import Document as CoreDocument
+from shared_core.document import unit_meta
 from shared_core.tasks.candidates import Candidate
 from shared_core.validation import check_query, check_top_k
 
@@ -43,8 +45,10 @@ class AttentionRanker:
     one with the highest (first-stage) score, as Haystack's rankers do; the first-stage score is kept in the
     result's `meta["retrieval_score"]` (when it had one).
     `"sentence"`/`"paragraph"` return the `top_k` best units across the documents as new `Document`s whose `meta`
-    is the source's meta plus `source_id`, `start`, `end` (char offsets in the source content) and `reasons` (unit
-    scores are in [0, 1] within their document, scaled by their document's score when several documents are given).
+    is the source's meta plus `attnret_source_id` (the source's id), `attnret_start`, `attnret_end` (char offsets in
+    the source content), `attnret_reasons` and `attnret_scores` (per view); the source's own keys are kept as they
+    are (unit scores are in [0, 1] within their document, scaled by their document's score when several documents
+    are given). `meta["source_id"]` and `meta["split_idx_start"]` (what `DocumentSplitter` writes) are read as inputs.
     `score_threshold` drops results scoring below it. Documents without text (`content` None or blank) cannot be
     scored: they come after the scored results with `score=None` and count against `top_k` (a hard cap); any
     `score_threshold` drops them.
@@ -94,7 +98,7 @@ class AttentionRanker:
         :param meta_fields_to_embed: Meta fields read before the content (granularity "document"); None = none.
         :param embedding_separator: Joins those meta values and the content.
         """
-        check_top_k(top_k)
+        _check_top_k(top_k)
         _check_threshold(score_threshold)
         if granularity not in _GRANULARITIES:
             raise ValueError(f"granularity must be one of {_GRANULARITIES}, got {granularity!r}")
@@ -181,7 +185,7 @@ class AttentionRanker:
         """
         top_k = self.top_k if top_k is None else top_k
         score_threshold = self.score_threshold if score_threshold is None else score_threshold
-        check_top_k(top_k)
+        _check_top_k(top_k)
         _check_threshold(score_threshold)
         check_query(query)
         documents = _deduplicate(_check_documents(documents))
@@ -225,10 +229,7 @@ class AttentionRanker:
                 content=hit.text,
                 meta={
                     **documents[hit.document_index].meta,
-                    "source_id": documents[hit.document_index].id,
-                    "start": hit.start,
-                    "end": hit.end,
-                    "reasons": list(hit.reasons),
+                    **unit_meta(hit, documents[hit.document_index].id, hit.start, hit.end),
                 },
                 score=float(hit.score),
             )
@@ -285,6 +286,14 @@ def _check_meta_fields(fields: Any) -> list[str] | None:
     if isinstance(fields, str) or not isinstance(fields, list | tuple) or not all(isinstance(f, str) for f in fields):
         raise TypeError("meta_fields_to_embed must be a list of str or None")
     return list(fields)
+
+
+def _check_top_k(top_k: Any) -> int:
+    """`top_k` must be a positive int; a non-positive one is refused in the words of Haystack's own rankers."""
+    try:
+        return check_top_k(top_k)  # TypeError for a bool, float or str
+    except ValueError:
+        raise ValueError(f"top_k must be > 0, but got {operator.index(top_k)}") from None
 
 
 def _check_threshold(score_threshold: Any) -> None:

@@ -23,10 +23,10 @@ from llama_index.core.schema import (
 from llama_index.core.schema import Document as LIDocument
 
 from shared_core import Document, Hit
+from shared_core.document import unit_meta
 from shared_core.tasks.candidates import Candidate
 
 NODE_SEPARATOR = "\n\n"
-REASONS_KEY = "attnret_reasons"
 RETRIEVAL_SCORE_KEY = "retrieval_score"
 """Metadata key of the first-stage score kept by `keep_retrieval_score` (as LlamaIndex's own rerankers name it)."""
 
@@ -143,24 +143,32 @@ def unit_node(context: SourceContext, hit: Hit) -> NodeWithScore:
     """A new TextNode for a core hit: the unit's text, the source node's metadata and relationships.
 
     SOURCE points to the source node's ref doc (or to the node itself when it has none), PARENT to
-    the node the unit was cut from; start/end char offsets are those of the original document.
+    the node the unit was cut from; start/end char offsets are those of the original document. The metadata is
+    the node's plus the `attnret_` keys (`shared_core.document.unit_meta`: source node id, offsets in its text,
+    reasons, per-view scores), which are excluded from embedding and LLM metadata.
     """
     member = context.member_at(hit.start, hit.end)
     source = member.node
     local = (hit.start - member.start, hit.end - member.start)
     relationships: dict[NodeRelationship, RelatedNodeInfo] = {NodeRelationship.PARENT: source.as_related_node_info()}
     relationships[NodeRelationship.SOURCE] = source.source_node or source.as_related_node_info()
+    added = unit_meta(hit, source.node_id, *local)
     node = TextNode(
         id_=f"{source.node_id}#{local[0]}-{local[1]}",
         text=hit.text,
-        metadata={**source.metadata, REASONS_KEY: list(hit.reasons)},
-        excluded_embed_metadata_keys=[*source.excluded_embed_metadata_keys, REASONS_KEY],
-        excluded_llm_metadata_keys=[*source.excluded_llm_metadata_keys, REASONS_KEY],
+        metadata={**source.metadata, **added},
+        excluded_embed_metadata_keys=_excluded(source.excluded_embed_metadata_keys, added),
+        excluded_llm_metadata_keys=_excluded(source.excluded_llm_metadata_keys, added),
         relationships=relationships,
         start_char_idx=member.document_offset(hit.start),
         end_char_idx=member.document_offset(hit.end),
     )
     return NodeWithScore(node=node, score=float(hit.score))
+
+
+def _excluded(keys: Sequence[str], added: dict[str, object]) -> list[str]:
+    """`keys` plus the added `attnret_` keys (never embedded nor shown to the LLM), each once."""
+    return [*keys, *(key for key in added if key not in keys)]
 
 
 def _document_order(entry: tuple[int, NodeWithScore]) -> tuple[bool, int, int]:

@@ -15,11 +15,11 @@ from llamaindex_attnret.context import node_text
 from llamaindex_attnret.shared import shared_retriever
 from shared_core import AttentionRetriever, RetrieverConfig
 from shared_core import Document as CoreDocument
+from shared_core.document import PRUNING_KEY
 from shared_core.tasks.pruned import DEFAULT_ENTITY_SHARE, DEFAULT_MARKER, PruneOptions, check_budget
+from shared_core.validation import check_query
 
 logger = logging.getLogger(__name__)
-
-PRUNING_KEY = "attnret_pruning"
 
 
 class AttentionContextPruner(BaseNodePostprocessor):
@@ -83,6 +83,7 @@ class AttentionContextPruner(BaseNodePostprocessor):
     ) -> list[NodeWithScore]:
         if query_bundle is None:
             raise ValueError("AttentionContextPruner needs a query: pass query_bundle or query_str.")
+        check_query(query_bundle.query_str)  # refused even when no node has text to prune
         options = PruneOptions(self.unit, self.neighbours, self.marker, self.entity_share, self.reader_tokenizer)
         for position, item in enumerate(nodes):
             if not isinstance(item, NodeWithScore):
@@ -99,13 +100,7 @@ class AttentionContextPruner(BaseNodePostprocessor):
             node = out[i].node
             assert isinstance(node, TextNode)
             node.set_content(pruned.text)
-            node.metadata[PRUNING_KEY] = {
-                "spans": [span.to_dict() for span in pruned.spans],
-                "original_length": pruned.original_length,
-                "tokens_kept": pruned.tokens_kept,
-                "tokens_original": pruned.tokens_original,
-                "status": pruned.status,
-            }
+            node.metadata[PRUNING_KEY] = pruned.meta()
             for excluded in (node.excluded_embed_metadata_keys, node.excluded_llm_metadata_keys):
                 if PRUNING_KEY not in excluded:
                     excluded.append(PRUNING_KEY)

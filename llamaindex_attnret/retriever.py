@@ -17,7 +17,7 @@ from llama_index.core.storage.docstore.types import BaseDocumentStore
 from llamaindex_attnret.context import SourceContext, build_contexts, split_scoreable, unit_node
 from llamaindex_attnret.shared import shared_retriever, with_granularity
 from shared_core import AttentionRetriever, RetrieverConfig
-from shared_core.validation import check_top_k
+from shared_core.validation import check_query, check_top_k
 
 logger = logging.getLogger(__name__)
 
@@ -76,10 +76,12 @@ class AttentionLongDocRetriever(BaseRetriever):
         return self._retriever
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        check_query(query_bundle.query_str)  # an empty query is refused even when the corpus has no text
         candidates = self.first_stage.retrieve(query_bundle) if self.first_stage is not None else None
         return self._score(query_bundle.query_str, candidates)
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        check_query(query_bundle.query_str)
         candidates = await self.first_stage.aretrieve(query_bundle) if self.first_stage is not None else None
         return await asyncio.to_thread(self._score, query_bundle.query_str, candidates)
 

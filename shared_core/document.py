@@ -6,6 +6,16 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
+DEFAULT_ID_PREFIX = "attnret-"
+"""Prefix of the id a document given without one gets (`default_id`)."""
+
+
+def default_id(text: str) -> str:
+    """The id of a document given without one (a plain str, or `id=None`): `attnret-` and the first 12 hex digits
+    of its text's SHA-256. The same text always gets the same id, in any call or position, and it cannot collide
+    with a caller's ids such as "0" or "1" when results are merged."""
+    return DEFAULT_ID_PREFIX + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+
 
 @dataclass(frozen=True)
 class Document:
@@ -59,3 +69,27 @@ class Hit:
             "scores": dict(self.scores),
             "reasons": list(self.reasons),
         }
+
+
+META_PREFIX = "attnret_"
+"""Prefix of every metadata key the adapters add; a caller's own keys are never overwritten."""
+SOURCE_ID_KEY = "attnret_source_id"
+START_KEY = "attnret_start"
+END_KEY = "attnret_end"
+REASONS_KEY = "attnret_reasons"
+SCORES_KEY = "attnret_scores"
+PRUNING_KEY = "attnret_pruning"
+UNIT_META_KEYS = (SOURCE_ID_KEY, START_KEY, END_KEY, REASONS_KEY, SCORES_KEY)
+"""The keys a unit returned by an adapter (sentence/paragraph granularity) adds to its source's metadata."""
+
+
+def unit_meta(hit: Hit, source_id: str, start: int, end: int) -> dict[str, Any]:
+    """The `attnret_` metadata of a unit cut from the item `source_id`: `start`/`end` are its char offsets in that
+    item's text, so `text[start:end]` is the unit; the reasons and per-view scores are the hit's (plain JSON)."""
+    return {
+        SOURCE_ID_KEY: source_id,
+        START_KEY: start,
+        END_KEY: end,
+        REASONS_KEY: list(hit.reasons),
+        SCORES_KEY: {name: float(value) for name, value in hit.scores.items()},
+    }

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from shared_core.config import RetrieverConfig
-from shared_core.document import Document, Hit, Unit
+from shared_core.document import Document, Hit, Unit, default_id
 from shared_core.engine import scoring
 from shared_core.engine.attention_engine import CALIBRATION_QUERY, PREFILL_CHUNK, AttentionEngine
 from shared_core.engine.heads import HeadSelection
@@ -124,8 +124,7 @@ class AttentionRetriever:
         per_doc = self.score_all(query, documents)
         docs = coerce_documents(documents)
         indexes = [self.analyser.analyse(d).entities for d in docs]
-        named = [d if d.id is not None else Document(text=d.text, id=str(i), meta=d.meta) for i, d in enumerate(docs)]
-        return build_explanation(query, named, per_doc, ranking.top_hits(per_doc, top_k), indexes)
+        return build_explanation(query, docs, per_doc, ranking.top_hits(per_doc, top_k), indexes)
 
     def score_units(self, query: str, document: str | Document) -> list[Hit]:
         """Every unit of `document` with its scores, in document order (for explanation and benchmarks)."""
@@ -264,7 +263,7 @@ class AttentionRetriever:
     ) -> list[tuple[list[Hit], dict[str, np.ndarray]]]:
         """Per query, every unit of `doc` as a hit (document order) and the views it was ranked from."""
         analysis, per_query = self._views(queries, doc)
-        doc_id = doc.id if doc.id is not None else str(index)
+        doc_id = doc.id if doc.id is not None else default_id(doc.text)
         cfg = self.config
         out = []
         for query, views in zip(queries, per_query, strict=True):

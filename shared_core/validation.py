@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 from collections.abc import Sequence
 from typing import Any
 
-from shared_core.document import Document
+from shared_core.document import Document, default_id
 
 
 def check_text(text: str, name: str) -> str:
@@ -44,7 +45,8 @@ def check_top_k(top_k: Any, name: str = "top_k") -> int:
 
 
 def coerce_document(document: Any, index: int, allow_blank: bool = False) -> Document:
-    """A str or core Document with non-blank text (blank allowed where a caller has a result for it), as a Document."""
+    """A str or core Document with non-blank text (blank allowed where a caller has a result for it), as a Document;
+    one without an id (a plain str, or `id=None`) gets `default_id(text)`, a content hash."""
     if isinstance(document, Document):
         doc = document
     elif isinstance(document, str):
@@ -56,7 +58,7 @@ def coerce_document(document: Any, index: int, allow_blank: bool = False) -> Doc
     if not doc.text.strip() and not allow_blank:
         raise ValueError(f"document {index} is empty or whitespace")
     check_text(doc.text, f"document {index}")
-    return doc
+    return doc if doc.id is not None else dataclasses.replace(doc, id=default_id(doc.text))
 
 
 def coerce_documents(documents: Any, allow_blank: bool = False) -> list[Document]:

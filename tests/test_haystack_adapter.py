@@ -252,16 +252,18 @@ def test_sentence_granularity_returns_new_documents_with_offsets(documents: list
     units = out
     by_id = {d.id: d for d in documents}
     for unit in units:
-        source = by_id[unit.meta["source_id"]]
-        assert source.content[unit.meta["start"] : unit.meta["end"]] == unit.content
-        assert unit.meta["n"] == source.meta["n"] and unit.meta["reasons"]
+        source = by_id[unit.meta["attnret_source_id"]]
+        assert source.content[unit.meta["attnret_start"] : unit.meta["attnret_end"]] == unit.content
+        assert unit.meta["n"] == source.meta["n"] and unit.meta["attnret_reasons"]
+        assert all(isinstance(v, float) for v in unit.meta["attnret_scores"].values())  # per-view scores
         assert 0.0 <= unit.score <= 1.0
     assert [u.score for u in units] == sorted((u.score for u in units), reverse=True)
     kept = ranker.run(query=QUERY, documents=documents, score_threshold=0.5)["documents"]
     assert kept and all(d.score >= 0.5 for d in kept) and len(kept) < len(units)
 
     async_out = asyncio.run(ranker.run_async(query=QUERY, documents=documents))["documents"]
-    assert [(d.content, d.meta.get("start")) for d in async_out] == [(d.content, d.meta.get("start")) for d in out]
+    starts = [(d.content, d.meta.get("attnret_start")) for d in out]
+    assert [(d.content, d.meta.get("attnret_start")) for d in async_out] == starts
 
 
 KEY = "Mary left the brass key on the desk in the office."

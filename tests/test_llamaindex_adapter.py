@@ -242,8 +242,10 @@ def test_sentence_units_keep_source_offsets_and_relationships() -> None:
         parent = by_id[node.relationships[NodeRelationship.PARENT].node_id]
         assert parent.start_char_idx <= node.start_char_idx < node.end_char_idx <= parent.end_char_idx
         assert node.metadata["chunk"] == parent.metadata["chunk"]
-        assert node.metadata["attnret_reasons"]
-        assert "attnret_reasons" in node.excluded_llm_metadata_keys
+        assert node.metadata["attnret_reasons"] and node.metadata["attnret_source_id"] == parent.node_id
+        assert parent.text[node.metadata["attnret_start"] : node.metadata["attnret_end"]] == node.text
+        added = ("attnret_source_id", "attnret_start", "attnret_end", "attnret_reasons", "attnret_scores")
+        assert set(added) <= set(node.excluded_llm_metadata_keys) & set(node.excluded_embed_metadata_keys)
     assert [o.score for o in out] == sorted((o.score for o in out), reverse=True)
 
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Literal
 import bm25s
 import numpy as np
 
-from shared_core.document import Document, Hit
+from shared_core.document import Document, Hit, default_id
 from shared_core.engine.scoring import pool, unit_token_ranges
 from shared_core.validation import check_query
 from shared_core.views.lexical import LexicalIndex
@@ -229,7 +229,7 @@ def score_candidates(
     `Hit.score` is the weighted mean (`fusion.weights`) of the enabled views on their absolute [0, 1] scales
     (`ViewScales`): comparable across candidates and across calls. `Hit.scores` holds each view's [0, 1] value
     under its name, its raw value under `<view>_raw` (attention multiples, cosine, BM25) and `fused`.
-    `document_index` is the input position, `document_id` the candidate id (or the position), `start`/`end` the
+    `document_index` is the input position, `document_id` the candidate id (or `default_id(text)`), `start`/`end` the
     candidate's offsets in its source (from `start`, else 0). `orders=2` also reads the candidates in reverse
     prompt order and averages the attention of both readings (corrects position bias at twice the model cost).
     """
@@ -287,7 +287,7 @@ def score_candidates(
         start = c.start or 0
         hits.append(
             Hit(
-                document_id=c.id if c.id is not None else str(i),
+                document_id=c.id if c.id is not None else default_id(c.text),
                 document_index=i,
                 start=start,
                 end=start + len(c.text),

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared_core.document import Document, Hit
+from shared_core.document import Document, Hit, default_id
 from shared_core.views.entities import EntityIndex
 
 logger = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ def build_explanation(
                     "label": index.labels.get(key, ""),
                     "units": index.units_of(key),
                 }
-        doc_id = document.id if document.id is not None else str(position)
+        doc_id = document.id if document.id is not None else default_id(document.text)
         explained_documents.append(ExplainedDocument(doc_id, document.text, explained_units, entities))
     return Explanation(query=query, documents=explained_documents, hits=[hit.to_dict() for hit in hits])
 

@@ -78,8 +78,18 @@ class PrunedDocument:
         """Share of the original tokens kept (0 for an empty document)."""
         return self.tokens_kept / self.tokens_original if self.tokens_original else 0.0
 
+    def meta(self) -> dict[str, Any]:
+        """What both adapters store under `attnret_pruning` in a pruned item's metadata (plain JSON)."""
+        return {
+            "spans": [s.to_dict() for s in self.spans],
+            "original_length": self.original_length,
+            "tokens_kept": self.tokens_kept,
+            "tokens_original": self.tokens_original,
+            "status": self.status,
+        }
+
     def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form (the adapters' metadata and the benchmark read it)."""
+        """Plain-JSON form (the benchmark reads it)."""
         return {
             "document_id": self.document_id,
             "document_index": self.document_index,

@@ -31,7 +31,7 @@ import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from shared_core.document import Document
+from shared_core.document import Document, default_id
 from shared_core.tasks.pruned import (
     Granularity,
     KeptSpan,
@@ -138,7 +138,7 @@ def prune(
     granularity = scorer.config.units.granularity
     out = []
     for index, doc in enumerate(docs):
-        doc_id = doc.id if doc.id is not None else str(index)
+        doc_id = doc.id if doc.id is not None else default_id(doc.text)
         early = trivial_result(doc.text, budget, counter, doc_id, index)
         if early is not None:
             out.append(early)
