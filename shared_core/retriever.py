@@ -25,7 +25,7 @@ from shared_core.engine.heads import HeadSelection
 from shared_core.engine.prompt import DocumentTokens
 from shared_core.models.loading import LoadedModel
 from shared_core.tasks.explain import Explanation, build_explanation
-from shared_core.text.segmentation import units_from_spans
+from shared_core.text.segmentation import is_heading, units_from_spans
 from shared_core.validation import check_queries, check_query, check_top_k, coerce_document, coerce_documents
 from shared_core.views import ViewContext, ranking, read_ahead, score_views
 from shared_core.views.analysis import Analyser, Analysis
@@ -116,7 +116,7 @@ class AttentionRetriever:
     ) -> list[list[Hit]]:
         """For each query, what `retrieve(query, documents, top_k)` returns; each document is read once for all."""
         check_top_k(top_k)
-        return [ranking.top_hits(per_doc, top_k) for per_doc in self.score_all_many(queries, documents)]
+        return [ranking.top_hits(self._slotted(per_doc), top_k) for per_doc in self.score_all_many(queries, documents)]
 
     def explain(self, query: str, documents: Sequence[str | Document], top_k: int = 10) -> Explanation:
         """Every unit's per-view scores, the top hits and the entity links: the data of `attnret explain`."""
@@ -124,7 +124,14 @@ class AttentionRetriever:
         per_doc = self.score_all(query, documents)
         docs = coerce_documents(documents)
         indexes = [self.analyser.analyse(d).entities for d in docs]
-        return build_explanation(query, docs, per_doc, ranking.top_hits(per_doc, top_k), indexes)
+        return build_explanation(query, docs, per_doc, ranking.top_hits(self._slotted(per_doc), top_k), indexes)
+
+    def _slotted(self, per_doc: list[list[Hit]]) -> list[list[Hit]]:
+        """The hits that compete for result slots: with `units.merge_headings`, a document's heading-only units
+        (`is_heading`: a heading paragraph) leave the race, unless the document has nothing else."""
+        if not self.config.units.merge_headings:
+            return per_doc
+        return [[h for h in hits if not is_heading(h.text)] or hits for hits in per_doc]
 
     def score_units(self, query: str, document: str | Document) -> list[Hit]:
         """Every unit of `document` with its scores, in document order (for explanation and benchmarks)."""

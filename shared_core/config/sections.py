@@ -171,6 +171,13 @@ class UnitsConfig(_Section):
         "install command), or 'sentencizer' for spaCy's rule-based splitter (no model needed).",
     )
     min_chars: int = Field(1, ge=1, description="Units shorter than this (after stripping) are merged into the next.")
+    merge_headings: bool = Field(
+        True,
+        description="A heading or fragment sentence ('Safety.', 'METHODS:', '[1] .'; `text.segmentation.is_heading`) "
+        "joins the next sentence of its paragraph (the one before it at the paragraph's end), and a unit that is "
+        "still heading-only (a heading paragraph) takes no hit slot in `retrieve` and no pruning budget before "
+        "the other units; false: every sentence stands alone and competes.",
+    )
 
 
 class DenseConfig(_Section):

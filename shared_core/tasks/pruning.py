@@ -42,6 +42,7 @@ from shared_core.tasks.pruned import (
     trivial_result,
 )
 from shared_core.tasks.pruning_selection import prune_hits, prune_scores
+from shared_core.text.segmentation import is_heading
 from shared_core.validation import check_query, coerce_documents
 
 if TYPE_CHECKING:
@@ -145,6 +146,8 @@ def prune(
             continue
         units = scorer.units(doc)
         hits = scorer.score_units(query, doc)
+        merge = scorer.config.units.merge_headings
+        headings = {k for k, unit in enumerate(units) if merge and is_heading(unit.text)}
         out.append(
             prune_hits(
                 doc.text,
@@ -152,6 +155,7 @@ def prune(
                 hits,
                 budget,
                 counter,
+                last=headings if len(headings) < len(units) else (),
                 neighbours=options.neighbours,
                 marker=options.marker,
                 entity_share=options.entity_share,

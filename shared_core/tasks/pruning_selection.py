@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import bisect
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,14 +39,19 @@ def prune_hits(
     hits: Sequence[Hit],
     budget_tokens: int,
     counter: TokenCounter,
+    last: Collection[int] = (),
     **kwargs: Any,
 ) -> PrunedDocument:
-    """`prune_scores` with the retriever's hits: direct order by fused score, entity background from `reasons`."""
+    """`prune_scores` with the retriever's hits: direct order by fused score, entity background from `reasons`;
+    the units in `last` (heading-only units) are chosen only after every other one, never as entity background."""
     if len(hits) != len(units) or any((h.start, h.end) != (u.start, u.end) for h, u in zip(hits, units, strict=True)):
         raise ValueError("hits must be the units of the document, in document order (what score_units returns)")
     scores = [float(h.scores.get("fused", h.score)) for h in hits]
+    if last:
+        floor = min(scores) - 1.0
+        scores = [floor if k in last else score for k, score in enumerate(scores)]
     entity_units = sorted(
-        (k for k, h in enumerate(hits) if any(r.startswith("entity:") for r in h.reasons)),
+        (k for k, h in enumerate(hits) if k not in last and any(r.startswith("entity:") for r in h.reasons)),
         key=lambda k: (-hits[k].score, k),
     )
     entities = {k: next(r[7:] for r in hits[k].reasons if r.startswith("entity:")) for k in entity_units}

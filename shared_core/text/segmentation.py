@@ -18,6 +18,29 @@ from shared_core.text.nlp import load_pipeline, parse
 logger = logging.getLogger(__name__)
 
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t\r\f\v]*\n\s*")
+_UNSPACED = "\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff"
+_WORDS = re.compile(rf"[{_UNSPACED}]|(?:(?![{_UNSPACED}])[^\W\d_])+")
+"""A word: a run of letters, or one character of a script written without spaces (CJK, Thai...)."""
+_MINOR_WORDS = frozenset("a an and as at by for from in of on or the to vs with".split())
+HEADING_MAX_WORDS = 2
+"""A unit of at most this many words is a heading or fragment ("Safety.", "METHODS:", "[1] .", "Figure 2 .")."""
+TITLE_MAX_WORDS = 5
+"""A unit of at most this many words ending in a colon, or in Title Case without a sentence end, is a heading."""
+
+
+def is_heading(text: str) -> bool:
+    """Whether a unit is a heading or a fragment rather than a statement: at most `HEADING_MAX_WORDS` words of
+    letters ("Safety.", "Study design", "[1] ."), or at most `TITLE_MAX_WORDS` ending in a colon or in Title Case
+    without a sentence end ("Results and discussion:", "Materials and Methods")."""
+    words = _WORDS.findall(text)
+    if len(words) <= HEADING_MAX_WORDS:
+        return True
+    if len(words) > TITLE_MAX_WORDS:
+        return False
+    end = text.rstrip()[-1:]
+    if end == ":":
+        return True
+    return end not in ".?!;,\"'”’)]" and all(w[0].isupper() or w.lower() in _MINOR_WORDS for w in words)
 
 
 def paragraph_spans(text: str) -> list[tuple[int, int]]:
@@ -34,32 +57,70 @@ def paragraph_spans(text: str) -> list[tuple[int, int]]:
     return spans
 
 
-def segment(text: str, granularity: str, spacy_model: str, min_chars: int = 1) -> list[Unit]:
+def segment(
+    text: str, granularity: str, spacy_model: str, min_chars: int = 1, merge_headings: bool = False
+) -> list[Unit]:
     """Units of `text` in document order; `text[u.start:u.end] == u.text` for every unit."""
     paragraphs = paragraph_spans(text)
     if granularity == "paragraph":
         return _units(text, [(s, e, p) for p, (s, e) in enumerate(paragraphs)], min_chars)
     nlp = load_pipeline(spacy_model, "units.spacy_model")
     docs = parse(nlp, (text[s:e] for s, e in paragraphs), sentences=True, entities=False)
-    return sentence_units(text, paragraphs, docs, min_chars)
+    return sentence_units(text, paragraphs, docs, min_chars, merge_headings)
 
 
 def sentence_units(
-    text: str, paragraphs: Sequence[tuple[int, int]], docs: Sequence[Any], min_chars: int = 1
+    text: str,
+    paragraphs: Sequence[tuple[int, int]],
+    docs: Sequence[Any],
+    min_chars: int = 1,
+    merge_headings: bool = False,
 ) -> list[Unit]:
-    """Sentence units from the spaCy `docs` of `paragraphs` (one parse can serve the entities too)."""
+    """Sentence units from the spaCy `docs` of `paragraphs` (one parse can serve the entities too); with
+    `merge_headings`, a heading sentence (`is_heading`) joins the next sentence of its paragraph (the one before it
+    at the paragraph's end)."""
     raw: list[tuple[int, int, int]] = []
     for p, ((ps, _), doc) in enumerate(zip(paragraphs, docs, strict=True)):
         for sent in doc.sents:
             span = _strip(text, ps + sent.start_char, ps + sent.end_char)
             if span:
                 raw.append((*span, p))
+    if merge_headings:
+        raw = _merge_headings(raw, text)
     return _units(text, raw, min_chars)
 
 
 def _units(text: str, raw: list[tuple[int, int, int]], min_chars: int) -> list[Unit]:
     merged = _merge_short(raw, text, min_chars)
     return [Unit(index=i, start=s, end=e, text=text[s:e], paragraph=p) for i, (s, e, p) in enumerate(merged)]
+
+
+def _merge_headings(raw: list[tuple[int, int, int]], text: str) -> list[tuple[int, int, int]]:
+    """Join each heading unit to the next unit of its paragraph, or to the one before it when it ends the paragraph;
+    a paragraph of headings only stays one unit (never across a paragraph break: nodes are joined at those)."""
+    out: list[tuple[int, int, int]] = []
+    pending: tuple[int, int, int] | None = None  # headings waiting for the next unit of their paragraph
+    for s, e, p in raw:
+        if pending is not None and pending[2] != p:
+            _close(out, pending)
+            pending = None
+        start = s if pending is None else pending[0]
+        if is_heading(text[s:e]):
+            pending = (start, e, p)
+        else:
+            out.append((start, e, p))
+            pending = None
+    if pending is not None:
+        _close(out, pending)
+    return out
+
+
+def _close(out: list[tuple[int, int, int]], pending: tuple[int, int, int]) -> None:
+    """Headings that end their paragraph join the unit before them in that paragraph (else they stand alone)."""
+    if out and out[-1][2] == pending[2]:
+        out[-1] = (out[-1][0], pending[1], pending[2])
+    else:
+        out.append(pending)
 
 
 def units_from_spans(text: str, spans: Sequence[tuple[int, int]]) -> list[Unit]:

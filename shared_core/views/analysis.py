@@ -110,12 +110,13 @@ class Analyser:
             reused = old.parse if old is not None else None  # None too when the old text had no shared parse
             new = [(s + start, e + start) for s, e in paragraph_spans(doc.text[start:])]
             docs = parse(nlp, (doc.text[s:e] for s, e in new), sentences=True, entities=True)
-            fresh = sentence_units(doc.text, new, docs, cfg.units.min_chars)  # offsets into the whole text
+            fresh = sentence_units(doc.text, new, docs, cfg.units.min_chars, cfg.units.merge_headings)  # whole text
             if reused is not None:
                 new, docs = reused.paragraphs[:kept_paragraphs] + new, reused.docs[:kept_paragraphs] + docs
             shared = _Parse(new, docs)
         else:
-            fresh = segment(doc.text[start:], cfg.units.granularity, cfg.units.spacy_model, cfg.units.min_chars)
+            u = cfg.units
+            fresh = segment(doc.text[start:], u.granularity, u.spacy_model, u.min_chars, u.merge_headings)
             fresh = [Unit(x.index, x.start + start, x.end + start, x.text, x.paragraph) for x in fresh]
         units += [
             Unit(len(units) + i, x.start, x.end, x.text, x.paragraph + kept_paragraphs) for i, x in enumerate(fresh)
