@@ -89,3 +89,21 @@ def test_haystack_example_retrieves_both_facts() -> None:
 @pytest.mark.slow
 def test_llamaindex_example_retrieves_both_facts() -> None:
     _assert_both_facts(_load("llamaindex_query_engine").answer(QUESTION))
+
+
+@pytest.mark.integration
+def test_llamaindex_vector_index_example_reranks_the_builder_first() -> None:
+    """The README one-liner offline: a VectorStoreIndex on the bundled MiniLM, then AttentionRerank (no LLM)."""
+    module = _load("llamaindex_vector_index")
+    index = module.build_index()
+    chunks = [hit.node.get_content() for hit in index.as_retriever(similarity_top_k=3).retrieve(QUESTION)]
+    assert FACT_A not in chunks[0], "the vector search alone already ranks the builder's chunk first"
+    sentences = module.retrieve(QUESTION, module.build_query_engine(index))["sentences"]
+    for item in sentences:
+        assert REPORT[item["start"] : item["end"]] == item["text"]
+        print(f"  [{item['n']}] {item['score']:.3f} {item['reasons']} {item['text']}")
+    assert len(sentences) == 5
+    assert FACT_A in sentences[0]["text"], "the builder's sentence is not first"
+    assert any(FACT_B in item["text"] for item in sentences), "where the builder works was not retrieved"
+    scores = [item["score"] for item in sentences]
+    assert scores == sorted(scores, reverse=True)
