@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 DEFAULT_ID_PREFIX = "attnret-"
@@ -57,18 +57,8 @@ class Hit:
     unit_index: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form, for the CLI and adapters."""
-        return {
-            "document_id": self.document_id,
-            "document_index": self.document_index,
-            "unit_index": self.unit_index,
-            "start": self.start,
-            "end": self.end,
-            "text": self.text,
-            "score": self.score,
-            "scores": dict(self.scores),
-            "reasons": list(self.reasons),
-        }
+        """Plain-JSON form, for the CLI and adapters (copies: changing it leaves the hit alone)."""
+        return asdict(self)
 
 
 META_PREFIX = "attnret_"

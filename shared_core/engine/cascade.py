@@ -139,9 +139,12 @@ class _CascadeLayerBase(CacheLayerMixin):
         return -1
 
     def _unrotated_pending(self, plan: _Plan) -> torch.Tensor:
+        """The pending chunk's keys without rotary position, handed to the owner's commit observer."""
         assert self.pending_k is not None
         cos, sin = self.owner.rope(self.layer_idx, plan.kept_before, plan.n_new, self.pending_k.device)
-        return apply_rope(self.pending_k, cos, sin, inverse=True)
+        k_un = apply_rope(self.pending_k, cos, sin, inverse=True)
+        self.owner.note_committed(self.layer_idx, k_un, self.pending_v, plan.seen_before)
+        return k_un
 
     def _pending_slots(self, plan: _Plan, k_un: torch.Tensor, received_new: torch.Tensor) -> _Slots:
         assert self.pending_v is not None
@@ -189,7 +192,6 @@ class CascadeLayer(_CascadeLayerBase):
         if self.pending_k is None:
             return
         k_un = self._unrotated_pending(plan)
-        self.owner.note_committed(self.layer_idx, k_un, self.pending_v, plan.seen_before)
         b, h, c, _ = k_un.shape
         kept = plan.kept_before
         recv = self.received
@@ -262,9 +264,7 @@ class SlidingCascadeLayer(_CascadeLayerBase):
         if self.pending_k is None:
             return
         k_un = self._unrotated_pending(plan)
-        self.owner.note_committed(self.layer_idx, k_un, self.pending_v, plan.seen_before)
-        b, h, c, _ = k_un.shape
-        new = self._pending_slots(plan, k_un, k_un.new_zeros(b, h, c, dtype=torch.float32))
+        new = self._pending_slots(plan, k_un, k_un.new_zeros(k_un.shape[:3], dtype=torch.float32))
         combined = new if self.slots is None else _Slots.cat([self.slots, new])
         self.slots = combined.slice(max(0, len(combined) - (self.sliding_window - 1)))
         self._clear_pending()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from tqdm.auto import tqdm
@@ -22,6 +22,8 @@ from shared_core.engine.scoring import PerLayer
 from shared_core.engine.state_store import StateStore, state_key
 from shared_core.lru import LRUCache
 from shared_core.models.loading import LoadedModel
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -106,19 +108,19 @@ class PastWindow:
 
     def _replay(self, job: _Queries, state: CascadeState) -> torch.Tensor:
         """The queries' scores replayed chunk by chunk from a kept pass (no read of the document)."""
-        bar = tqdm(total=len(state.chunks), desc="replay", unit="chunk", disable=not self.config.show_progress)
-        try:
-            with torch.inference_mode():
-                scores = replay_scores(
-                    job.model.model,
-                    state,
-                    job.suffixes,
-                    job.selection.layers,
-                    progress=lambda d, t: bar.update(1),
-                    batch_size=self.config.attention.query_batch,
-                )
-        finally:
-            bar.close()
+        scores = self._with_progress(
+            len(state.chunks),
+            "replay",
+            "chunk",
+            lambda progress: replay_scores(
+                job.model.model,
+                state,
+                job.suffixes,
+                job.selection.layers,
+                progress=progress,
+                batch_size=self.config.attention.query_batch,
+            ),
+        )
         self._count(cascade_replays=1, cascade_replayed_queries=len(job.suffixes))
         return scores
 
@@ -129,29 +131,33 @@ class PastWindow:
         cfg = self.config.cascade
         ids = torch.tensor(tokens.ids, dtype=torch.long)
         resume = self._resume_point(job.model, ids, family, job.selection.deepest) if cfg.reuse else None
-        first = resume.start if resume is not None else 0
-        bar = tqdm(total=len(tokens.ids), desc="cascade", unit="tok", disable=not self.config.show_progress)
+        res = self._with_progress(
+            len(tokens.ids),
+            "cascade",
+            "tok",
+            lambda progress: cascade_token_scores(
+                job.model.model,
+                ids,
+                job.suffixes,
+                job.selection.layers,
+                cfg,
+                progress=progress,
+                keep=cfg.reuse,
+                resume=resume,
+                batch_size=self.config.attention.query_batch,
+            ),
+        )
+        self._count(cascade_passes=1, cascade_tokens=len(tokens.ids) - (resume.start if resume is not None else 0))
+        return res.scores, res.state
 
-        def progress(done: int, _total: int) -> None:
-            bar.update(done - bar.n)
-
+    def _with_progress(self, total: int, desc: str, unit: str, run: Callable[[Callable[[int, int], None]], T]) -> T:
+        """`run(progress)` in inference mode, `progress(done, total)` moving a bar (shown with `show_progress`)."""
+        bar = tqdm(total=total, desc=desc, unit=unit, disable=not self.config.show_progress)
         try:
             with torch.inference_mode():
-                res = cascade_token_scores(
-                    job.model.model,
-                    ids,
-                    job.suffixes,
-                    job.selection.layers,
-                    cfg,
-                    progress=progress,
-                    keep=cfg.reuse,
-                    resume=resume,
-                    batch_size=self.config.attention.query_batch,
-                )
+                return run(lambda done, _total: bar.update(done - bar.n))
         finally:
             bar.close()
-        self._count(cascade_passes=1, cascade_tokens=len(tokens.ids) - first)
-        return res.scores, res.state
 
     def _resume_point(self, model: LoadedModel, ids: torch.Tensor, family: str, deepest: int) -> ResumePoint | None:
         """Of the kept passes in memory deep enough for these heads, the one a pass over `ids` takes most from."""

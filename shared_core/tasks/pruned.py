@@ -6,7 +6,7 @@ from __future__ import annotations
 import numbers
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 DEFAULT_MARKER = " … "
@@ -39,15 +39,8 @@ class KeptSpan:
     entity: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form (adapters store it in metadata)."""
-        return {
-            "start": self.start,
-            "end": self.end,
-            "reason": self.reason,
-            "unit_index": self.unit_index,
-            "score": self.score,
-            "entity": self.entity,
-        }
+        """Plain-JSON form without the text (adapters store it in metadata, beside the text)."""
+        return {name: value for name, value in asdict(self).items() if name != "text"}
 
 
 @dataclass(frozen=True)
