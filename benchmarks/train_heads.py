@@ -1,0 +1,253 @@
+"""Trained head weights against detected QR heads (issue 28): attention-alone nDCG@10, held-in validation and held-out.
+
+    flock /tmp/attnret-heavy.lock python -m benchmarks.train_heads --capture-only     # the model runs here, once
+    python -m benchmarks.train_heads                                                  # training from the cache
+
+Every head's per-unit score is captured once per question (`shared_core.training.head_features`, cached under
+``~/.cache/attnret/train-features``) for every head of every layer; each band (``--bands``) uses the rows of its
+layers. Held-in: COVID-QA's held-in papers (4 questions each, cut at ``--real-max-words``) and the first questions
+(offset 0) of bAbI qa1, qa2 and HotpotQA at ``--words``; held-out: COVID-QA's first ``--out-docs`` held-out papers
+(cut the same way: a concession to the CPU, every question one query pass) and later built questions (offset 50).
+Training data: ``covidqa`` (its held-in papers only, the issue's probe) and ``mix`` (every held-in set). The held-in
+examples are split by document into train and validation (`split_by_document`, the command's split); heads are
+chosen and weights early-stopped on validation only, and held-out documents are only ever measured.
+
+Rows per (training data, band): the shipped QR head set (equal weights), the 16 heads detected on the train split
+(equal weights), every head of the band averaged, free weights on every head (LSEPair), and per objective the trained
+top-k (detection-score selection; ``l1`` selection for LSEPair). Results: ``benchmarks/results/training/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks.report import command_line, run_metadata
+from shared_core.config import RetrieverConfig
+from shared_core.engine.heads import load_head_file, shipped_head_sets
+from shared_core.evaluation import load_examples, load_real
+from shared_core.models.loading import model_id
+from shared_core.training.head_features import ExampleFeatures, SourcedExample, capture_features, head_names
+from shared_core.training.head_training import capture_retriever
+from shared_core.training.objectives import OBJECTIVES
+from shared_core.training.weights import (
+    Batch,
+    TrainSettings,
+    fit_weights,
+    head_ndcg,
+    ndcg_at_k,
+    select_heads,
+    split_by_document,
+)
+
+logger = logging.getLogger("benchmarks.train_heads")
+
+OUT_DIR = Path("benchmarks/results/training")
+BUILT = ("babi-qa1", "babi-qa2", "hotpotqa")
+
+
+def example_sets(args: argparse.Namespace) -> dict[str, dict[str, list[SourcedExample]]]:
+    """{"held-in"|"held-out": {set: examples}}: held-in papers/first questions, held-out papers/later questions."""
+    cut = args.real_max_words
+    sets: dict[str, dict[str, list[SourcedExample]]] = {"held-in": {}, "held-out": {}}
+    held_in = load_real(
+        "covidqa", split="held-in", n_documents=args.docs, per_document=4, max_words=cut, seed=args.seed
+    )
+    held_out = load_real("covidqa", split="held-out", n_documents=args.out_docs, per_document=3, max_words=cut)
+    sets["held-in"]["covidqa"] = [SourcedExample(e, "covidqa") for e in held_in]
+    sets["held-out"]["covidqa"] = [SourcedExample(e, "covidqa") for e in held_out]
+    for task in BUILT:
+        for split, n, offset in (("held-in", args.n, 0), ("held-out", args.n_out, 50)):
+            exs = load_examples(task, n=n, target_words=args.words, seed=args.seed, offset=offset)
+            sets[split][task] = [SourcedExample(e, task) for e in exs]
+    return sets
+
+
+def slice_band(features: Sequence[ExampleFeatures], rows: int) -> list[ExampleFeatures]:
+    """The first `rows` feature rows (every head of the band's layers) of each example."""
+    return [replace(f, x=f.x[:rows]) for f in features]
+
+
+def view_ndcg(features: Sequence[ExampleFeatures], heads: Sequence[int], weights: np.ndarray, k: int = 10) -> float:
+    """Mean nDCG@k of the attention view ``weights @ x[heads]`` (the retriever's weighted mean) over `features`."""
+    if not features:
+        return float("nan")
+    batch = Batch.of(features, heads)
+    return float(ndcg_at_k(batch.scores(torch.as_tensor(weights, dtype=torch.float64)), batch, k).mean())
+
+
+def evaluate_rows(
+    train_sets: dict[str, list[ExampleFeatures]],
+    held_out: dict[str, list[ExampleFeatures]],
+    names: list[str],
+    shipped: list[str],
+    args: argparse.Namespace,
+) -> list[dict[str, Any]]:
+    """Every row of one (training data, band): validation and held-out nDCG@10 per set, time, examples used."""
+    features = [f for fs in train_sets.values() for f in fs]
+    base = TrainSettings(top=args.top, seed=args.seed, validation=args.validation)
+    train, validation = split_by_document(features, base.validation, base.seed)
+    held = {id(f) for f in validation}
+    val_sets = {s: [f for f in fs if id(f) in held] for s, fs in train_sets.items()}
+    val_sets = {s: fs for s, fs in val_sets.items() if fs}
+    index = {n: i for i, n in enumerate(names)}
+    rows: list[dict[str, Any]] = []
+
+    def row(label: str, heads: Sequence[int], weights: np.ndarray, seconds: float = 0.0, **extra: Any) -> None:
+        out = {
+            "row": label,
+            "heads": len(heads),
+            "deepest": max(int(names[h].split("-")[0]) for h in heads),
+            "validation": view_ndcg(validation, heads, weights),
+            "validation_by_set": {s: view_ndcg(fs, heads, weights) for s, fs in val_sets.items()},
+            "held_out": {s: view_ndcg(fs, heads, weights) for s, fs in held_out.items()},
+            "seconds": round(seconds, 2),
+            **extra,
+        }
+        out["held_out_mean"] = float(np.mean(list(out["held_out"].values())))
+        rows.append(out)
+        logger.info("%-40s val %.3f held-out %s", label, out["validation"], _fmt(out["held_out"]))
+
+    in_band = [index[h] for h in shipped if h in index]
+    if len(in_band) == len(shipped):
+        row("shipped QR heads (equal weights)", in_band, np.full(len(in_band), 1 / len(in_band)))
+    detection = head_ndcg(train, base.k)
+    top = [int(i) for i in np.argsort(-detection, kind="stable")[: args.top]]
+    row(f"detected top {args.top} on train (equal weights)", top, np.full(len(top), 1 / len(top)))
+    everything = list(range(len(names)))
+    row("all heads of the band averaged", everything, np.full(len(names), 1 / len(names)))
+    t = time.perf_counter()
+    free = fit_weights(train, validation, everything, replace(base, objective="lsepair"))
+    row(
+        "free weights on every head (LSEPair)",
+        everything,
+        free.weights,
+        time.perf_counter() - t,
+        best_step=free.best_step,
+    )
+    for objective in OBJECTIVES:
+        for select in ("detection", "l1") if objective == "lsepair" else ("detection",):
+            settings = replace(base, objective=objective, select=select)
+            t = time.perf_counter()
+            heads, how = select_heads(train, settings)
+            fit = fit_weights(train, validation, heads, settings)
+            kept = {names[h]: round(float(w), 5) for h, w in zip(fit.heads, fit.weights, strict=True) if w > 0}
+            row(
+                f"trained {objective}, {select} top {args.top}",
+                fit.heads,
+                fit.weights,
+                time.perf_counter() - t,
+                objective=objective,
+                select=how,
+                best_step=fit.best_step,
+                equal_weights_validation=fit.equal_validation_ndcg,
+                head_weights=kept,
+            )
+    for r in rows:
+        r["train_examples"], r["validation_examples"] = len(train), len(validation)
+    return rows
+
+
+def _fmt(d: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.3f}" for k, v in d.items())
+
+
+def table(entries: list[dict[str, Any]]) -> str:
+    """Markdown: one line per row of every (training data, band)."""
+    out = []
+    for e in entries:
+        sets = list(e["rows"][0]["held_out"])
+        out += [
+            f"\n**{e['label']}, trained on {e['data']}, layers 0-{e['band']}** "
+            f"({e['rows'][0]['train_examples']} train / {e['rows'][0]['validation_examples']} validation examples)\n",
+            "| row | heads | validation | " + " | ".join(f"{s} out" for s in sets) + " | mean out | s |",
+            "|---|---:|---:|" + "---:|" * len(sets) + "---:|---:|",
+        ]
+        for r in e["rows"]:
+            cells = " | ".join(f"{r['held_out'][s]:.3f}" for s in sets)
+            out.append(
+                f"| {r['row']} | {r['heads']} | {r['validation']:.3f} | {cells} | {r['held_out_mean']:.3f} | "
+                f"{r['seconds']:.1f} |"
+            )
+    return "\n".join(out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Capture (cached), train every row, print the tables and write the JSON."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="model name (default: the embedded SmolLM2-135M)")
+    p.add_argument("--label", default="smollm2-135m")
+    p.add_argument("--capture-only", action="store_true", help="capture the features into the cache and stop")
+    p.add_argument("--bands", default="18,29", help="deepest layers of the bands compared (default 18,29)")
+    p.add_argument("--data", default="covidqa,mix", help="training data: covidqa, mix (default both)")
+    p.add_argument("--n", type=int, default=16, help="held-in questions per built task (default 16)")
+    p.add_argument("--n-out", type=int, default=8, help="held-out questions per built task (default 8)")
+    p.add_argument("--docs", type=int, help="held-in COVID-QA papers (default: all)")
+    p.add_argument("--out-docs", type=int, default=10, help="held-out COVID-QA papers (default 10)")
+    p.add_argument("--words", type=int, default=1500)
+    p.add_argument("--real-max-words", type=int, default=4000)
+    p.add_argument("--top", type=int, default=16)
+    p.add_argument("--validation", type=float, default=0.3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache-dir", help="feature cache folder (default ~/.cache/attnret/train-features)")
+    p.add_argument("--out", type=Path, help="results JSON (default benchmarks/results/training/train_heads_LABEL.json)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
+    config = RetrieverConfig.model_validate({"model": {"name": args.model}} if args.model else {})
+    retriever = capture_retriever(config, None)
+    deepest = retriever.head_selection.deepest
+    num_heads = retriever.model.num_heads
+    sets = example_sets(args)
+    captured: dict[str, dict[str, list[ExampleFeatures]]] = {}
+    used: dict[str, dict[str, int]] = {}
+    start = time.perf_counter()
+    for split, by_set in sets.items():
+        captured[split], used[split] = {}, {}
+        for name, items in by_set.items():
+            feats, skipped = capture_features(retriever, items, deepest, cache_dir=args.cache_dir, show_progress=True)
+            captured[split][name] = feats
+            used[split][name] = len(feats)
+            logger.info("%s %s: %d examples used, %d skipped", split, name, len(feats), len(skipped))
+    capture_s = time.perf_counter() - start
+    if args.capture_only:
+        return 0
+    names_all = head_names(num_heads, deepest)
+    shipped_path = shipped_head_sets().get(model_id(retriever.config.model))
+    shipped = [str(h) for h in load_head_file(shipped_path)["heads"]] if shipped_path else []
+    entries = []
+    for band in (int(b) for b in args.bands.split(",")):
+        rows_n = (band + 1) * num_heads
+        held_out = {s: slice_band(fs, rows_n) for s, fs in captured["held-out"].items()}
+        for data in args.data.split(","):
+            train_sets = {s: fs for s, fs in captured["held-in"].items() if data == "mix" or s == data}
+            train_sets = {s: slice_band(fs, rows_n) for s, fs in train_sets.items()}
+            rows = evaluate_rows(train_sets, held_out, names_all[:rows_n], shipped, args)
+            entries.append({"label": args.label, "data": data, "band": band, "rows": rows})
+    text = table(entries)
+    sys.stdout.write(text + "\n")
+    out = args.out or OUT_DIR / f"train_heads_{args.label}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "meta": run_metadata() | {"command": command_line("benchmarks.train_heads", argv)},
+        "capture_seconds_this_run": round(capture_s, 1),
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out",)},
+        "examples_used": used,
+        "entries": entries,
+    }
+    out.write_text(json.dumps(payload, indent=1, default=str) + "\n", encoding="utf-8")
+    logger.info("wrote %s", out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
