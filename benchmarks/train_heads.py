@@ -4,13 +4,14 @@
     python -m benchmarks.train_heads                                                  # training from the cache
 
 Every head's per-unit score is captured once per question (`shared_core.training.head_features`, cached under
-``~/.cache/attnret/train-features``) for every head of every layer; each band (``--bands``) uses the rows of its
-layers. Held-in: COVID-QA's held-in papers (4 questions each, cut at ``--real-max-words``) and the first questions
-(offset 0) of bAbI qa1, qa2 and HotpotQA at ``--words``; held-out: COVID-QA's first ``--out-docs`` held-out papers
-(cut the same way: a concession to the CPU, every question one query pass) and later built questions (offset 50).
-Training data: ``covidqa`` (its held-in papers only, the issue's probe) and ``mix`` (every held-in set). The held-in
-examples are split by document into train and validation (`split_by_document`, the command's split); heads are
-chosen and weights early-stopped on validation only, and held-out documents are only ever measured.
+``~/.cache/attnret/train-features``) for every head of the deepest band's layers; each band (``--bands``) uses
+the rows of its layers. Held-in: COVID-QA's held-in papers (4 questions each, cut at ``--real-max-words``) and the
+first questions (offset 0) of bAbI qa1, qa2 and HotpotQA at ``--words``. Held-out: COVID-QA's first
+``--out-docs`` held-out papers (cut the same way: a concession to the CPU, every question one query pass) and later
+built questions (offset 50). Training data: ``covidqa`` (its held-in papers only, the issue's probe) and ``mix``
+(every held-in set). The held-in examples are split by document into train and validation (`split_by_document`, the
+command's split); heads are chosen and weights early-stopped on validation only, and held-out documents are only
+ever measured.
 
 Rows per (training data, band): the shipped QR head set (equal weights), the 16 heads detected on the train split
 (equal weights), every head of the band averaged, free weights on every head (LSEPair), and per objective the trained
@@ -188,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--model", help="model name (default: the embedded SmolLM2-135M)")
     p.add_argument("--label", default="smollm2-135m")
     p.add_argument("--capture-only", action="store_true", help="capture the features into the cache and stop")
-    p.add_argument("--bands", default="18,29", help="deepest layers of the bands compared (default 18,29)")
+    p.add_argument("--bands", default="18", help="deepest layers of the bands compared, e.g. 18,29 (default 18)")
     p.add_argument("--data", default="covidqa,mix", help="training data: covidqa, mix (default both)")
     p.add_argument("--n", type=int, default=16, help="held-in questions per built task (default 16)")
     p.add_argument("--n-out", type=int, default=8, help="held-out questions per built task (default 8)")
@@ -204,7 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
     config = RetrieverConfig.model_validate({"model": {"name": args.model}} if args.model else {})
-    retriever = capture_retriever(config, None)
+    bands = [int(b) for b in args.bands.split(",")]
+    retriever = capture_retriever(config, max(bands))  # the read stops at the deepest band compared
     deepest = retriever.head_selection.deepest
     num_heads = retriever.model.num_heads
     sets = example_sets(args)
@@ -225,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     shipped_path = shipped_head_sets().get(model_id(retriever.config.model))
     shipped = [str(h) for h in load_head_file(shipped_path)["heads"]] if shipped_path else []
     entries = []
-    for band in (int(b) for b in args.bands.split(",")):
+    for band in bands:
         rows_n = (band + 1) * num_heads
         held_out = {s: slice_band(fs, rows_n) for s, fs in captured["held-out"].items()}
         for data in args.data.split(","):
