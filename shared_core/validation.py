@@ -61,25 +61,28 @@ def coerce_document(document: Any, index: int, allow_blank: bool = False) -> Doc
     return doc if doc.id is not None else dataclasses.replace(doc, id=default_id(doc.text))
 
 
+def check_sequence(value: Any, name: str, items: str, single: tuple[type, ...], hint: str) -> Sequence[Any]:
+    """A non-empty sequence named `name` of `items`; a bare item (one of `single`) is refused with `hint`."""
+    if isinstance(value, single):
+        raise TypeError(f"{name} must be a sequence of {items} ({hint})")
+    if not isinstance(value, Sequence):
+        raise TypeError(f"{name} must be a sequence of {items}, got {type(value).__name__}")
+    if not value:
+        raise ValueError(f"{name} is empty")
+    return value
+
+
 def coerce_documents(documents: Any, allow_blank: bool = False) -> list[Document]:
     """A non-empty sequence of documents (a bare str or Document is refused: wrap it in a list)."""
-    if isinstance(documents, str | Document):
-        raise TypeError("documents must be a sequence of str/Document (wrap a single document in a list)")
-    if not isinstance(documents, Sequence):
-        raise TypeError(f"documents must be a sequence, got {type(documents).__name__}")
-    if not documents:
-        raise ValueError("documents is empty")
+    documents = check_sequence(
+        documents, "documents", "str/Document", (str, Document), "wrap a single document in a list"
+    )
     return [coerce_document(d, i, allow_blank) for i, d in enumerate(documents)]
 
 
 def check_queries(queries: Any) -> list[str]:
     """A non-empty sequence of queries (a bare str is refused: use `retrieve` or wrap it in a list)."""
-    if isinstance(queries, str):
-        raise TypeError("queries must be a sequence of str (use retrieve() for one query, or wrap it in a list)")
-    if not isinstance(queries, Sequence):
-        raise TypeError(f"queries must be a sequence of str, got {type(queries).__name__}")
-    if not queries:
-        raise ValueError("queries is empty")
+    queries = check_sequence(queries, "queries", "str", (str,), "use retrieve() for one query, or wrap it in a list")
     out = []
     for i, q in enumerate(queries):
         try:

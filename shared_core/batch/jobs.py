@@ -11,7 +11,7 @@ import json
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +40,6 @@ class Job:
     document: str | None = None
     document_path: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON form, as it travels to the workers."""
-        return asdict(self)
-
 
 @dataclass(frozen=True)
 class JobError:
@@ -54,10 +50,6 @@ class JobError:
     message: str
     document_id: str | None = None
     query: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """Row of the errors output."""
-        return asdict(self)
 
 
 @dataclass

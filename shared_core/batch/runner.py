@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,7 @@ def _part_name(job_ids: Sequence[str]) -> str:
 
 def _payload(batch: list[Job]) -> str:
     documents = {j.document_key: j.document for j in batch if j.document is not None}
-    jobs = [{k: v for k, v in j.to_dict().items() if k != "document"} for j in batch]
+    jobs = [{k: v for k, v in asdict(j).items() if k != "document"} for j in batch]  # as it travels to the workers
     return json.dumps({"documents": documents, "jobs": jobs}, ensure_ascii=False)
 
 
@@ -225,7 +225,7 @@ def run_batch(
 def _write_errors(folder: Any, errors: list[JobError]) -> None:
     import pyarrow as pa
 
-    table = pa.Table.from_pylist([e.to_dict() for e in errors], schema=folder.schema)
+    table = pa.Table.from_pylist([asdict(e) for e in errors], schema=folder.schema)
     folder.write(table, _part_name([e.job_id for e in errors]))
 
 

@@ -33,15 +33,7 @@ HIT_SCHEMA = pa.schema(
     ]
 )
 """One row per hit; `scores` is the hit's per-view scores as a JSON object string, `rank` counts from 1."""
-ERROR_SCHEMA = pa.schema(
-    [
-        ("job_id", pa.string()),
-        ("document_id", pa.string()),
-        ("query", pa.string()),
-        ("error_type", pa.string()),
-        ("message", pa.string()),
-    ]
-)
+ERROR_SCHEMA = pa.schema([(name, pa.string()) for name in ("job_id", "document_id", "query", "error_type", "message")])
 """One row per failed job: the exception's class name and message."""
 
 

@@ -78,9 +78,9 @@ class AttentionEngine:
     def __init__(self, config: RetrieverConfig, trust_remote_code: bool = False) -> None:
         self.config = config
         self.trust_remote_code = trust_remote_code
-        self.loaded: LoadedModel | None = None
-        self.layout: PromptLayout | None = None
-        self.selection: HeadSelection | None = None
+        self.loaded: LoadedModel | None = None  # set last by warm_up, with the layout and selection
+        self._layout: PromptLayout | None = None
+        self._selection: HeadSelection | None = None
         size = config.attention.kv_cache_size
         self.prefills: LRUCache[_Prefilled] = LRUCache(size)
         self.tokens: LRUCache[DocumentTokens] = LRUCache(max(size, 32))
@@ -103,9 +103,11 @@ class AttentionEngine:
             loaded = capture.load_model(
                 cfg.model, trust_remote_code=self.trust_remote_code, show_progress=cfg.show_progress
             )
-            self.layout = PromptLayout(loaded.tokenizer, cfg.model.prompt, cfg.model.instruction)
+            self._layout = PromptLayout(loaded.tokenizer, cfg.model.prompt, cfg.model.instruction)
             full = full_attention_layers(loaded.model)
-            self.selection = select_heads(cfg.attention, loaded.num_layers, loaded.num_heads, model_id(cfg.model), full)
+            self._selection = select_heads(
+                cfg.attention, loaded.num_layers, loaded.num_heads, model_id(cfg.model), full
+            )
             if cfg.cascade.reuse and cfg.cascade.reuse_disk:
                 folder = cfg.cascade.reuse_dir
                 self.past.states.folder = Path(folder).expanduser() if folder else cache_root(cfg.model) / "cascade"
@@ -114,23 +116,22 @@ class AttentionEngine:
     @property
     def model(self) -> LoadedModel:
         """The loaded model (loads it on first use)."""
-        self.warm_up()
-        assert self.loaded is not None
-        return self.loaded
+        return self._warm()[0]
 
     @property
     def head_selection(self) -> HeadSelection:
         """The (layer, head) pairs this engine reads by default."""
-        self.warm_up()
-        assert self.selection is not None
-        return self.selection
+        return self._warm()[2]
 
     @property
     def prompt(self) -> PromptLayout:
         """The prompt layout (template head, instruction, tail) of the loaded tokenizer."""
+        return self._warm()[1]
+
+    def _warm(self) -> tuple[LoadedModel, PromptLayout, HeadSelection]:
         self.warm_up()
-        assert self.layout is not None
-        return self.layout
+        assert self.loaded is not None and self._layout is not None and self._selection is not None
+        return self.loaded, self._layout, self._selection
 
     @property
     def window(self) -> int:
@@ -141,7 +142,7 @@ class AttentionEngine:
         """Use `other`'s document states (their keys hold everything the states depend on)."""
         self.prefills, self.tokens, self.calibrations = other.prefills, other.tokens, other.calibrations
         self.query_results = other.query_results
-        self.past = other.past
+        self.past.share(other.past)
 
     def clear(self) -> None:
         """Drop every prefilled document, kept pass and cached score held in memory."""

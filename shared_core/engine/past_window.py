@@ -47,6 +47,11 @@ class PastWindow:
         # nothing once computed
         self.results: LRUCache[PerLayer] = LRUCache(max(config.attention.kv_cache_size, 8) * 16)
 
+    def share(self, other: PastWindow) -> None:
+        """Use `other`'s kept passes and cached scores (their keys hold everything they depend on); this one's
+        config still decides how its own passes are read."""
+        self.states, self.results = other.states, other.results
+
     def clear(self) -> None:
         """Drop the kept passes and cached scores held in memory."""
         self.results.clear()
