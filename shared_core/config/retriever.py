@@ -11,27 +11,19 @@ from pydantic import Field
 from shared_core.config.cascade import CascadeConfig
 from shared_core.config.reading import ConfigError, load_yaml, read_yaml_file
 from shared_core.config.section import ConfigSection as _Section
-from shared_core.config.sections import (
-    AttentionConfig,
-    DenseConfig,
-    EntitiesConfig,
-    FusionConfig,
-    LexicalConfig,
-    ModelConfig,
-    UnitsConfig,
-)
+from shared_core.config import sections as s
 
 
 class RetrieverConfig(_Section):
     """Every knob of AttentionRetriever; build from Python, a dict or YAML (`from_yaml`/`to_yaml` round-trip)."""
 
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    attention: AttentionConfig = Field(default_factory=AttentionConfig)
-    units: UnitsConfig = Field(default_factory=UnitsConfig)
-    dense: DenseConfig = Field(default_factory=DenseConfig)
-    lexical: LexicalConfig = Field(default_factory=LexicalConfig)
-    fusion: FusionConfig = Field(default_factory=FusionConfig)
-    entities: EntitiesConfig = Field(default_factory=EntitiesConfig)
+    model: s.ModelConfig = Field(default_factory=s.ModelConfig)
+    attention: s.AttentionConfig = Field(default_factory=s.AttentionConfig)
+    units: s.UnitsConfig = Field(default_factory=s.UnitsConfig)
+    dense: s.DenseConfig = Field(default_factory=s.DenseConfig)
+    lexical: s.LexicalConfig = Field(default_factory=s.LexicalConfig)
+    fusion: s.FusionConfig = Field(default_factory=s.FusionConfig)
+    entities: s.EntitiesConfig = Field(default_factory=s.EntitiesConfig)
     cascade: CascadeConfig = Field(default_factory=CascadeConfig)
     views: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
