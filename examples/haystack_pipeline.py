@@ -101,9 +101,7 @@ def main() -> None:
     """Answer the question given on the command line (or the default one) and print the cited spans."""
     logging.basicConfig(level=logging.WARNING)
     result = answer(sys.argv[1] if len(sys.argv) > 1 else QUESTION)
-    print(f"Q: {result['question']}\nA: {result['answer']}\n\nCited spans ({DOCUMENT.name}):")
-    for span in result["spans"]:
-        print(f"[{span['n']}] chars {span['start']}-{span['end']} {span['reasons']}: {span['text']}")
+    local_lm.print_answer(result, f"Cited spans ({DOCUMENT.name})")
 
 
 if __name__ == "__main__":

@@ -48,3 +48,10 @@ def node_spans(source_nodes: Sequence[Any]) -> list[dict[str, Any]]:
         }
         for n, item in enumerate(source_nodes, start=1)
     ]
+
+
+def print_answer(result: dict[str, Any], cited: str) -> None:
+    """Print an example's question, answer and numbered cited spans (`cited` names them, e.g. "Cited spans (file)")."""
+    print(f"Q: {result['question']}\nA: {result['answer']}\n\n{cited}:")
+    for span in result["spans"]:
+        print(f"[{span['n']}] chars {span['start']}-{span['end']} {span['reasons']}: {span['text']}")
