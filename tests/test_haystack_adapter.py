@@ -17,6 +17,7 @@ from haystack.utils import ComponentDevice, Device, DeviceMap
 from haystack_attnret import AttentionRanker
 from shared_core import RetrieverConfig
 from shared_core.tasks.candidates import Candidate
+from tests.texts import CHUNKS, KEY
 
 TYPE = "haystack_attnret.ranker.AttentionRanker"
 STORY = (
@@ -264,15 +265,6 @@ def test_sentence_granularity_returns_new_documents_with_offsets(documents: list
     async_out = asyncio.run(ranker.run_async(query=QUERY, documents=documents))["documents"]
     starts = [(d.content, d.meta.get("attnret_start")) for d in out]
     assert [(d.content, d.meta.get("attnret_start")) for d in async_out] == starts
-
-
-KEY = "Mary left the brass key on the desk in the office."
-CHUNKS = [
-    "The lighthouse keeper painted the door green.",
-    "Ships passed the harbour at dawn while gulls circled.",
-    KEY,
-    "John travelled to the garden where the roses were in bloom.",
-]
 
 
 @pytest.mark.integration

@@ -36,6 +36,7 @@ from llamaindex_attnret import AttentionLongDocRetriever, AttentionRerank
 from llamaindex_attnret.context import NODE_SEPARATOR, build_contexts, node_candidate, split_scoreable
 from llamaindex_attnret.shared import shared_retriever
 from shared_core import RetrieverConfig
+from tests.texts import CHUNKS, KEY, KEY_QUERY
 
 STORY = (
     "Mary went to the kitchen. She picked up the old brass key there.\n\n"
@@ -318,16 +319,6 @@ def test_long_doc_retriever_first_stage_picks_documents() -> None:
     retriever = AttentionLongDocRetriever([story, other], top_k=20, first_stage=first_stage)
     hits = retriever.retrieve("Who painted the lighthouse door?")
     assert hits and {h.node.ref_doc_id for h in hits} == {"other"}
-
-
-KEY = "Mary left the brass key on the desk in the office."
-CHUNKS = [
-    "The lighthouse keeper painted the door green.",
-    "Ships passed the harbour at dawn while gulls circled.",
-    KEY,
-    "John travelled to the garden where the roses were in bloom.",
-]
-KEY_QUERY = "Where did Mary leave the brass key?"
 
 
 @pytest.mark.integration
