@@ -7,7 +7,7 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypedDict, Unpack
 
 import numpy as np
 
@@ -37,10 +37,29 @@ def real_split(ids: Sequence[str], split: Split) -> list[str]:
     return ordered[cut:] if split == "held-out" else ordered
 
 
-def _check_real_args(n_documents: int | None, per_document: int | None, max_words: int | None) -> None:
+class RealOptions(TypedDict, total=False):
+    """Which questions of a real set: documents of ``split`` (default held-out) in order, the first ``n_documents``
+    (None: all), ``per_document`` questions each (None: all; else a sample seeded by ``seed``), each document cut
+    after the block reaching ``max_words`` words (None: whole)."""
+
+    split: Split
+    n_documents: int | None
+    per_document: int | None
+    seed: int
+    max_words: int | None
+
+
+def _selection(options: RealOptions) -> tuple[Split, int | None, int | None, int, int | None]:
+    """The options with their defaults, each count checked to be a positive int or None."""
+    unknown = set(options) - set(RealOptions.__annotations__)
+    if unknown:
+        raise TypeError(f"unknown option(s) {sorted(unknown)}; known: {list(RealOptions.__annotations__)}")
+    n_documents, per_document = options.get("n_documents"), options.get("per_document")
+    max_words = options.get("max_words")
     for name, value in (("n_documents", n_documents), ("per_document", per_document), ("max_words", max_words)):
         if value is not None and (not isinstance(value, int) or value <= 0):
             raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+    return options.get("split", "held-out"), n_documents, per_document, options.get("seed", 0), max_words
 
 
 def _pick_questions(count: int, per_document: int | None, seed: int, position: int) -> list[int]:
@@ -63,15 +82,7 @@ def _cut_blocks(blocks: Sequence[tuple[int, int]], text: str, max_words: int | N
     return len(blocks)
 
 
-def covidqa_examples(
-    path: str | Path,
-    *,
-    split: Split = "held-out",
-    n_documents: int | None = None,
-    per_document: int | None = None,
-    seed: int = 0,
-    max_words: int | None = None,
-) -> list[LabelledExample]:
+def covidqa_examples(path: str | Path, **options: Unpack[RealOptions]) -> list[LabelledExample]:
     """COVID-QA questions, grouped by paper (``document_id``); each paper kept whole as one document.
 
     The paper's ``context`` is the document as given (paragraphs separated by blank lines). Gold = the answer span
@@ -81,7 +92,7 @@ def covidqa_examples(
     ``max_words`` cuts each paper after the paragraph that reaches it (smoke runs) and keeps the questions whose
     answers lie inside.
     """
-    _check_real_args(n_documents, per_document, max_words)
+    split, n_documents, per_document, seed, max_words = _selection(options)
     with open(path, encoding="utf-8") as fh:
         data = json.load(fh)
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
@@ -140,15 +151,7 @@ def _covid_span(text: str, answer: dict, doc_id: str, qid: object) -> GoldSpan |
     return GoldSpan(0, s, e)
 
 
-def qmsum_examples(
-    path: str | Path,
-    *,
-    split: Split = "held-out",
-    n_documents: int | None = None,
-    per_document: int | None = None,
-    seed: int = 0,
-    max_words: int | None = None,
-) -> list[LabelledExample]:
+def qmsum_examples(path: str | Path, **options: Unpack[RealOptions]) -> list[LabelledExample]:
     """QMSum specific queries, grouped by meeting; each meeting one document of ``Speaker: content`` turns.
 
     Turns are joined by a blank line (a turn's own whitespace collapsed to single spaces), so paragraph units are
@@ -158,7 +161,7 @@ def qmsum_examples(
     reaches it (smoke runs, to stay within a small model's window): gold is then clipped to the kept turns and
     queries with no gold turn left are dropped.
     """
-    _check_real_args(n_documents, per_document, max_words)
+    split, n_documents, per_document, seed, max_words = _selection(options)
     meetings: dict[str, dict] = {}
     with open(path, encoding="utf-8") as fh:
         for lineno, raw in enumerate(fh):
@@ -228,25 +231,9 @@ def _qmsum_turns(ranges: object, n_turns: int, doc_id: str, qi: int) -> set[int]
     return out
 
 
-def load_real(
-    name: str,
-    *,
-    split: Split = "held-out",
-    n_documents: int | None = None,
-    per_document: int | None = None,
-    seed: int = 0,
-    max_words: int | None = None,
-    data_dir: Path | None = None,
-) -> list[LabelledExample]:
+def load_real(name: str, *, data_dir: Path | None = None, **options: Unpack[RealOptions]) -> list[LabelledExample]:
     """Questions of a real-document set (``covidqa``, ``qmsum``) from the shared data, grouped by document."""
     if name not in REAL_FILES:
         raise ValueError(f"unknown real-document set {name!r}; known: {list(REAL_FILES)}")
     loader = covidqa_examples if name == "covidqa" else qmsum_examples
-    return loader(
-        resolve_task_path(name, data_dir),
-        split=split,
-        n_documents=n_documents,
-        per_document=per_document,
-        seed=seed,
-        max_words=max_words,
-    )
+    return loader(resolve_task_path(name, data_dir), **options)
