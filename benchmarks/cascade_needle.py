@@ -41,7 +41,7 @@ import numpy as np
 import psutil
 import torch
 
-from benchmarks.report import command_line, run_metadata, run_section, update_readme_section
+from benchmarks.report import command_line, publish, run_metadata
 from shared_core.config import AttentionConfig, CascadeConfig, ModelConfig
 from shared_core.engine.capture import load_model
 from shared_core.engine.cascade_scoring import cascade_token_scores
@@ -414,10 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     command = command_line("benchmarks.cascade_needle", argv)
-    section = run_section(result["meta"], command, markdown(summary, base), str(loaded.device))
-    if args.readme:
-        update_readme_section(args.readme, section, "cascade")
-    sys.stdout.write(section + "\n")
+    publish("cascade", result["meta"], command, markdown(summary, base), str(loaded.device), args.readme)
     return 0
 
 

@@ -32,13 +32,12 @@ import json
 import logging
 import multiprocessing as mp
 import resource
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from benchmarks.naive import DEFAULT_BUDGET_GB, naive_gb
-from benchmarks.report import command_line, run_metadata, run_section, update_readme_section
+from benchmarks.report import command_line, publish, run_metadata
 
 logger = logging.getLogger("benchmarks.perf")
 
@@ -274,10 +273,7 @@ def main(argv: list[str] | None = None) -> int:
                 logger.info("  %.2f s, %.0f MB", res.get("seconds", float("nan")), res["peak_mb"])
                 out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n", encoding="utf-8")
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n", encoding="utf-8")
-    section = run_section(meta, command_line("benchmarks.perf", argv), table(rows), args.device)
-    if args.readme:
-        update_readme_section(args.readme, section, "perf")
-    sys.stdout.write(section + "\n")
+    publish("perf", meta, command_line("benchmarks.perf", argv), table(rows), args.device, args.readme)
     return 0
 
 

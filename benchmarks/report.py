@@ -91,6 +91,18 @@ def run_section(meta: dict[str, Any], command: str, table: str, device: str | No
     return f"{provenance_line(meta, device)}\n\nReproduce: `{command}`\n\n{table}"
 
 
+def publish(
+    section: str, meta: dict[str, Any], command: str, table: str, device: str | None, readme: str | Path | None
+) -> str:
+    """A benchmark's block (`run_section`), printed and, given a markdown file, written between its `section`
+    markers there; returns the block."""
+    block = run_section(meta, command, table, device)
+    if readme:
+        update_readme_section(readme, block, section)
+    sys.stdout.write(block + "\n")
+    return block
+
+
 def update_readme_section(path: str | Path, body: str, section: str = "quality") -> None:
     """Replace the text between `section`'s markers in `path`; append the section (with a heading) if missing."""
     path = Path(path)

@@ -22,7 +22,6 @@ import argparse
 import json
 import logging
 import resource
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.report import command_line, run_metadata, run_section, update_readme_section
+from benchmarks.report import command_line, publish, run_metadata
 
 logger = logging.getLogger("benchmarks.rerank")
 
@@ -294,10 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "summary": summaries, "rows": rows}, indent=2) + "\n", encoding="utf-8")
-    section = run_section(meta, command_line("benchmarks.rerank", argv), table(summaries, peak), meta["device"])
-    if args.readme:
-        update_readme_section(args.readme, section, "rerank")
-    sys.stdout.write(section + "\n")
+    publish(
+        "rerank", meta, command_line("benchmarks.rerank", argv), table(summaries, peak), meta["device"], args.readme
+    )
     return 0
 
 

@@ -99,9 +99,7 @@ def answer(question: str = QUESTION) -> dict[str, Any]:
 
 def main() -> None:
     """Answer the question given on the command line (or the default one) and print the cited spans."""
-    logging.basicConfig(level=logging.WARNING)
-    result = answer(sys.argv[1] if len(sys.argv) > 1 else QUESTION)
-    local_lm.print_answer(result, f"Cited spans ({DOCUMENT.name})")
+    local_lm.answer_from_command_line(answer, QUESTION, f"Cited spans ({DOCUMENT.name})")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@ LlamaIndex source nodes. Examples put this folder on `sys.path` (a script's own 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+import sys
+from collections.abc import Callable, Sequence
 from typing import Any
 
 _loaded: list[Any] = []
@@ -55,3 +57,9 @@ def print_answer(result: dict[str, Any], cited: str) -> None:
     print(f"Q: {result['question']}\nA: {result['answer']}\n\n{cited}:")
     for span in result["spans"]:
         print(f"[{span['n']}] chars {span['start']}-{span['end']} {span['reasons']}: {span['text']}")
+
+
+def answer_from_command_line(answer: Callable[[str], dict[str, Any]], question: str, cited: str) -> None:
+    """An example's `main`: answer the question given on the command line (or `question`) and print it."""
+    logging.basicConfig(level=logging.WARNING)
+    print_answer(answer(sys.argv[1] if len(sys.argv) > 1 else question), cited)
