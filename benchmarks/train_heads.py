@@ -38,8 +38,9 @@ from shared_core.config import RetrieverConfig
 from shared_core.engine.heads import load_head_file, shipped_head_sets
 from shared_core.evaluation import load_examples, load_real
 from shared_core.models.loading import model_id
+from shared_core.training.head_detection import _versions
 from shared_core.training.head_features import ExampleFeatures, SourcedExample, capture_features, head_names
-from shared_core.training.head_training import capture_retriever
+from shared_core.training.head_training import TrainingResult, capture_retriever
 from shared_core.training.objectives import OBJECTIVES
 from shared_core.training.weights import (
     Batch,
@@ -142,7 +143,8 @@ def evaluate_rows(
             t = time.perf_counter()
             heads, how = select_heads(train, settings)
             fit = fit_weights(train, validation, heads, settings)
-            kept = {names[h]: round(float(w), 5) for h, w in zip(fit.heads, fit.weights, strict=True) if w > 0}
+            order = np.argsort(-fit.weights, kind="stable")
+            kept = {names[fit.heads[i]]: float(f"{fit.weights[i]:.6g}") for i in order if fit.weights[i] > 0}
             row(
                 f"trained {objective}, {select} top {args.top}",
                 fit.heads,
@@ -153,10 +155,55 @@ def evaluate_rows(
                 best_step=fit.best_step,
                 equal_weights_validation=fit.equal_validation_ndcg,
                 head_weights=kept,
+                settings={k: v for k, v in vars(settings).items() if k not in ("objective", "select")},
             )
     for r in rows:
         r["train_examples"], r["validation_examples"] = len(train), len(validation)
     return rows
+
+
+def ship(entry: dict[str, Any], retriever: Any, used: dict[str, dict[str, int]], path: Path, argv: Any) -> str:
+    """Write the best trained row of `entry` on held-in validation as a head-set file, if it beats the shipped QR
+    heads there (held-out figures play no part); a line saying what was decided."""
+    rows = entry["rows"]
+    shipped = next((r for r in rows if r["row"].startswith("shipped")), None)
+    trained = [r for r in rows if r["row"].startswith("trained")]
+    best = max(trained, key=lambda r: r["validation"])  # ties: the first (LSEPair, detection selection)
+    if shipped is not None and best["validation"] <= shipped["validation"]:
+        return f"not shipped: best trained {best['validation']:.3f} <= shipped {shipped['validation']:.3f} (validation)"
+    total = sum(best["head_weights"].values())
+    weights = {h: float(f"{w / total:.6g}") for h, w in best["head_weights"].items()}
+    base = retriever.config
+    summary = {
+        "objective": best["objective"],
+        **best["select"],
+        **best["settings"],
+        "train_examples": best["train_examples"],
+        "validation_examples": best["validation_examples"],
+        "validation_ndcg": round(best["validation"], 6),
+        "validation_ndcg_equal_weights": round(best["equal_weights_validation"], 6),
+        "validation_ndcg_shipped_qr_heads": None if shipped is None else round(shipped["validation"], 6),
+        "best_step": best["best_step"],
+    }
+    result = TrainingResult(
+        heads=list(weights),
+        weights=weights,
+        model=model_id(base.model),
+        n_examples=sum(used["held-in"].values()),
+        skipped=[],
+        template=retriever.prompt_key,
+        scoring_rule=base.attention.model_dump(
+            mode="json", include={"calibration", "pooling", "topk", "threshold_std", "query_rows", "head_aggregation"}
+        ),
+        versions=_versions(),
+        training=summary,
+        sources=[f"{s} ({n} held-in)" for s, n in used["held-in"].items()],
+        command=command_line("benchmarks.train_heads", argv),
+        max_layer=entry["band"],
+    )
+    result.save(path)
+    against = "no shipped set" if shipped is None else f"shipped QR heads {shipped['validation']:.3f}"
+    return f"shipped {best['row']} to {path}: validation {best['validation']:.3f} against {against}"
 
 
 def _fmt(d: dict[str, float]) -> str:
@@ -201,6 +248,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--validation", type=float, default=0.3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", help="feature cache folder (default ~/.cache/attnret/train-features)")
+    p.add_argument(
+        "--ship",
+        type=Path,
+        help="write the best trained set (mix data, first band) here if it beats the shipped set on held-in validation",
+    )
     p.add_argument("--out", type=Path, help="results JSON (default benchmarks/results/training/train_heads_LABEL.json)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
@@ -237,6 +289,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             entries.append({"label": args.label, "data": data, "band": band, "rows": rows})
     text = table(entries)
     sys.stdout.write(text + "\n")
+    if args.ship:
+        chosen = next(e for e in entries if e["data"] == "mix" and e["band"] == bands[0])
+        decision = ship(chosen, retriever, used, args.ship, argv)
+        sys.stdout.write(decision + "\n")
+        entries.append({"ship": decision})
     out = args.out or OUT_DIR / f"train_heads_{args.label}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
