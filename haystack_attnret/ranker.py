@@ -39,16 +39,18 @@ class AttentionRanker:
     `meta["split_idx_start"]` order; sources in reverse input order, the first stage's best nearest the query),
     each as the values of `meta_fields_to_embed` then its content, joined by `embedding_separator` (as Haystack's
     sentence-transformers ranker reads them).
-    Document scores are absolute, in [0, 1] (0 = no evidence of relevance in any view, 1 = every view saturated;
-    docs/rerank.md): comparable across the documents of a call and across calls, so a single document gets a real
-    score and `score_threshold` means the same in every call. Documents are deduplicated by id first, keeping the
+    Document scores are calibrated probabilities of relevance (docs/rerank.md; a 0.5 threshold keeps what is more
+    likely relevant than not): comparable across the documents of a call and across calls, so a single document gets
+    a real score and `score_threshold` means the same in every call; the same text under two ids scores the same.
+    Documents are deduplicated by id first, keeping the
     one with the highest (first-stage) score, as Haystack's rankers do; the first-stage score is kept in the
     result's `meta["retrieval_score"]` (when it had one).
     `"sentence"`/`"paragraph"` return the `top_k` best units across the documents as new `Document`s whose `meta`
     is the source's meta plus `attnret_source_id` (the source's id), `attnret_start`, `attnret_end` (char offsets in
     the source content), `attnret_reasons` and `attnret_scores` (per view); the source's own keys are kept as they
-    are (unit scores are in [0, 1] within their document, scaled by their document's score when several documents
-    are given). `meta["source_id"]` and `meta["split_idx_start"]` (what `DocumentSplitter` writes) are read as inputs.
+    are (unit scores are relative, not probabilities: in [0, 1] within their document, a one-unit document's unit
+    1.0, scaled by 0.5 + 0.5 x their document's standing when several documents are given; docs/rerank.md).
+    `meta["source_id"]` and `meta["split_idx_start"]` (what `DocumentSplitter` writes) are read as inputs.
     `score_threshold` drops results scoring below it. Documents without text (`content` None or blank) cannot be
     scored: they come after the scored results with `score=None` and count against `top_k` (a hard cap); any
     `score_threshold` drops them.

@@ -31,11 +31,12 @@ class AttentionRerank(BaseNodePostprocessor):
     `granularity="node"` returns the given nodes rescored, best first, cut to `top_n`: every node of the query is
     read in ONE prompt (`AttentionRetriever.score_candidates`; nodes sharing a `ref_doc_id` next to each other in
     `start_char_idx` order; sources in reverse input order, the first stage's best nearest the query), its content
-    taken in `metadata_mode` (default EMBED, as the sentence-transformers rerank). Scores are absolute, in [0, 1]
-    (0 = no evidence of relevance in any view, 1 = every view saturated; docs/rerank.md), comparable across the
-    nodes of a call, so a single node gets a real score and a following
-    `SimilarityPostprocessor(similarity_cutoff=...)` works. `keep_retrieval_score=True` keeps the first-stage score
-    in the returned node's metadata under "retrieval_score" (on a copy of the node).
+    taken in `metadata_mode` (default EMBED, as the sentence-transformers rerank). Scores are calibrated
+    probabilities of relevance (docs/rerank.md), comparable across the nodes of a call and across calls, so a single
+    node gets a real score and a following `SimilarityPostprocessor(similarity_cutoff=0.5)` keeps what is more likely
+    relevant than not. Unit scores (`"sentence"`/`"paragraph"`) are relative, not probabilities.
+    `keep_retrieval_score=True` keeps the first-stage score in the returned node's metadata under "retrieval_score"
+    (on a copy of the node).
     `"sentence"` and `"paragraph"` return the `top_n` best units inside the nodes as new `TextNode`s (SOURCE = the
     node's ref doc, PARENT = the node, metadata copied plus `attnret_reasons`, char offsets of the original
     document): nodes sharing a `ref_doc_id` are joined in `start_char_idx` order and read as one long document.

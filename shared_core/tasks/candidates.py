@@ -7,13 +7,12 @@ document order where the source and offsets are known, the sources in reverse or
 first stage's best sit nearest the query, separated by a blank line so each candidate's char span in the joined text
 is exact) and is scored by the calibrated attention mass the query
 pays it; the dense and lexical views are computed over the same set. Each view is mapped to an absolute [0, 1]
-scale (see `ViewScales`) and fused with the configured `fusion.weights`, so scores are comparable across the
-candidates of one call, a single candidate gets a real score, and a threshold means the same thing in every call:
-
-- 0.0: no evidence of relevance in any weighted view (the query attends to the candidate no more than the
-  content-free query "N/A" does, its embedding is orthogonal to the query's, and it shares no query term);
-- 1.0: every weighted view saturates (attention far above a uniform share, identical embedding, every query term
-  present many times).
+scale (see `ViewScales`) and fused with the configured `fusion.weights` (`Hit.scores["fused"]`: 0 = no evidence
+of relevance in any weighted view, 1 = every view saturated). `Hit.score` is that fused score mapped to an estimate
+of P(relevant) (`tasks.calibration`, Platt scaling fitted on held-in labelled candidates; strictly increasing in the
+fused score, so the ranking is the fused one): comparable across the candidates of one call and across calls, so a
+single candidate gets a real score and a threshold such as 0.5 means "more likely relevant than not".
+Identical texts (the same chunk under two ids) are read once and share one score.
 
 Candidates whose joined text does not fit the model window are read in several windows (consecutive groups in prompt
 order); each window has its own "N/A" calibration and its attention is expressed in multiples of that window's
@@ -33,7 +32,8 @@ import numpy as np
 
 from shared_core.document import Document, Hit, default_id
 from shared_core.engine.scoring import pool, unit_token_ranges
-from shared_core.validation import check_query
+from shared_core.tasks.calibration import probability
+from shared_core.validation import check_query, check_sequence
 from shared_core.views.lexical import LexicalIndex
 from shared_core.views.ranking import REASON_TOP
 
@@ -117,12 +117,9 @@ class _Window:
 
 def coerce_candidates(candidates: object) -> list[Candidate]:
     """A non-empty sequence of `Candidate`s or str (a str is a candidate without id or source), as Candidates."""
-    if isinstance(candidates, str | Candidate):
-        raise TypeError("candidates must be a sequence of Candidate/str (wrap a single candidate in a list)")
-    if not isinstance(candidates, Sequence):
-        raise TypeError(f"candidates must be a sequence of Candidate/str, got {type(candidates).__name__}")
-    if not candidates:
-        raise ValueError("candidates is empty")
+    candidates = check_sequence(
+        candidates, "candidates", "Candidate/str", (str, Candidate), "wrap a single candidate in a list"
+    )
     out = []
     for i, c in enumerate(candidates):
         if isinstance(c, str):
@@ -137,6 +134,20 @@ def coerce_candidates(candidates: object) -> list[Candidate]:
             raise TypeError(f"candidate {i} start must be an int or None, got {type(c.start).__name__}")
         out.append(c)
     return out
+
+
+def distinct_texts(candidates: Sequence[Candidate]) -> tuple[list[Candidate], list[int]]:
+    """The candidates with distinct texts (each text's first occurrence, in input order) and, per input candidate,
+    the index of its text among them: identical texts are read once and share one score wherever they were given."""
+    first: dict[str, int] = {}
+    distinct: list[Candidate] = []
+    where = []
+    for c in candidates:
+        if c.text not in first:
+            first[c.text] = len(distinct)
+            distinct.append(c)
+        where.append(first[c.text])
+    return distinct, where
 
 
 def prompt_order(candidates: Sequence[Candidate]) -> list[int]:
@@ -226,9 +237,10 @@ def score_candidates(
 ) -> list[Hit]:
     """Score every candidate of one query read together; one `Hit` per candidate, in input order.
 
-    `Hit.score` is the weighted mean (`fusion.weights`) of the enabled views on their absolute [0, 1] scales
-    (`ViewScales`): comparable across candidates and across calls. `Hit.scores` holds each view's [0, 1] value
-    under its name, its raw value under `<view>_raw` (attention multiples, cosine, BM25) and `fused`.
+    `Hit.scores["fused"]` is the weighted mean (`fusion.weights`) of the enabled views on their absolute [0, 1]
+    scales (`ViewScales`); `Hit.score` is its calibrated probability of relevance (`tasks.calibration`, monotone
+    in the fused score). `Hit.scores` also holds each view's [0, 1] value under its name and its raw value under
+    `<view>_raw` (attention multiples, cosine, BM25). Candidates with the same text are read once and share scores.
     `document_index` is the input position, `document_id` the candidate id (or `default_id(text)`), `start`/`end` the
     candidate's offsets in its source (from `start`, else 0). `orders=2` also reads the candidates in reverse
     prompt order and averages the attention of both readings (corrects position bias at twice the model cost).
@@ -244,12 +256,13 @@ def score_candidates(
     if window_tokens is not None and window_tokens <= 0:
         raise ValueError(f"window_tokens must be positive, got {window_tokens}")
     cfg = retriever.config
-    texts = [c.text for c in cands]
+    read, where = distinct_texts(cands)  # a text given twice (two ids) is read once: same text, same score
+    texts = [c.text for c in read]
     weights = cfg.fusion.weights
     if cfg.fusion.method != "weighted":
         logger.debug("candidate scoring fuses absolute view scales by weight; fusion.method=%r is not used", cfg.fusion)
 
-    order = prompt_order(cands)
+    order = prompt_order(read)
     tokenizer = retriever.model.tokenizer
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     query_len = len(tokenizer(query, add_special_tokens=False)["input_ids"])
@@ -257,11 +270,11 @@ def score_candidates(
     if window_tokens is not None:
         budget = min(budget, window_tokens)
     readings = [order, order[::-1]][:orders] if weights.get("attention", 0.0) > 0 else []  # weight 0: no model read
-    multiples = np.zeros(len(cands))
+    multiples = np.zeros(len(read))
     for reading in readings:
         parts = windows(reading, lengths, budget, texts)
         if len(parts) > 1:
-            logger.debug("%d candidates (%d tokens) read in %d windows", len(cands), sum(lengths), len(parts))
+            logger.debug("%d candidates (%d tokens) read in %d windows", len(read), sum(lengths), len(parts))
         for part in parts:
             for i, value in attention_multiples(retriever, query, part, pooling, scales.position_bias).items():
                 multiples[i] += value / len(readings)
@@ -277,13 +290,14 @@ def score_candidates(
     if not scaled:
         raise ValueError("every candidate view is off (fusion.weights 0 or view disabled); give one a positive weight")
     fused = _fuse(scaled, weights)
+    calibrated = probability(fused, len(read))
 
     tops = {name: set(np.argsort(-v, kind="stable")[:REASON_TOP].tolist()) for name, v in scaled.items()}
     hits = []
-    for i, c in enumerate(cands):
-        scores = {name: float(v[i]) for name, v in scaled.items()}
-        scores.update({f"{name}_raw": float(v[i]) for name, v in raw.items()})
-        scores["fused"] = float(fused[i])
+    for i, (c, j) in enumerate(zip(cands, where, strict=True)):
+        scores = {name: float(v[j]) for name, v in scaled.items()}
+        scores.update({f"{name}_raw": float(v[j]) for name, v in raw.items()})
+        scores["fused"] = float(fused[j])
         start = c.start or 0
         hits.append(
             Hit(
@@ -292,9 +306,9 @@ def score_candidates(
                 start=start,
                 end=start + len(c.text),
                 text=c.text,
-                score=float(fused[i]),
+                score=float(calibrated[j]),
                 scores=scores,
-                reasons=[n for n in scaled if i in tops[n] and scaled[n][i] > 0] or ["fused"],
+                reasons=[n for n in scaled if j in tops[n] and scaled[n][j] > 0] or ["fused"],
                 unit_index=0,
             )
         )

@@ -1,6 +1,7 @@
 """From per-view unit scores to a ranking: fusion, entity expansion, reasons, document-level scores.
 
-Within a document the views (attention, dense, lexical) are min-max normalised and fused; the best
+Within a document the views (attention, dense, lexical) are min-max normalised and fused (a one-unit document's
+unit scores 1.0: it is that document's best, and `scale_by_document` ranks it among the others); the best
 `entities.direct_hits` units keep their place, the units the top entities pull in come right after
 them (unless their own score ranks them higher), then every other unit by fused score.
 """
@@ -74,6 +75,8 @@ def rank_units(
     if fusion.adaptive != "none" and len(views) > 1:
         fusion = fusion.model_copy(update={"weights": adaptive_weights(views, fusion)})
     fused = fuse_views(views, fusion)
+    if len(units) == 1:
+        fused = np.ones(1)  # a one-unit document's only unit is its best; documents are compared by scale_by_document
     final = fused.copy()
     order = np.argsort(-fused, kind="stable")
     direct = [int(i) for i in order[: entities.direct_hits]]
