@@ -31,9 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from tqdm.auto import tqdm
 
-from benchmarks.quality import SYNTHETIC_TASKS, Prepared, Scorers, prepare, question_metrics
+from benchmarks.quality import SYNTHETIC_TASKS, Prepared, Scorers, _deep_merge, prepare, question_metrics
 from benchmarks.report import run_metadata
 from shared_core.config import EntitiesConfig, FusionConfig
 from shared_core.evaluation import REAL_TASKS, group_by_document, load_examples, load_real
@@ -115,10 +116,13 @@ def collect(
     per_doc: int = 4,
     granularities: Sequence[str] = ("sentence",),
     max_words: dict[str, int] | None = None,
+    base_config: dict[str, Any] | None = None,
 ) -> list[Case]:
     """Compute every view of every held-in question once per unit granularity (the model's document cache and the
-    cascade's per-query results are shared between granularities, so a second granularity costs no prefill)."""
-    scorers = {g: Scorers({"units": {"granularity": g}}) for g in granularities}
+    cascade's per-query results are shared between granularities, so a second granularity costs no prefill).
+    ``base_config``: the retriever config the views come from (e.g. another model), the defaults when None."""
+    base = base_config or {}
+    scorers = {g: Scorers(_deep_merge(base, {"units": {"granularity": g}})) for g in granularities}
     first = scorers[granularities[0]]
     for s in scorers.values():
         if s is not first:
@@ -341,6 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="cut held-in real documents, e.g. qmsum=4000 (a meeting within the window: no cascade per query)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--config", default=None, help="base RetrieverConfig YAML the views come from (e.g. another model)")
     p.add_argument("--out", default="benchmarks/results/tune_fusion.json")
     p.add_argument("--top", type=int, default=15, help="candidates printed")
     p.add_argument(
@@ -358,6 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cases = collect(
             tasks, [int(w) for w in args.words.split(",")], args.n, args.seed, 0,
             docs=args.docs, per_doc=args.per_doc, granularities=grans, max_words=cut,
+            base_config=yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) if args.config else None,
         )  # fmt: skip
         if paths:
             paths[0].write_bytes(pickle.dumps(cases))

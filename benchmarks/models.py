@@ -1,0 +1,254 @@
+"""Models side by side (issue 27): head detection by depth for a model, its head-set file, and the model table.
+
+    python -m benchmarks.models detect --config benchmarks/results/models/qwen0.5b_bf16.yaml \\
+        --data covidqa --data hotpotqa --data babi-qa1 --data babi-qa2 --examples 64 \\
+        --out benchmarks/results/models/detect_qwen0.5b.json
+    python -m benchmarks.models head-set benchmarks/results/models/detect_qwen0.5b.json --max-layer L \\
+        --out shared_core/head_sets/qwen2.5-coder-0.5b-instruct.yaml
+    python -m benchmarks.models table          # the Markdown table of the quality runs in benchmarks/results/models
+
+``detect`` runs `attnret detect-heads` unbounded (every layer) and keeps every head's score: a head is scored alone,
+so the best ``top`` of layers <= L is exactly what ``--max-layer L`` detects; it prints the mean score of that set by
+deepest layer L. ``head-set`` writes that set as the head-set file, recording the equivalent `detect-heads` command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks.report import command_line, run_metadata
+
+RESULTS = Path("benchmarks/results/models")
+logger = logging.getLogger("benchmarks.models")
+
+
+def best_by_depth(scores: dict[str, float], top: int) -> dict[int, tuple[list[str], float]]:
+    """Per deepest layer L: the best ``top`` heads of layers <= L (best first) and their mean score."""
+    depth = max(int(h.split("-")[0]) for h in scores)
+    ranked = sorted(scores, key=lambda h: (-scores[h], *map(int, h.split("-"))))
+    out: dict[int, tuple[list[str], float]] = {}
+    for layer in range(depth + 1):
+        kept = [h for h in ranked if int(h.split("-")[0]) <= layer][:top]
+        out[layer] = (kept, sum(scores[h] for h in kept) / len(kept))
+    return out
+
+
+def detect_command(args: dict[str, Any], max_layer: int | None) -> str:
+    """The `attnret detect-heads` line equivalent to this detection (bounded at ``max_layer``)."""
+    parts = ["attnret detect-heads", *(f"--data {d}" for d in args["data"])]
+    parts += [f"--config {args['config']}", f"--examples {args['examples']}", f"--words {args['words']}"]
+    parts += [f"--per-doc {args['per_doc']}", f"--real-max-words {args['real_max_words']}", f"--seed {args['seed']}"]
+    parts += [f"--top {args['top']}"]
+    if max_layer is not None:
+        parts.append(f"--max-layer {max_layer}")
+    return " ".join(parts)
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    """Unbounded detection; every head's score and the by-depth summary go to ``--out``."""
+    from shared_core.config import RetrieverConfig
+    from shared_core.training.head_detection import detect_heads, detection_examples
+
+    cfg = RetrieverConfig.coerce(args.config)
+    examples = detection_examples(
+        args.data,
+        n=max(1, args.examples // len(args.data)),
+        target_words=args.words,
+        seed=args.seed,
+        per_document=args.per_doc,
+        real_max_words=args.real_max_words,
+    )
+    result = detect_heads(examples, cfg, top=args.top, show_progress=True, sources=args.data)
+    settings = {k: getattr(args, k) for k in ("data", "config", "examples", "words", "per_doc", "real_max_words")}
+    settings.update(seed=args.seed, top=args.top)
+    by_depth = best_by_depth(result.scores, args.top)
+    data = {
+        "note": "Every head's mean nDCG@10 of the unbounded detection; the best `top` of layers <= L are what "
+        "--max-layer L detects.",
+        "command": command_line("benchmarks.models", sys.argv[1:]),
+        "detect_command": detect_command(settings, None),
+        "settings": settings,
+        "model": result.model,
+        "n_examples": result.n_examples,
+        "template": result.template,
+        "scoring_rule": result.scoring_rule,
+        "versions": result.versions,
+        "meta": run_metadata(),
+        "by_depth": {str(layer): {"mean": round(m, 6), "heads": h} for layer, (h, m) in by_depth.items()},
+        "scores": {h: round(s, 6) for h, s in result.scores.items()},
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    sys.stdout.write(depth_table(data) + "\n")
+    return 0
+
+
+def depth_table(data: dict[str, Any]) -> str:
+    """Markdown: mean detection score of the best set by deepest layer, and its share of the unbounded set's."""
+    rows = data["by_depth"]
+    full = rows[max(rows, key=int)]["mean"]
+    lines = [
+        "| deepest layer L | mean nDCG@10 of the best 16 of layers <= L | share of unbounded |",
+        "|---:|---:|---:|",
+    ]
+    for layer in sorted(rows, key=int):
+        lines.append(f"| {layer} | {rows[layer]['mean']:.3f} | {rows[layer]['mean'] / full:.2f} |")
+    return "\n".join(lines)
+
+
+def cmd_head_set(args: argparse.Namespace) -> int:
+    """Write the best heads of layers <= ``--max-layer`` from a ``detect`` JSON as a head-set file."""
+    from shared_core.training.head_detection import DetectionResult
+
+    data = json.loads(Path(args.detection).read_text(encoding="utf-8"))
+    by_depth = best_by_depth(data["scores"], data["settings"]["top"])
+    if args.max_layer == "auto":
+        full = by_depth[max(by_depth)][1]
+        args.max_layer = min(layer for layer, (_, mean) in by_depth.items() if mean >= args.keep * full)
+        logger.info("shallowest layer keeping %.2f of the unbounded mean: %d", args.keep, args.max_layer)
+    args.max_layer = int(args.max_layer)
+    heads, _ = by_depth[args.max_layer]
+    result = DetectionResult(
+        heads=heads,
+        scores=data["scores"],
+        model=data["model"],
+        metric="ndcg",
+        k=10,
+        n_examples=data["n_examples"],
+        template=data["template"],
+        scoring_rule=data["scoring_rule"],
+        versions=data["versions"],
+        sources=data["settings"]["data"],
+        command=detect_command(data["settings"], args.max_layer) + f" --out {args.out}",
+        max_layer=args.max_layer,
+    )
+    header = "".join(f"# {line}\n" for line in args.comment)
+    Path(args.out).write_text(header + result.to_yaml(), encoding="utf-8")
+    sys.stdout.write(f"wrote {len(heads)} heads to {args.out}: {', '.join(heads)}\n")
+    return 0
+
+
+MODELS = {
+    "smollm2": "smollm2-135m-instruct (default)",
+    "qwen0.5b": "qwen2.5-coder-0.5b-instruct",
+    "qwen1.5b": "qwen2.5-coder-1.5b-instruct",
+}
+"""Result-file label -> row name of the table."""
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _cell(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def model_rows(folder: Path = RESULTS) -> list[dict[str, Any]]:
+    """One row per model with results in ``folder``: held-out nDCG@10 per set and method (``quality_<label>.json``),
+    the held-in default fused nDCG@10 (``tune_fusion_<label>.json``), first-query seconds and peak RSS per dtype
+    (``settings_<label>.json``)."""
+    rows = []
+    for label, name in MODELS.items():
+        quality = _read(folder / f"quality_{label}.json")
+        if quality is None:
+            continue
+        row: dict[str, Any] = {"label": label, "model": name, "commit": quality["meta"]["commit"]}
+        for r in quality["results"]:
+            if r["task"] in ("covidqa", "qmsum"):
+                row[f"{r['task']}/{r['method']}"] = r["ndcg@10"]
+                row[f"{r['task']}/{r['method']}/n"] = r["n"]
+                row[f"{r['task']}/{r['method']}/s"] = r["sec_per_doc"]
+        tuned = _read(folder / f"tune_fusion_{label}.json")
+        if tuned is not None:
+            default = next(r for r in tuned["rows"] if r["candidate"] == "default")
+            best = max(tuned["rows"], key=lambda r: r["overall"])
+            row["held_in"] = default["overall"]
+            row["held_in_per_task"] = default["per_task"]
+            row["held_in_best"] = (best["candidate"], best["overall"])
+        settings = _read(folder / f"settings_{label}.json")
+        for s in (settings or {}).get("results", []):
+            key = "bf16" if s["dtype"] == "bfloat16" else "fp32"
+            row[f"first_s/{key}"] = s["first_query_s"]
+            row[f"further_s/{key}"] = s["further_query_s"]
+            row[f"rss/{key}"] = s["peak_rss_gb"]
+            row["doc_tokens"] = s["doc_tokens"]
+        rows.append(row)
+    return rows
+
+
+def model_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Markdown: per model the held-in fused nDCG@10, held-out nDCG@10 (attention alone, fused, BM25, MiniLM) per
+    set, seconds per question of the fused default, first query on a ~5k-token paper (float32 / bfloat16), RSS."""
+    head = (
+        "| model | held-in fused | COVID-QA: attention | fused | BM25 | MiniLM | QMSum: attention | fused | BM25 | "
+        "MiniLM | s/question (fused) | first query, 5k-token paper, float32 / bfloat16 s | peak RSS GB |"
+    )
+    lines = [head, "|---|" + "---:|" * 12]
+    for r in rows:
+        cells = [r["model"], _cell(r.get("held_in"))]
+        for task in ("covidqa", "qmsum"):
+            cells += [_cell(r.get(f"{task}/{m}")) for m in ("qr-heads", "fused+entities", "bm25", "dense")]
+        secs = [float(s) for t in ("covidqa", "qmsum") if (s := r.get(f"{t}/fused+entities/s")) is not None]
+        cells.append(_cell(sum(secs) / len(secs), 2) if len(secs) == 2 else "–")
+        cells.append(f"{_cell(r.get('first_s/fp32'), 1)} / {_cell(r.get('first_s/bf16'), 1)}")
+        cells.append(" / ".join(_cell(r.get(f"rss/{k}"), 1) for k in ("fp32", "bf16") if r.get(f"rss/{k}")) or "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    """Print the model table of the results in ``--folder``."""
+    sys.stdout.write(model_table(model_rows(Path(args.folder))) + "\n")
+    return 0
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Subcommands: detect, head-set, table."""
+    p = argparse.ArgumentParser(prog="python -m benchmarks.models", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("detect", help="unbounded detection, every head's score kept")
+    d.add_argument("--config", required=True, help="RetrieverConfig YAML naming the model")
+    d.add_argument("--data", action="append", required=True)
+    d.add_argument("--examples", type=int, default=64)
+    d.add_argument("--words", type=int, default=1500)
+    d.add_argument("--per-doc", type=int, default=4)
+    d.add_argument("--real-max-words", type=int, default=4000)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--top", type=int, default=16)
+    d.add_argument("--out", required=True)
+    d.set_defaults(func=cmd_detect)
+    h = sub.add_parser("head-set", help="write the head-set file of a depth from a detect JSON")
+    h.add_argument("detection")
+    h.add_argument("--max-layer", required=True, help="deepest layer, or 'auto': the shallowest one keeping --keep")
+    h.add_argument(
+        "--keep",
+        type=float,
+        default=0.94,
+        help="share of the unbounded set's mean score --max-layer auto keeps (default 0.94: SmolLM2's shipped depth "
+        "18 kept 0.401/0.426)",
+    )
+    h.add_argument("--out", required=True)
+    h.add_argument("--comment", action="append", default=[], help="a comment line for the file's head")
+    h.set_defaults(func=cmd_head_set)
+    t = sub.add_parser("table", help="the model table of the results folder")
+    t.add_argument("--folder", default=str(RESULTS))
+    t.set_defaults(func=cmd_table)
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
