@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from shared_core import AttentionRetriever, Document, Unit
+from shared_core import AttentionRetriever, Document, Unit, interrupt
 from shared_core.views import ReadsAhead, View, read_ahead, register_view, registered_views, unregister_view
 
 STORY = (
@@ -218,6 +218,18 @@ def _inside_the_read(r: AttentionRetriever, at_layer: int, action: Callable[[], 
         handle.remove()
 
 
+@pytest.fixture
+def python_handles_ctrl_c() -> Iterator[None]:
+    """Python's own SIGINT handler for the test: a process started in the background by a shell (`cmd &`) inherits
+    SIGINT ignored, and there no Ctrl-C reaches Python at all (attnret leaves an application's handler alone)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("python_handles_ctrl_c")
 def test_ctrl_c_while_waiting_for_the_read_stops_it_and_leaves_no_thread() -> None:
     r = AttentionRetriever({"views": {}})
     r.warm_up()
@@ -248,6 +260,7 @@ class _CtrlCInAFinalizer:
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped interrupt, printed
+@pytest.mark.usefixtures("python_handles_ctrl_c")
 def test_ctrl_c_dropped_by_a_finalizer_during_the_analysis_still_stops_the_call() -> None:
     r = AttentionRetriever({"views": {}})
     r.warm_up()
@@ -264,3 +277,15 @@ def test_ctrl_c_dropped_by_a_finalizer_during_the_analysis_still_stops_the_call(
         r.score_units("Who picked up the apple?", STORY * 20)
     assert not [t for t in threading.enumerate() if t.name == "attnret-read"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored
+
+
+def test_an_ignored_sigint_is_left_alone() -> None:
+    """A process that ignores SIGINT (a background job, an application's choice) keeps ignoring it during a read."""
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with interrupt.ctrl_c_stops(stop):
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
