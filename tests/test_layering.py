@@ -142,3 +142,16 @@ def test_retrieval_path_does_not_import_evaluation(statement: str) -> None:
     assert "shared_core.retriever" in loaded or "shared_core.retriever" not in statement
     assert not {m for m in loaded if m.startswith("shared_core.evaluation")}, "the core imported the evaluation code"
     assert not {m for m in loaded if m.startswith("shared_core.training")}
+
+
+MAX_MODULE_LINES = 450
+"""A module longer than this holds more than one concept: split it (CONTRIBUTING.md)."""
+
+
+def test_no_shipped_module_is_over_the_line_limit() -> None:
+    root = PACKAGE.parent
+    shipped = [
+        p for name in ("shared_core", "llamaindex_attnret", "haystack_attnret") for p in (root / name).rglob("*.py")
+    ]
+    long = {str(p.relative_to(root)): n for p in shipped if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES}
+    assert not long, f"modules over {MAX_MODULE_LINES} lines: {long}"
