@@ -8,10 +8,10 @@ from typing import Any
 import yaml
 from pydantic import Field
 
+from shared_core.config import sections as s
 from shared_core.config.cascade import CascadeConfig
 from shared_core.config.reading import ConfigError, load_yaml, read_yaml_file
 from shared_core.config.section import ConfigSection as _Section
-from shared_core.config import sections as s
 
 
 class RetrieverConfig(_Section):
