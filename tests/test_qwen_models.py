@@ -17,6 +17,7 @@ import torch
 
 from shared_core import AttentionRetriever, Document
 from shared_core.config import ModelConfig
+from shared_core.engine.heads import shipped_head_sets
 from shared_core.engine.prompt import PromptLayout
 from shared_core.models import loading, registry
 from shared_core.models.family import layer_kinds, model_rotary, text_config
@@ -187,3 +188,26 @@ def test_the_1_5b_loads_by_name_and_finds_the_needle(own_model_cache: None) -> N
     hits = r.score_units(QUERY, DOC)
     assert (r.model.num_layers, r.model.num_heads, r.model.num_kv_heads) == (28, 12, 2)
     assert _top(hits, 1) == [NEEDLE]
+
+
+@pytest.mark.parametrize("heads", [["3-0", "9-5", "9-13"], "auto"])
+def test_a_read_stops_at_the_deepest_selected_layer(qwen: LoadedModel, heads: list[str] | str) -> None:
+    shipped = shipped_head_sets().get(model_id(ModelConfig(name=QWEN)))
+    if heads == "auto" and shipped is None:
+        pytest.skip("no head set ships for the 0.5B: `heads: auto` reads every head of layers 12-23")
+    retriever = AttentionRetriever({"model": {"name": QWEN}, "attention": {"heads": heads}, **ATTENTION_ONLY})
+    selection = retriever.head_selection
+    ran: list[int] = []
+    layers = qwen.model.model.layers
+    projections = [layer.self_attn.q_proj for layer in layers]  # a layer's attention needs its queries
+    hooks = [q.register_forward_hook(lambda *_, i=i: ran.append(i)) for i, q in enumerate(projections)]
+    try:
+        hits = retriever.score_units(QUERY, DOC)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    # no pass (prefill, query, N/A) reaches past the deepest selected layer
+    assert ran and max(ran) == selection.deepest < len(layers) - 1
+    if heads == "auto":
+        assert selection.source == str(shipped)
+        assert _top(hits, 1) == [NEEDLE]
