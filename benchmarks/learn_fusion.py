@@ -76,6 +76,7 @@ def collect(
 ) -> list[Question]:
     """Every question's three raw views per document (dense and lexical cached beside the head features)."""
     out = []
+    seen: dict[str, tuple[Any, np.ndarray]] = {}
     for item in tqdm(items, desc="views", disable=None):
         ex = item.example
         key = feature_key(retriever, ex, deepest)
@@ -89,9 +90,12 @@ def collect(
         else:
             dense_parts, lexical_parts, gold_parts = [], [], []
             for d, text in enumerate(ex.documents):
-                units = retriever.units(text)
+                if text not in seen:  # several questions share a paper: segment and embed it once
+                    found = retriever.units(text)
+                    seen[text] = (found, retriever.dense.embed([u.text for u in found]))
+                units, embedded = seen[text]
                 texts = [u.text for u in units]
-                dense_parts.append(retriever.dense.score(ex.query, retriever.dense.embed(texts)))
+                dense_parts.append(retriever.dense.score(ex.query, embedded))
                 lexical_parts.append(LexicalIndex.build(texts, retriever.config.lexical).score(ex.query))
                 g = gold_units([(u.start, u.end) for u in units], ex.gold, d)
                 gold_parts.append(np.isin(np.arange(len(units)), sorted(g)))
