@@ -9,7 +9,7 @@ from shared_core.engine.heads import load_head_file, select_heads, shipped_head_
 from shared_core.models.loading import model_id
 
 # short name -> (layers, query heads) of the model, for checking the file against its shape without loading it
-SHIPPED = {"smollm2-135m-instruct": (30, 9)}
+SHIPPED = {"qwen2.5-coder-0.5b-instruct": (24, 14), "smollm2-135m-instruct": (30, 9)}
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED))
