@@ -168,7 +168,7 @@ def model_rows(folder: Path = RESULTS) -> list[dict[str, Any]]:
         tuned = _read(folder / f"tune_fusion_{label}.json")
         if tuned is not None:
             default = next(r for r in tuned["rows"] if r["candidate"] == "default")
-            best = max(tuned["rows"], key=lambda r: r["overall"])
+            best = max((r for r in tuned["rows"] if r.get("overall") is not None), key=lambda r: r["overall"])
             row["held_in"] = default["overall"]
             row["held_in_per_task"] = default["per_task"]
             row["held_in_best"] = (best["candidate"], best["overall"])
