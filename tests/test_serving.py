@@ -1,6 +1,7 @@
 """The serving examples over HTTP on 127.0.0.1: Hayhooks deploying the example Haystack pipeline, and the LlamaIndex
 query engine behind FastAPI/uvicorn. Each test starts its server with the shipped script on a free loopback port,
-polls a ready check (bounded), asks one question, and stops the server (its whole process group) in teardown."""
+polls a ready check (bounded), asks one question, and stops the server (its whole process group) in teardown.
+Each takes ~15 s on a quiet 2-core CPU (integration, not slow)."""
 
 from __future__ import annotations
 
@@ -100,7 +101,6 @@ def _assert_reranked(contexts: list[dict[str, Any]]) -> None:
 
 
 @pytest.mark.integration
-@pytest.mark.slow
 def test_hayhooks_serves_the_example_haystack_pipeline(tmp_path: Path) -> None:
     base = f"http://127.0.0.1:{_free_port()}"
     port = base.rsplit(":", 1)[1]
@@ -124,7 +124,6 @@ def test_hayhooks_serves_the_example_haystack_pipeline(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-@pytest.mark.slow
 def test_llamaindex_query_engine_behind_fastapi(tmp_path: Path) -> None:
     port = str(_free_port())
     base = f"http://127.0.0.1:{port}"
