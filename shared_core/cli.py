@@ -24,7 +24,9 @@ from typing import Any
 
 from shared_core.config import RetrieverConfig
 from shared_core.document import Document, Hit
+from shared_core.terminal import show_progress
 from shared_core.text.nlp import SpacyModelNotFoundError
+from shared_core.training.data_options import add_data_arguments, command_line, labelled_examples, with_model
 from shared_core.validation import check_queries, check_query, check_top_k
 from shared_core.views.dense import DenseModelNotFoundError
 
@@ -80,17 +82,6 @@ def _read_queries(name: str) -> list[str]:
     if not queries:
         raise UserError(f"queries file {name} holds no query (one query per line)")
     return check_queries(queries)
-
-
-def show_progress(args: argparse.Namespace) -> bool:
-    """Progress bars (the model's loading bar, tqdm over documents) only with `--progress` or when stderr is a
-    terminal: a script, a pipe or a log file gets no bar text."""
-    if getattr(args, "progress", False):
-        return True
-    try:
-        return sys.stderr.isatty()
-    except (AttributeError, ValueError):  # a replaced or closed stderr
-        return False
 
 
 def _load_config(path: str | None, progress: bool | None = None) -> RetrieverConfig:
@@ -173,19 +164,8 @@ def cmd_detect_heads(args: argparse.Namespace) -> int:
     for flag in ("top", "examples", "words", "k", "per_doc", "real_max_words"):
         check_top_k(getattr(args, flag), f"--{flag.replace('_', '-')}")
     _check_out_file(args.out, "--out")
-    cfg = _load_config(args.config, show_progress(args))
-    if args.model:
-        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": args.model})})
-    examples = detection_examples(
-        args.data,
-        n=max(1, args.examples // len(args.data)),
-        target_words=args.words,
-        seed=args.seed,
-        offset=args.offset,
-        per_document=args.per_doc,
-        real_max_words=args.real_max_words,
-    )
-    command = "attnret " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("attnret") else None
+    cfg = with_model(_load_config(args.config, show_progress(args)), args)
+    examples = labelled_examples(args, detection_examples)
     result = detect_heads(
         examples,
         cfg,
@@ -194,7 +174,7 @@ def cmd_detect_heads(args: argparse.Namespace) -> int:
         k=args.k,
         show_progress=cfg.show_progress,
         sources=args.data,
-        command=command,
+        command=command_line(),
         max_layer=args.max_layer,
     )
     result.save(args.out)
@@ -237,39 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
     explain.set_defaults(func=cmd_explain)
 
     detect = sub.add_parser("detect-heads", help="find the query-focused retrieval heads of a model")
-    detect.add_argument(
-        "--data",
-        action="append",
-        required=True,
-        help="labelled examples: babi-qaN, hotpotqa, covidqa, qmsum (held-in documents only), a file (repeatable)",
-    )
-    detect.add_argument("--model", help="hub id, folder or .gguf (default: the embedded default model)")
+    add_data_arguments(detect)
     detect.add_argument("--out", required=True, help="head-set YAML file to write")
     detect.add_argument("--top", type=int, default=16, help="heads to keep (default 16)")
-    detect.add_argument("--examples", type=int, default=128, help="examples in all, split across --data (default 128)")
-    detect.add_argument("--words", type=int, default=1500, help="length of built documents in words (default 1500)")
-    detect.add_argument(
-        "--per-doc", type=int, default=4, help="questions per held-in document of covidqa/qmsum (default 4)"
-    )
-    detect.add_argument(
-        "--real-max-words",
-        type=int,
-        default=4000,
-        help="cut covidqa/qmsum documents after the paragraph/turn reaching this many words, so they fit the "
-        "model's window (default 4000)",
-    )
-    detect.add_argument("--seed", type=int, default=0, help="seed of example sampling and document building")
-    detect.add_argument("--offset", type=int, default=0, help="skip this many HotpotQA questions (held-out splits)")
     detect.add_argument("--metric", choices=["ndcg", "gold_score"], default="ndcg", help="per-head quality measure")
     detect.add_argument("--k", type=int, default=10, help="cut-off of nDCG (default 10)")
-    detect.add_argument(
-        "--max-layer",
-        type=int,
-        help="take heads only from layers up to this one (0-indexed; negative from the end): the forward of every "
-        "query stops at the set's deepest layer, so a shallower set is faster (default: every layer)",
-    )
-    detect.add_argument("--config", help="a RetrieverConfig YAML file (scoring rule, prompt, device)")
-    _add_progress(detect)
     detect.set_defaults(func=cmd_detect_heads)
 
     from shared_core.batch.command import add_parser as add_batch_parser  # `attnret batch`: arguments and handler there

@@ -13,8 +13,9 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "shared_core"
 
-FOUNDATION = {"document", "validation", "lru", "interrupt"}
-"""Modules at the package's top that everything may use: the public types, input checks, a cache, Ctrl-C."""
+FOUNDATION = {"document", "validation", "lru", "interrupt", "terminal"}
+"""Modules at the package's top that everything may use: the public types, input checks, a cache, Ctrl-C, the
+terminal."""
 
 WING_RANK = {
     "foundation": 0,

@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Any
 
+from shared_core.terminal import show_progress
+
 EPILOG = (
     "Jobs: one JSON object per line (or Parquet rows) with `query` and `document` (text) or `document_path` (path "
     "or URI), optionally `job_id`, `document_id`, `top_k`, `config` (a NAME given with --config NAME=FILE). "
@@ -72,14 +74,7 @@ def run(args: argparse.Namespace) -> int:
         num_gpus_per_worker=args.num_gpus_per_worker,
         batch_size=args.batch_size,
         max_document_tokens=args.max_document_tokens,
-        show_progress=args.progress or _stderr_is_terminal(),
+        show_progress=show_progress(args),
     )
     sys.stdout.write(summary.line() + "\n")
     return 1 if summary.failed else 0
-
-
-def _stderr_is_terminal() -> bool:
-    try:
-        return sys.stderr.isatty()
-    except (AttributeError, ValueError):  # a replaced or closed stderr
-        return False
