@@ -839,10 +839,8 @@ def test_unicode_documents_keep_exact_offsets(retriever: AttentionRetriever) -> 
 def test_a_document_past_the_memory_budget_is_refused_up_front(retriever: AttentionRetriever) -> None:
     r = AttentionRetriever({"cascade": {"memory_budget": "64KB"}})
     r.share_caches(retriever)
-    start = time.perf_counter()
     with pytest.raises(ValueError, match=r"cascade.memory_budget='64KB' \(64000 bytes\) is too small .* ~\d+ bytes"):
         r.retrieve("Where is the milk?", [STORY * 40])
-    assert time.perf_counter() - start < 30
     assert r.stats["cascade_passes"] == 0 and r.stats["prefills"] == 0
 
 
