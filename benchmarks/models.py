@@ -53,17 +53,11 @@ def detect_command(args: dict[str, Any], max_layer: int | None) -> str:
 def cmd_detect(args: argparse.Namespace) -> int:
     """Unbounded detection; every head's score and the by-depth summary go to ``--out``."""
     from shared_core.config import RetrieverConfig
+    from shared_core.training.data_options import labelled_examples
     from shared_core.training.head_detection import detect_heads, detection_examples
 
     cfg = RetrieverConfig.coerce(args.config)
-    examples = detection_examples(
-        args.data,
-        n=max(1, args.examples // len(args.data)),
-        target_words=args.words,
-        seed=args.seed,
-        per_document=args.per_doc,
-        real_max_words=args.real_max_words,
-    )
+    examples = labelled_examples(args, detection_examples)
     result = detect_heads(examples, cfg, top=args.top, show_progress=True, sources=args.data)
     settings = {k: getattr(args, k) for k in ("data", "config", "examples", "words", "per_doc", "real_max_words")}
     settings.update(seed=args.seed, top=args.top)
@@ -233,6 +227,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     d.add_argument("--per-doc", type=int, default=4)
     d.add_argument("--real-max-words", type=int, default=4000)
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--offset", type=int, default=0, help="skip this many questions of each built task or file")
     d.add_argument("--top", type=int, default=16)
     d.add_argument("--out", required=True)
     d.set_defaults(func=cmd_detect)
