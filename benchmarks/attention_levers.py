@@ -102,7 +102,7 @@ def _layer_types(model: Any) -> list[str] | None:
 def variants(default: HeadSelection, model: Any, head_sets: Sequence[Path]) -> list[Variant]:
     """The default view, the other head sets, layer bands, the default heads restricted to the middle band, global
     layers only (models with sliding-window layers) and the other poolings of the default heads."""
-    n_layers, n_heads = model.num_layers, model.num_heads
+    n_layers, n_heads = model.shape.num_layers, model.shape.num_heads
     base = _flat(default.per_layer, n_heads)
     out = [Variant("default heads", "default", base)]
     for path in head_sets:
@@ -164,8 +164,8 @@ class Collector:
         self.scorers.warm_up(["bm25", "dense", "fused+entities"])
         self.capture.warm_up()
         model = self.capture.model
-        self.n_heads = model.num_heads
-        self.everything = HeadSelection(dict.fromkeys(range(model.num_layers)), source="levers")
+        self.n_heads = model.shape.num_heads
+        self.everything = HeadSelection(dict.fromkeys(range(model.shape.num_layers)), source="levers")
         self.variants = variants(self.default.head_selection, model, head_sets)
         self.att = self.default.config.attention
         self.replay_diff = 0.0

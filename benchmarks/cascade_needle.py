@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     model, tok = loaded.model, loaded.tokenizer
     layout = PromptLayout(tok, "auto", model_config.instruction)
     selection = select_heads(
-        AttentionConfig(heads=args.heads), loaded.num_layers, loaded.num_heads, model_id(model_config)
+        AttentionConfig(heads=args.heads), loaded.shape.num_layers, loaded.shape.num_heads, model_id(model_config)
     )
     warm = torch.tensor(layout.document("Warm-up text. " * 40).ids)
     q0 = layout.query("warm up", "query")

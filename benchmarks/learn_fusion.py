@@ -151,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
     retriever = capture_retriever(RetrieverConfig(), args.band)
-    names = head_names(retriever.model.num_heads, args.band)
+    names = head_names(retriever.model.shape.num_heads, args.band)
     shipped_path = shipped_head_sets()[model_id(retriever.config.model)]
     shipped = [names.index(str(h)) for h in load_head_file(shipped_path)["heads"]]
     cache = feature_dir(retriever, args.cache_dir)

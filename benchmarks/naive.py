@@ -62,7 +62,7 @@ class NaiveAttentionEngine(AttentionEngine):
         loaded = self.model
         q = self.prompt.query(query, self.config.attention.query_rows)
         n = len(tokens.ids) + len(q.ids)
-        need = naive_gb(n, loaded.num_layers, loaded.num_heads)
+        need = naive_gb(n, loaded.shape.num_layers, loaded.shape.num_heads)
         if need > self.budget_gb:
             raise DoesNotFit(f"{n} tokens need {need:.1f} GB of attention maps (budget {self.budget_gb:g} GB)")
         if n > self.window:

@@ -92,7 +92,7 @@ METHODS: dict[str, Method] = {
     "attention-nocal": Method("retriever", {**_ATTENTION_ONLY, "attention": {"heads": "all", "calibration": False}}),
     "attention-all-layers": Method(
         "retriever",
-        lambda r: {**_ATTENTION_ONLY, "attention": {"heads": "all", "layers": list(range(r.model.num_layers))}},
+        lambda r: {**_ATTENTION_ONLY, "attention": {"heads": "all", "layers": list(range(r.model.shape.num_layers))}},
     ),
     # attention alone with the shipped (detected) QR-head set of the model, as the default config reads it
     "qr-heads": Method("retriever", {**_ATTENTION_ONLY, "attention": {"heads": "auto"}}),

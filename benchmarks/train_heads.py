@@ -38,8 +38,8 @@ from shared_core.config import RetrieverConfig
 from shared_core.engine.heads import load_head_file, shipped_head_sets
 from shared_core.evaluation import load_examples, load_real
 from shared_core.models.loading import model_id
-from shared_core.training.head_detection import _versions
 from shared_core.training.head_features import ExampleFeatures, SourcedExample, capture_features, head_names
+from shared_core.training.head_set_file import provenance
 from shared_core.training.head_training import TrainingResult, capture_retriever
 from shared_core.training.objectives import OBJECTIVES
 from shared_core.training.weights import (
@@ -179,7 +179,6 @@ def ship(entry: dict[str, Any], retriever: Any, used: dict[str, dict[str, int]],
         return f"not written: best trained {best['validation']:.3f} <= shipped {shipped['validation']:.3f} (validation)"
     total = sum(best["head_weights"].values())
     weights = {h: float(f"{w / total:.6g}") for h, w in best["head_weights"].items()}
-    base = retriever.config
     summary = {
         "objective": best["objective"],
         **best["select"],
@@ -192,16 +191,11 @@ def ship(entry: dict[str, Any], retriever: Any, used: dict[str, dict[str, int]],
         "best_step": best["best_step"],
     }
     result = TrainingResult(
+        **provenance(retriever),
         heads=list(weights),
         weights=weights,
-        model=model_id(base.model),
         n_examples=sum(used["held-in"].values()),
         skipped=[],
-        template=retriever.prompt_key,
-        scoring_rule=base.attention.model_dump(
-            mode="json", include={"calibration", "pooling", "topk", "threshold_std", "query_rows", "head_aggregation"}
-        ),
-        versions=_versions(),
         training=summary,
         sources=[f"{s} ({n} held-in)" for s, n in used["held-in"].items()],
         command=command_line("benchmarks.train_heads", argv),
@@ -267,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     bands = [int(b) for b in args.bands.split(",")]
     retriever = capture_retriever(config, max(bands))  # the read stops at the deepest band compared
     deepest = retriever.head_selection.deepest
-    num_heads = retriever.model.num_heads
+    num_heads = retriever.model.shape.num_heads
     sets = example_sets(args)
     captured: dict[str, dict[str, list[ExampleFeatures]]] = {}
     used: dict[str, dict[str, int]] = {}

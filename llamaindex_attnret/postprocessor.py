@@ -15,9 +15,9 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
 from llamaindex_attnret.context import build_contexts, node_candidate, rescored, split_scoreable, unit_node
-from llamaindex_attnret.shared import shared_retriever, with_granularity
+from llamaindex_attnret.shared import query_text, shared_retriever, with_granularity
 from shared_core import AttentionRetriever, RetrieverConfig
-from shared_core.validation import check_query, check_top_k
+from shared_core.validation import check_top_k
 
 logger = logging.getLogger(__name__)
 dispatcher = get_dispatcher(__name__)
@@ -96,11 +96,7 @@ class AttentionRerank(BaseNodePostprocessor):
     def _postprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
-        if query_bundle is None:
-            raise ValueError("AttentionRerank needs a query: pass query_bundle or query_str.")
-        if not isinstance(query_bundle, QueryBundle):
-            raise TypeError(f"query_bundle must be a QueryBundle, got {type(query_bundle).__name__}")
-        check_query(query_bundle.query_str)
+        query = query_text(query_bundle, "AttentionRerank")
         scoreable, textless = split_scoreable(nodes)  # TypeError for anything but a list of NodeWithScore
         if not scoreable and not textless:
             return []
@@ -116,11 +112,11 @@ class AttentionRerank(BaseNodePostprocessor):
             payload={
                 EventPayload.NODES: nodes,
                 EventPayload.MODEL_NAME: self.model_name,
-                EventPayload.QUERY_STR: query_bundle.query_str,
+                EventPayload.QUERY_STR: query,
                 EventPayload.TOP_K: self.top_n,
             },
         ) as event:
-            ranked = self._rank(query_bundle.query_str, scoreable) if scoreable else []
+            ranked = self._rank(query, scoreable) if scoreable else []
             new_nodes = (ranked + passthrough)[: self.top_n]
             event.on_end(payload={EventPayload.NODES: new_nodes})
         dispatcher.event(ReRankEndEvent(nodes=new_nodes))

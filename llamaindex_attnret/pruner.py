@@ -12,12 +12,11 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 
 from llamaindex_attnret.context import node_text
-from llamaindex_attnret.shared import shared_retriever
+from llamaindex_attnret.shared import query_text, shared_retriever
 from shared_core import AttentionRetriever, RetrieverConfig
 from shared_core import Document as CoreDocument
 from shared_core.document import PRUNING_KEY
 from shared_core.tasks.pruned import DEFAULT_ENTITY_SHARE, DEFAULT_MARKER, PruneOptions, check_budget
-from shared_core.validation import check_query
 
 logger = logging.getLogger(__name__)
 
@@ -81,9 +80,7 @@ class AttentionContextPruner(BaseNodePostprocessor):
     def _postprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
-        if query_bundle is None:
-            raise ValueError("AttentionContextPruner needs a query: pass query_bundle or query_str.")
-        check_query(query_bundle.query_str)  # refused even when no node has text to prune
+        query = query_text(query_bundle, "AttentionContextPruner")
         options = PruneOptions(self.unit, self.neighbours, self.marker, self.entity_share, self.reader_tokenizer)
         for position, item in enumerate(nodes):
             if not isinstance(item, NodeWithScore):
@@ -95,7 +92,7 @@ class AttentionContextPruner(BaseNodePostprocessor):
         if not textual:
             return out
         documents = [CoreDocument(text=node_text(nodes[i].node), id=nodes[i].node.node_id) for i in textual]
-        results = self.retriever.prune(query_bundle.query_str, documents, self.budget_tokens, options=options)
+        results = self.retriever.prune(query, documents, self.budget_tokens, options=options)
         for i, pruned in zip(textual, results, strict=True):
             node = out[i].node
             assert isinstance(node, TextNode)

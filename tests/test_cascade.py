@@ -39,7 +39,7 @@ def _feed(cache: CascadingCache, n_tokens: int, chunk: int, received=None) -> No
     for start in range(0, n_tokens, chunk):
         c = min(chunk, n_tokens - start)
         keys = torch.arange(start, start + c, dtype=torch.float32).view(1, 1, c, 1).expand(1, H, c, D).clone()
-        kept = cache.kept
+        kept = cache.structure.kept
         layer.update(keys, keys.clone())
         if received is not None:
             layer.record_received(received(kept, start, c))
@@ -60,18 +60,18 @@ def _stage_positions(cache: CascadingCache) -> list[torch.Tensor]:
 def test_sinks_kept_and_capacity_never_exceeded(chunk: int) -> None:
     cache = _cache(sink_tokens=4, cascades=3, window=8, stride=chunk)
     layer = cache.layers[0]
-    while cache.seen < 400:
-        c = min(chunk, 400 - cache.seen)
-        keys = torch.arange(cache.seen, cache.seen + c, dtype=torch.float32).view(1, 1, -1, 1)
+    while cache.structure.seen < 400:
+        c = min(chunk, 400 - cache.structure.seen)
+        keys = torch.arange(cache.structure.seen, cache.structure.seen + c, dtype=torch.float32).view(1, 1, -1, 1)
         layer.update(keys.expand(1, H, -1, D).clone(), keys.expand(1, H, -1, D).clone())
         cache.commit()
         slots = layer.ordered_slots()
-        assert len(slots) == cache.kept <= cache.config.capacity
-        assert slots.pos[0, 0, : min(4, cache.seen)].tolist() == list(range(min(4, cache.seen)))
+        assert len(slots) == cache.structure.kept <= cache.config.capacity
+        assert slots.pos[0, 0, : min(4, cache.structure.seen)].tolist() == list(range(min(4, cache.structure.seen)))
         # keys and values travel with their source position; positions are strictly increasing (order kept)
         assert torch.equal(slots.k[..., 0], slots.pos.float())
         assert bool((slots.pos[:, :, 1:] > slots.pos[:, :, :-1]).all())
-    assert cache.kept == cache.config.capacity
+    assert cache.structure.kept == cache.config.capacity
 
 
 def test_cadence_power_of_two_when_attention_ties() -> None:

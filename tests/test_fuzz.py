@@ -5,7 +5,6 @@ Each property is small and bounded (`max_examples`, `deadline`) so the file runs
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
@@ -124,19 +123,16 @@ DOCUMENTED = (ConfigError, TypeError)  # ConfigFileNotFoundError is a ConfigErro
 @settings(max_examples=150, deadline=None, database=None)
 @given(text=st.text(max_size=300))
 def test_config_from_arbitrary_text(text: str) -> None:
-    start = time.perf_counter()
     try:
         RetrieverConfig.from_yaml(text)
     except DOCUMENTED:
         pass
-    assert time.perf_counter() - start < 1.0
 
 
 @settings(max_examples=150, deadline=None, database=None)
 @given(data=st.dictionaries(_KEYS, _VALUES, max_size=5), aliased=st.booleans())
 def test_config_from_arbitrary_yaml_structure(data: dict[str, Any], aliased: bool) -> None:
     text = yaml.safe_dump(data if not aliased else {"shared": data, "again": data, **data}, allow_unicode=True)
-    start = time.perf_counter()
     try:
         config = RetrieverConfig.from_yaml(text)
     except DOCUMENTED as exc:
@@ -144,7 +140,6 @@ def test_config_from_arbitrary_yaml_structure(data: dict[str, Any], aliased: boo
     else:
         assert RetrieverConfig.from_yaml(config.to_yaml()) == config
         assert config.model.trust_remote_code is False
-    assert time.perf_counter() - start < 1.0
 
 
 @settings(max_examples=100, deadline=None, database=None)

@@ -33,7 +33,7 @@ def test_default_model_is_found_and_cached_as_safetensors(retriever) -> None:
     converted = list((cache_root(ModelConfig()) / "gguf").glob(f"{path.stem}-*/model.safetensors"))
     assert converted, "the dequantized default model should be cached in the user cache folder"
     loaded = retriever.model
-    assert (loaded.num_layers, loaded.num_heads, loaded.num_kv_heads) == (30, 9, 3)
+    assert (loaded.shape.num_layers, loaded.shape.num_heads, loaded.shape.num_kv_heads) == (30, 9, 3)
     assert loaded.model.config._attn_implementation == "attnret"
     assert capture.load_model(ModelConfig()) is loaded  # shared process-wide
 

@@ -70,10 +70,15 @@ def _top(hits: list, n: int) -> list[str]:
 
 def test_loads_by_name_as_qwen2_with_gqa_14_2(qwen: LoadedModel) -> None:
     assert type(qwen.model).__name__ == "Qwen2ForCausalLM"
-    assert (qwen.num_layers, qwen.num_heads, qwen.num_kv_heads, qwen.shape.head_dim) == (24, 14, 2, 64)
+    assert (qwen.shape.num_layers, qwen.shape.num_heads, qwen.shape.num_kv_heads, qwen.shape.head_dim) == (
+        24,
+        14,
+        2,
+        64,
+    )
     attn = qwen.model.model.layers[0].self_attn
     assert attn.q_proj.out_features == 14 * 64 and attn.k_proj.out_features == attn.v_proj.out_features == 2 * 64
-    assert qwen.max_positions == 32768
+    assert qwen.shape.max_positions == 32768
     assert layer_kinds(qwen.model)[0] == ["full"] * 24  # no sliding-window layers: the cascade supports it
     assert model_id(ModelConfig(name=QWEN)) == "Qwen/Qwen2.5-Coder-0.5B-Instruct"
     assert qwen.name.endswith(registry.MODELS[QWEN].file_name)
@@ -186,7 +191,7 @@ def test_the_1_5b_loads_by_name_and_finds_the_needle(own_model_cache: None) -> N
     _require(QWEN_LARGE)
     r = AttentionRetriever({"model": {"name": QWEN_LARGE}, **ATTENTION_ONLY})
     hits = r.score_units(QUERY, DOC)
-    assert (r.model.num_layers, r.model.num_heads, r.model.num_kv_heads) == (28, 12, 2)
+    assert (r.model.shape.num_layers, r.model.shape.num_heads, r.model.shape.num_kv_heads) == (28, 12, 2)
     assert _top(hits, 1) == [NEEDLE]
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -113,31 +112,43 @@ def test_explain_cli_writes_html_and_json(tmp_path, capsys) -> None:
     assert payload["hits"][0]["text"] == "Sandra got the milk there."
 
 
-def _timed(seen: dict[str, tuple[threading.Thread, float, float]], name: str, fn: Callable[..., Any]) -> Any:
-    """`fn`, recording in `seen[name]` the thread it ran in and when it started and ended."""
+class _Meeting:
+    """Wraps functions that should run at the same time: each records its thread on entry, marks itself started and
+    waits (at most 60 s) for its partner to start; `met[name]` says whether the partner started meanwhile."""
 
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        start = time.perf_counter()
-        try:
+    def __init__(self) -> None:
+        self.started: dict[str, threading.Event] = {}
+        self.threads: dict[str, threading.Thread] = {}
+        self.met: dict[str, bool] = {}
+
+    def wrap(self, name: str, partner: str | None, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """`fn` recording its thread, meeting `partner` first (None: no partner, no wait)."""
+
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            self.threads[name] = threading.current_thread()
+            if partner is not None:
+                self.started.setdefault(name, threading.Event()).set()
+                self.met[name] = self.started.setdefault(partner, threading.Event()).wait(60)
             return fn(*args, **kwargs)
-        finally:
-            seen[name] = (threading.current_thread(), start, time.perf_counter())
 
-    return wrapped
+        return wrapped
 
 
 def test_a_new_document_is_analysed_while_the_model_reads_it(monkeypatch: pytest.MonkeyPatch) -> None:
     r = AttentionRetriever()
-    seen: dict[str, tuple[threading.Thread, float, float]] = {}
-    monkeypatch.setattr(r.analyser, "_build", _timed(seen, "analysis", r.analyser._build))
-    monkeypatch.setattr(r.engine, "head_token_scores", _timed(seen, "read", r.engine.head_token_scores))
+    build, read = r.analyser._build, r.engine.head_token_scores
+    meeting = _Meeting()
+    monkeypatch.setattr(r.analyser, "_build", meeting.wrap("analysis", "read", build))
+    monkeypatch.setattr(r.engine, "head_token_scores", meeting.wrap("read", "analysis", read))
     scores = [h.score for h in r.score_units(QUERY, CHAIN)]
-    (analysed_in, a0, a1), (read_in, r0, r1) = seen["analysis"], seen["read"]
-    assert analysed_in is threading.current_thread() and read_in is not analysed_in  # the read in a second thread
-    assert a0 < r1 and r0 < a1  # at the same time
-    seen.clear()
+    threads = meeting.threads
+    assert threads["analysis"] is threading.current_thread() and threads["read"] is not threads["analysis"]
+    assert meeting.met == {"analysis": True, "read": True}  # each started while the other was running
+    alone = _Meeting()  # the document is analysed now: the next query reads in this thread, with no analysis
+    monkeypatch.setattr(r.analyser, "_build", alone.wrap("analysis", None, build))
+    monkeypatch.setattr(r.engine, "head_token_scores", alone.wrap("read", None, read))
     r.score_units("Who went to the kitchen?", CHAIN)
-    assert "analysis" not in seen and seen["read"][0] is threading.current_thread()  # analysed: no second thread
+    assert "analysis" not in alone.threads and alone.threads["read"] is threading.current_thread()
     one_after_the_other = AttentionRetriever({"overlap_analysis": False})
     expected = [h.score for h in one_after_the_other.score_units(QUERY, CHAIN)]
     assert np.allclose(scores, expected, atol=1e-6)

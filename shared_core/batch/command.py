@@ -6,13 +6,25 @@ import argparse
 import sys
 from typing import Any
 
-from shared_core.terminal import show_progress
+from shared_core.terminal import arguments, show_progress
 
 EPILOG = (
     "Jobs: one JSON object per line (or Parquet rows) with `query` and `document` (text) or `document_path` (path "
     "or URI), optionally `job_id`, `document_id`, `top_k`, `config` (a NAME given with --config NAME=FILE). "
     "Outputs are folders of part files; rerunning the same command skips the jobs already written."
 )
+
+RUN_OPTIONS = (
+    "top_k",
+    "ray_address",
+    "num_cpus",
+    "concurrency",
+    "num_cpus_per_worker",
+    "num_gpus_per_worker",
+    "batch_size",
+    "max_document_tokens",
+)
+"""The options handed to `run_batch` under their own names."""
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -66,15 +78,8 @@ def run(args: argparse.Namespace) -> int:
         errors=args.errors,
         config=default,
         configs=named,
-        top_k=args.top_k,
-        ray_address=args.ray_address,
-        num_cpus=args.num_cpus,
-        concurrency=args.concurrency,
-        num_cpus_per_worker=args.num_cpus_per_worker,
-        num_gpus_per_worker=args.num_gpus_per_worker,
-        batch_size=args.batch_size,
-        max_document_tokens=args.max_document_tokens,
         show_progress=show_progress(args),
+        **arguments(args, RUN_OPTIONS),
     )
     sys.stdout.write(summary.line() + "\n")
     return 1 if summary.failed else 0

@@ -33,12 +33,17 @@ class Job:
     job_id: str
     query: str
     document_key: str
+    """What identifies the document's content: ``sha256`` of the inline text, or ``path:<path>`` (jobs of one
+    document go to one worker batch, which reads and prefills it once)."""
     document_id: str
     top_k: int
     config: str
+    """The name of the config the job runs with (`--config NAME=FILE`; the default config when it names none)."""
     size: int
-    document: str | None = None
-    document_path: str | None = None
+    """Characters of the inline text or bytes of the file: its length bucket (`BUCKET_BASE_CHARS`)."""
+    document: str | None
+    """The inline text (None: the worker reads `document_path`)."""
+    document_path: str | None
 
 
 @dataclass(frozen=True)

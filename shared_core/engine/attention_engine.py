@@ -33,7 +33,7 @@ from shared_core.engine.prompt import DocumentTokens, PromptLayout, QueryTokens
 from shared_core.engine.query_batch import SharedPrefixCache, batched_scores
 from shared_core.engine.scoring import PerLayer
 from shared_core.lru import LRUCache
-from shared_core.models.family import ModelShape, full_attention_layers
+from shared_core.models.family import full_attention_layers
 from shared_core.models.loading import LoadedModel, cache_root, model_id
 
 logger = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ class AttentionEngine:
             self._layout = PromptLayout(loaded.tokenizer, cfg.model.prompt, cfg.model.instruction)
             full = full_attention_layers(loaded.model)
             self._selection = select_heads(
-                cfg.attention, loaded.num_layers, loaded.num_heads, model_id(cfg.model), full
+                cfg.attention, loaded.shape.num_layers, loaded.shape.num_heads, model_id(cfg.model), full
             )
             if cfg.cascade.reuse and cfg.cascade.reuse_disk:
                 folder = cfg.cascade.reuse_dir
@@ -136,7 +136,7 @@ class AttentionEngine:
     @property
     def window(self) -> int:
         """Longest prompt (document + query part) in tokens."""
-        return self.config.model.max_tokens or self.model.max_positions
+        return self.config.model.max_tokens or self.model.shape.max_positions
 
     def share(self, other: AttentionEngine) -> None:
         """Use `other`'s document states (their keys hold everything the states depend on)."""
@@ -209,7 +209,7 @@ class AttentionEngine:
         return cascade_needed(
             len(tokens.ids) + len(part.ids),
             self.config.cascade,
-            ModelShape.of(m.model),
+            m.shape,
             max_tokens=self.window,
             layers_used=self.head_selection.deepest + 1,
             dtype_bytes=torch.finfo(m.dtype).bits // 8,

@@ -335,16 +335,6 @@ class CascadingCache(Cache):
         return self.config.capacity
 
     # -- cascade protocol ---------------------------------------------------------------------------------------
-    @property
-    def kept(self) -> int:
-        """Tokens every full-attention layer holds now (sinks + sub-caches)."""
-        return self.structure.kept
-
-    @property
-    def seen(self) -> int:
-        """Tokens committed so far."""
-        return self.structure.seen
-
     def _note_pending(self, n: int) -> None:
         if self.pending_len and n != self.pending_len:
             raise RuntimeError(f"CascadingCache: layers saw different chunk lengths ({self.pending_len} vs {n})")

@@ -244,7 +244,7 @@ def cascade_token_scores(
         last = end == n and recorder is not None
         cut = max(skip, end - start - tail_tokens(config.stride)) if last else None  # kept for a longer text
         ema.begin(end - start, tail if skip else None, skip, cut)
-        kept = cache.kept
+        kept = cache.structure.kept
         positions = torch.arange(kept + skip, kept + (end - start), device=device)[None]
         _forward(model, doc_ids[None, start + skip : end], positions, cache, ema)
         if config.scoring == "resident":
@@ -267,9 +267,9 @@ def cascade_token_scores(
     if config.scoring == "end":
         _score_end(model, cache, parts, picked, out, shape)
     seconds = time.perf_counter() - t0
-    logger.debug("cascade pass: %d tokens, %d chunks, %.2fs, kept %d", n, n_chunks, seconds, cache.kept)
+    logger.debug("cascade pass: %d tokens, %d chunks, %.2fs, kept %d", n, n_chunks, seconds, cache.structure.kept)
     kept_state = recorder.state() if recorder is not None else None
-    return CascadeScores(out, picked, n_chunks, cache.kept, need, seconds, state=kept_state)
+    return CascadeScores(out, picked, n_chunks, cache.structure.kept, need, seconds, state=kept_state)
 
 
 def _lead(parts: Sequence[QueryTokens]) -> int:

@@ -4,6 +4,7 @@ and `_Slots`, a run of kept keys, values, EMAs and source positions (see `engine
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -16,20 +17,27 @@ from shared_core.config.cascade import CascadeConfig
 
 @dataclass(frozen=True)
 class _StagePlan:
+    """What one sub-cache does with the tokens arriving at it during a commit."""
+
     fill: int  # slots filled before the commit
     merge_first: bool  # the first arrival competes with the newest slot (non-accepting turn)
     winners: int  # new slots appended (pair winners, last one maybe unpaired)
     overflow: int  # oldest slots passed on (or dropped by the last sub-cache)
 
 
-@dataclass(frozen=True)
-class _Plan:
+class _Plan(NamedTuple):
+    """One commit's slot plan, the same for every layer: computed once from the counts, applied to each layer."""
+
     kept_before: int
+    """Slots held before the commit (sinks + sub-caches)."""
     n_new: int
+    """Tokens committed."""
     to_sinks: int
+    """Of them, how many fill the remaining sink slots (the rest enter the first sub-cache)."""
     stages: tuple[_StagePlan, ...]
-    kept_after: int
+    """What each sub-cache does, first to last."""
     seen_before: int
+    """Tokens committed before this commit (the position of its first token)."""
 
 
 class _Structure:
@@ -65,7 +73,7 @@ class _Structure:
             stages.append(_StagePlan(fill, merge, winners, overflow))
             stream = overflow
         self.seen += n_new
-        return _Plan(kept_before, n_new, to_sinks, tuple(stages), self.kept, seen_before)
+        return _Plan(kept_before, n_new, to_sinks, tuple(stages), seen_before)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -264,7 +264,7 @@ def carried_kv(point: ResumePoint, cache: CascadingCache, device: torch.device) 
     """Put the carried tokens of `point`'s chunk into `cache` (after `resume_cache`), rotated where they sit."""
     start = point.state.chunks[point.chunks].start
     keys, values = point.state.kv.span(len(cache.layers), start, start + point.carried)
-    cos, sin = cache.rope(0, cache.kept, point.carried, device)  # every layer is full attention (replayable)
+    cos, sin = cache.rope(0, cache.structure.kept, point.carried, device)  # every layer is full attention (replayable)
     cache.carry(apply_rope(keys.to(device), cos, sin), values.to(device))
 
 

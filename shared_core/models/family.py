@@ -44,7 +44,8 @@ def decoder(model: Any) -> Any:
 
 @dataclass(frozen=True)
 class ModelShape:
-    """The few model dimensions the memory estimates need."""
+    """The model dimensions the engine and the memory estimates need (`max_positions`: the window; 2048 when the
+    config does not say)."""
 
     num_layers: int
     num_heads: int
@@ -67,7 +68,7 @@ class ModelShape:
             head_dim=getattr(cfg, "head_dim", None) or hidden // heads,
             hidden_size=hidden,
             intermediate_size=getattr(cfg, "intermediate_size", None) or 4 * hidden,
-            max_positions=getattr(cfg, "max_position_embeddings", None) or 0,
+            max_positions=getattr(cfg, "max_position_embeddings", None) or 2048,
         )
 
 

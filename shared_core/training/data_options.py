@@ -12,19 +12,21 @@ from typing import TypeVar
 from shared_core.config import RetrieverConfig
 
 E = TypeVar("E")
-COUNTS = ("examples", "words", "per_doc", "real_max_words")
+COUNTS = ("examples", "words", "per_doc", "real_max_words", "top")
 """The options that count something and must be positive."""
 
 
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
-    """`--data`, `--model`, `--examples`, `--words`, `--per-doc`, `--real-max-words`, `--seed`, `--offset`,
-    `--max-layer`, `--config` and `--progress`."""
+    """`--data`, `--out`, `--top`, `--model`, `--examples`, `--words`, `--per-doc`, `--real-max-words`, `--seed`,
+    `--offset`, `--max-layer`, `--config` and `--progress`."""
     p.add_argument(
         "--data",
         action="append",
         required=True,
         help="labelled examples: babi-qaN, hotpotqa, covidqa, qmsum (held-in documents only), a file (repeatable)",
     )
+    p.add_argument("--out", required=True, help="head-set YAML file to write (atomically)")
+    p.add_argument("--top", type=int, default=16, help="heads to keep (default 16; train-heads then weights them)")
     p.add_argument("--model", help="hub id, folder, .gguf or named model (default: the embedded default model)")
     p.add_argument("--examples", type=int, default=128, help="examples in all, split across --data (default 128)")
     p.add_argument("--words", type=int, default=1500, help="length of built documents in words (default 1500)")

@@ -12,22 +12,20 @@ set detected on them can be judged on the held-out documents the quality table u
 from __future__ import annotations
 
 import logging
-import platform
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import yaml
 from tqdm.auto import tqdm
 
 from shared_core.config import RetrieverConfig
 from shared_core.engine import scoring
 from shared_core.engine.heads import HeadSelection
 from shared_core.evaluation import REAL_TASKS, LabelledExample, gold_units, load_examples, load_real
-from shared_core.models.loading import model_id
 from shared_core.retriever import AttentionRetriever
+from shared_core.training.head_set_file import HeadSetRecord, provenance
 
 logger = logging.getLogger(__name__)
 
@@ -79,48 +77,17 @@ def detection_examples(
     return out
 
 
-@dataclass
-class DetectionResult:
-    """Detected heads (best first) with their scores and everything needed to reproduce them."""
+@dataclass(kw_only=True)
+class DetectionResult(HeadSetRecord):
+    """Detected heads (best first) with every candidate head's score, the metric and its cut-off."""
 
-    heads: list[str]
     scores: dict[str, float]
-    model: str
     metric: str
     k: int
-    n_examples: int
-    template: str
-    scoring_rule: dict[str, Any]
-    versions: dict[str, str]
-    sources: list[str] = field(default_factory=list)
-    aliases: list[str] = field(default_factory=list)
-    command: str | None = None
-    max_layer: int | None = None
-    """The deepest layer candidates were taken from (None: every layer)."""
 
-    def to_yaml(self) -> str:
-        """The head-set file format read by `attention.heads: <path>`."""
-        data = {
-            "model": self.model,
-            "aliases": self.aliases,
-            "heads": self.heads,
-            "scores": {h: round(self.scores[h], 6) for h in self.heads},
-            "metric": self.metric,
-            "k": self.k,
-            "n_examples": self.n_examples,
-            "sources": self.sources,
-            "template": self.template,
-            "scoring_rule": self.scoring_rule,
-            "versions": self.versions,
-            "command": self.command,
-        }
-        if self.max_layer is not None:
-            data["max_layer"] = self.max_layer
-        return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
-
-    def save(self, path: str | Path) -> None:
-        """Write the head-set file."""
-        Path(path).write_text(self.to_yaml(), encoding="utf-8")
+    def chosen_by(self) -> dict[str, Any]:
+        """The kept heads' scores (mean nDCG@k or summed gold score over the examples), the metric and k."""
+        return {"scores": {h: round(self.scores[h], 6) for h in self.heads}, "metric": self.metric, "k": self.k}
 
 
 def detect_heads(
@@ -147,9 +114,9 @@ def detect_heads(
     att = base.attention.model_copy(update={"heads": "all", "layers": [-1]})
     retriever = AttentionRetriever(base.model_copy(update={"attention": att}))
     loaded = retriever.model
-    layers = _candidate_layers(loaded.num_layers, max_layer)
+    layers = _candidate_layers(loaded.shape.num_layers, max_layer)
     everything = HeadSelection(dict.fromkeys(range(layers)), source="detection")
-    totals = np.zeros(layers * loaded.num_heads)
+    totals = np.zeros(layers * loaded.shape.num_heads)
     used = 0
     for ex in tqdm(examples, desc="detect heads", disable=not show_progress):
         per_head = _example_scores(retriever, ex, everything, metric, k)
@@ -162,20 +129,15 @@ def detect_heads(
         raise ValueError("no usable example: none had a gold span that maps to a unit")
     mean = totals / used
     order = np.argsort(-mean, kind="stable")  # ties keep (layer, head) order: deterministic
-    names = [f"{i // loaded.num_heads}-{i % loaded.num_heads}" for i in range(len(mean))]
+    names = [f"{i // loaded.shape.num_heads}-{i % loaded.shape.num_heads}" for i in range(len(mean))]
     best = [names[i] for i in order[: min(top, len(names))]]
     return DetectionResult(
+        **provenance(retriever),
         heads=best,
         scores={names[i]: float(mean[i]) for i in order},
-        model=model_id(base.model),
         metric=metric,
         k=k,
         n_examples=used,
-        template=retriever.prompt_key,
-        scoring_rule=base.attention.model_dump(
-            mode="json", include={"calibration", "pooling", "topk", "threshold_std", "query_rows"}
-        ),
-        versions=_versions(),
         sources=list(sources),
         command=command,
         max_layer=None if max_layer is None else layers - 1,
@@ -225,17 +187,3 @@ def _ndcg_rows(scores: np.ndarray, relevant: np.ndarray, k: int) -> np.ndarray:
     dcg = (relevant[top] * discounts).sum(axis=1)
     ideal = discounts[: min(int(relevant.sum()), k)].sum()
     return dcg / ideal
-
-
-def _versions() -> dict[str, str]:
-    import torch
-    import transformers
-
-    from shared_core import __version__
-
-    return {
-        "attnret": __version__,
-        "transformers": str(transformers.__version__),
-        "torch": str(torch.__version__),
-        "python": platform.python_version(),
-    }

@@ -113,7 +113,7 @@ def capture_features(
     for item in items:
         check_example(item)
     folder = feature_dir(retriever, cache_dir)
-    selection = band_selection(retriever.model.num_layers, retriever.model.num_heads, deepest)
+    selection = band_selection(retriever.model.shape.num_layers, retriever.model.shape.num_heads, deepest)
     used: list[ExampleFeatures] = []
     skipped: list[SourcedExample] = []
     for item in tqdm(items, desc="capture", disable=not show_progress):

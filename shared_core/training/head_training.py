@@ -9,23 +9,20 @@ the attention view then combines the heads by their weights, and the read stops 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from shared_core.config import RetrieverConfig
 from shared_core.evaluation import REAL_TASKS
-from shared_core.models.loading import model_id
 from shared_core.retriever import AttentionRetriever
-from shared_core.training.head_detection import _versions, detection_examples
+from shared_core.training.head_detection import detection_examples
 from shared_core.training.head_features import SourcedExample, TrainingInputError, capture_features, head_names
+from shared_core.training.head_set_file import HeadSetRecord, provenance, write_atomic
 from shared_core.training.weights import TrainSettings, fit_weights, split_by_document, train_weights
 
 __all__ = [
@@ -45,28 +42,12 @@ logger = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------------------------- examples
 
 
-def training_examples(
-    sources: Sequence[str | Path],
-    *,
-    n: int,
-    target_words: int,
-    seed: int = 0,
-    offset: int = 0,
-    per_document: int = 4,
-    real_max_words: int | None = 4000,
-) -> list[SourcedExample]:
-    """`detection_examples` of every source, each with its origin: ``path:line`` for a JSONL file."""
+def training_examples(sources: Sequence[str | Path], *, offset: int = 0, **options: Any) -> list[SourcedExample]:
+    """`detection_examples(sources, offset=offset, **options)`, each with its origin: ``path:line`` for a JSONL
+    file (the line an error message names), else the source's name."""
     out: list[SourcedExample] = []
     for source in sources:
-        examples = detection_examples(
-            [source],
-            n=n,
-            target_words=target_words,
-            seed=seed,
-            offset=offset,
-            per_document=per_document,
-            real_max_words=real_max_words,
-        )
+        examples = detection_examples([source], offset=offset, **options)
         path = Path(source)
         if str(source) not in REAL_TASKS and path.suffix.lower() == ".jsonl" and path.is_file():
             lines = [i for i, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if raw.strip()]
@@ -80,64 +61,23 @@ def training_examples(
 # ----------------------------------------------------------------------------------------------- the command
 
 
-@dataclass
-class TrainingResult:
-    """A trained head set (heads by weight, best first) and everything needed to reproduce it."""
+@dataclass(kw_only=True)
+class TrainingResult(HeadSetRecord):
+    """A trained head set (heads by weight, best first), its weights and how they were trained."""
 
-    heads: list[str]
     weights: dict[str, float]
-    model: str
-    n_examples: int
     skipped: list[str]
-    template: str
-    scoring_rule: dict[str, Any]
-    versions: dict[str, str]
     training: dict[str, Any]
-    sources: list[str] = field(default_factory=list)
-    aliases: list[str] = field(default_factory=list)
-    command: str | None = None
-    max_layer: int | None = None
     seconds: float = 0.0
 
-    def to_yaml(self) -> str:
-        """The head-set file format read by `attention.heads: <path>`, with a weight per head."""
-        data = {
-            "model": self.model,
-            "aliases": self.aliases,
-            "heads": self.heads,
+    def chosen_by(self) -> dict[str, Any]:
+        """The weights (the attention view combines the heads by them), skipped examples, training summary, time."""
+        return {
             "weights": self.weights,
-            "n_examples": self.n_examples,
             "skipped_examples": self.skipped,
-            "sources": self.sources,
             "training": self.training,
-            "template": self.template,
-            "scoring_rule": self.scoring_rule,
-            "versions": self.versions,
-            "command": self.command,
-            "max_layer": self.max_layer,
             "seconds": round(self.seconds, 1),
         }
-        return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
-
-    def save(self, path: str | Path) -> None:
-        """Write the head-set file atomically: a temp file beside it, renamed over it (never half written)."""
-        write_atomic(path, self.to_yaml())
-
-
-def write_atomic(path: str | Path, text: str) -> None:
-    """Write `text` to `path` through a temp file in the same folder and a rename; on any failure (Ctrl-C
-    included) the temp file is removed and `path` is left as it was."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def capture_retriever(
@@ -184,23 +124,17 @@ def train_heads(
     features, skipped = capture_features(retriever, examples, deepest, cache_dir=cache_dir, show_progress=show_progress)
     if not features:
         raise TrainingInputError(f"no usable example: all {len(examples)} had no gold unit")
-    names = head_names(retriever.model.num_heads, deepest)
+    names = head_names(retriever.model.shape.num_heads, deepest)
     fit, summary = train_weights(features, names, settings)
     order = np.argsort(-fit.weights, kind="stable")
     weights = {names[fit.heads[i]]: float(f"{fit.weights[i]:.6g}") for i in order if fit.weights[i] > 0}
     weights = {h: w for h, w in weights.items() if w > 0}
-    base = retriever.config
     return TrainingResult(
+        **provenance(retriever),
         heads=list(weights),
         weights=weights,
-        model=model_id(base.model),
         n_examples=len(features),
         skipped=[item.name for item in skipped],
-        template=retriever.prompt_key,
-        scoring_rule=base.attention.model_dump(
-            mode="json", include={"calibration", "pooling", "topk", "threshold_std", "query_rows", "head_aggregation"}
-        ),
-        versions=_versions(),
         training=summary,
         sources=list(sources),
         command=command,
