@@ -11,7 +11,8 @@ from the cached head features: exactly the default view), the dense view (cosine
 (`shared_core.training.weights.fit_weights`, every objective) on the held-in train split, early-stopped on the
 held-in validation split (split by document); held-out is only measured. The entity expansion is a ranking step on
 top of the fused score, not a per-unit view, so it is left out of both the learned and the default rows (the default
-row is ``fusion`` as shipped, without entities). Results: ``benchmarks/results/training/learn_fusion_LABEL.json``.
+row is ``fusion`` as shipped, without entities). ``--heads FILE`` reads the attention view through another head set
+(a trained one: its heads by their weights). Results: ``benchmarks/results/training/learn_fusion_LABEL.json``.
 """
 
 from __future__ import annotations
@@ -72,9 +73,14 @@ def normalise(scores: np.ndarray, how: str) -> np.ndarray:
 
 
 def collect(
-    retriever: AttentionRetriever, items: Sequence[SourcedExample], deepest: int, shipped: list[int], cache: Path
+    retriever: AttentionRetriever,
+    items: Sequence[SourcedExample],
+    deepest: int,
+    heads: tuple[list[int], np.ndarray],
+    cache: Path,
 ) -> list[Question]:
-    """Every question's three raw views per document (dense and lexical cached beside the head features)."""
+    """Every question's three raw views per document (dense and lexical cached beside the head features); the
+    attention view is the head set's weighted mean (`heads`: feature rows and their weights)."""
     out = []
     seen: dict[str, tuple[Any, np.ndarray]] = {}
     for item in tqdm(items, desc="views", disable=None):
@@ -82,7 +88,7 @@ def collect(
         key = feature_key(retriever, ex, deepest)
         with np.load(cache / f"{key}.npz") as data:
             x = data["x"]
-        attention = x[shipped].astype(np.float64).mean(axis=0)
+        attention = np.average(x[heads[0]].astype(np.float64), axis=0, weights=heads[1])
         side = cache / "views" / f"{key}.npz"
         if side.is_file():
             with np.load(side) as data:
@@ -148,16 +154,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir")
     p.add_argument("--out", type=Path)
+    p.add_argument(
+        "--heads", help="head-set file of the attention view, by its weights (default: the shipped QR heads, equal)"
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
     retriever = capture_retriever(RetrieverConfig(), args.band)
     names = head_names(retriever.model.shape.num_heads, args.band)
-    shipped_path = shipped_head_sets()[model_id(retriever.config.model)]
-    shipped = [names.index(str(h)) for h in load_head_file(shipped_path)["heads"]]
+    head_set = load_head_file(args.heads or shipped_head_sets()[model_id(retriever.config.model)])
+    weights = head_set.get("weights") or {}
+    picked = [names.index(str(h)) for h in head_set["heads"]]
+    heads = (picked, np.array([float(weights.get(h, 1.0)) for h in head_set["heads"]]))
     cache = feature_dir(retriever, args.cache_dir)
     sets = example_sets(args)
     questions = {
-        split: {s: collect(retriever, items, args.band, shipped, cache) for s, items in by_set.items()}
+        split: {s: collect(retriever, items, args.band, heads, cache) for s, items in by_set.items()}
         for split, by_set in sets.items()
     }
     held_in = [q for qs in questions["held-in"].values() for q in qs]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -287,6 +289,15 @@ def test_an_interrupted_write_leaves_no_file(tmp_path: Path, monkeypatch: pytest
     monkeypatch.undo()
     write_atomic(target, "new\n")
     assert target.read_text() == "new\n"
+
+
+def test_a_written_head_file_gets_the_umask_permissions(tmp_path: Path) -> None:
+    previous = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "heads.yaml", "heads: ['1-0']\n")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "heads.yaml").stat().st_mode) == 0o644  # readable by others, as any new file
 
 
 def test_train_heads_api_reports_settings_errors() -> None:

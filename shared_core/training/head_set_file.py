@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
-import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -91,9 +91,11 @@ def versions() -> dict[str, str]:
 
 def write_atomic(path: str | Path, text: str) -> None:
     """Write `text` to `path` through a temp file in the same folder and a rename; on any failure (Ctrl-C
-    included) the temp file is removed and `path` is left as it was."""
+    included) the temp file is removed and `path` is left as it was. The file gets the umask's permissions (not
+    `mkstemp`'s owner-only 0600)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for any new file
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
