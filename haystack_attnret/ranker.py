@@ -36,9 +36,9 @@ class AttentionRanker:
     `granularity="document"` returns the given documents rescored (copies; inputs are not mutated),
     best first, cut to `top_k`: all documents of the query are read in ONE prompt
     (`AttentionRetriever.score_candidates`; splits of one source, by `meta["source_id"]`, next to each other in
-    `meta["split_idx_start"]` order; sources in reverse input order, the first stage's best nearest the query),
-    each as the values of `meta_fields_to_embed` then its content, joined by `embedding_separator` (as Haystack's
-    sentence-transformers ranker reads them).
+    `meta["split_idx_start"]` order; sources in a canonical order whatever the input order, the most relevant by
+    in-set BM25 and dense cosine nearest the query), each as the values of `meta_fields_to_embed` then its content,
+    joined by `embedding_separator` (as Haystack's sentence-transformers ranker reads them).
     Document scores are calibrated probabilities of relevance (docs/rerank.md; a 0.5 threshold keeps what is more
     likely relevant than not): comparable across the documents of a call and across calls, so a single document gets
     a real score and `score_threshold` means the same in every call; the same text under two ids scores the same.

@@ -30,11 +30,12 @@ class AttentionRerank(BaseNodePostprocessor):
 
     `granularity="node"` returns the given nodes rescored, best first, cut to `top_n`: every node of the query is
     read in ONE prompt (`AttentionRetriever.score_candidates`; nodes sharing a `ref_doc_id` next to each other in
-    `start_char_idx` order; sources in reverse input order, the first stage's best nearest the query), its content
-    taken in `metadata_mode` (default EMBED, as the sentence-transformers rerank). Scores are calibrated
-    probabilities of relevance (docs/rerank.md), comparable across the nodes of a call and across calls, so a single
-    node gets a real score and a following `SimilarityPostprocessor(similarity_cutoff=0.5)` keeps what is more likely
-    relevant than not. Unit scores (`"sentence"`/`"paragraph"`) are relative, not probabilities.
+    `start_char_idx` order; sources in a canonical order whatever the input order, the most relevant by in-set BM25
+    and dense cosine nearest the query), its content taken in `metadata_mode` (default EMBED, as the
+    sentence-transformers rerank). Scores are calibrated probabilities of relevance (docs/rerank.md), comparable
+    across the nodes of a call and across calls, so a single node gets a real score and a following
+    `SimilarityPostprocessor(similarity_cutoff=0.5)` keeps what is more likely relevant than not. Unit scores
+    (`"sentence"`/`"paragraph"`) are relative, not probabilities.
     `keep_retrieval_score=True` keeps the first-stage score in the returned node's metadata under "retrieval_score"
     (on a copy of the node).
     `"sentence"` and `"paragraph"` return the `top_n` best units inside the nodes as new `TextNode`s (SOURCE = the

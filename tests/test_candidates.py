@@ -29,10 +29,39 @@ def test_prompt_order_groups_sources_in_document_order() -> None:
         Candidate("d", source="a"),
         Candidate("z", source="b", start=0),
     ]
-    # sources in reverse order of first appearance ("b", the lone one, then "a"), each source's candidates by start
-    # (the one without a start last): the first stage's best sit nearest the query
-    assert prompt_order(cs) == [5, 3, 1, 2, 0, 4]
-    assert prompt_order([Candidate("p"), Candidate("q"), Candidate("r")]) == [2, 1, 0]
+    relevance = [0.1, 0.5, 0.9, 0.2, 0.0, 0.3]
+    # sources by ascending best relevance ("b" 0.3, the lone "x" 0.5, "a" 0.9: the most relevant nearest the query),
+    # each source's candidates by start (the one without a start last)
+    assert prompt_order(cs, relevance) == [5, 3, 1, 2, 0, 4]
+    assert prompt_order([Candidate("q"), Candidate("r"), Candidate("p")]) == [2, 0, 1]  # no relevance: by text
+
+
+def test_prompt_order_is_independent_of_the_input_order() -> None:
+    cs = [Candidate(t, source=s, start=k) for t, s, k in [("u", "a", 5), ("v", None, None), ("w", "a", 1)]]
+    cs += [Candidate("t"), Candidate("s", source="b", start=2)]
+    relevance = [0.4, 0.4, 0.1, 0.2, 0.4]  # ties broken by the texts
+    read = [cs[i].text for i in prompt_order(cs, relevance)]
+    for perm in ([4, 3, 2, 1, 0], [2, 0, 4, 1, 3], [1, 4, 0, 3, 2]):
+        assert [cs[perm[i]].text for i in prompt_order([cs[i] for i in perm], [relevance[i] for i in perm])] == read
+    assert read == ["t", "s", "v", "w", "u"]
+
+
+def test_order_relevance_fuses_the_ranks_of_both_views() -> None:
+    lexical = np.array([0.9, 0.1, 0.5, 0.5])
+    cosine = np.array([0.1, 0.8, 0.7, 0.3])
+    fused = cand.order_relevance(lexical, cosine)
+    k = cand.RRF_K
+    # ranks: lexical 1, 4, 2, 2 (ties share the best rank); cosine 4, 1, 2, 3
+    np.testing.assert_allclose(fused, 1 / (k + np.array([1, 4, 2, 2])) + 1 / (k + np.array([4, 1, 2, 3])))
+    assert int(np.argmax(fused)) == 2  # second in both beats first in one and last in the other
+    np.testing.assert_allclose(cand.order_relevance(lexical, None), 1 / (k + np.array([1, 4, 2, 2])))
+
+
+def test_distinct_texts_read_one_copy_whatever_the_order() -> None:
+    a, b = Candidate("same", id="1", source="y", start=3), Candidate("same", id="2", source="x", start=9)
+    for given in ([a, Candidate("other"), b], [b, Candidate("other"), a]):
+        read, where = cand.distinct_texts(given)
+        assert read[0] == b and where == [0, 1, 0]
 
 
 def test_join_spans_are_exact() -> None:
@@ -142,3 +171,26 @@ def test_options_are_checked(retriever: AttentionRetriever) -> None:
         retriever.score_candidates(None, [RELEVANT])  # type: ignore[arg-type]
     two = retriever.score_candidates(QUERY, [IRRELEVANT, RELEVANT], orders=2)
     assert two[1].score > two[0].score
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("orders", [1, 2])
+def test_shuffled_candidates_score_the_same(retriever: AttentionRetriever, orders: int) -> None:
+    cs = [Candidate(t, id=f"s{i}") for i, t in enumerate([*OTHERS, RELEVANT, IRRELEVANT])]
+    cs += [
+        Candidate("Mary put the brass key in a drawer.", id="d0", source="diary", start=0),
+        Candidate("Later she forgot where the drawer was.", id="d1", source="diary", start=36),
+        Candidate(RELEVANT, id="copy"),  # the same text under a second id
+    ]
+    given = {h.document_id: h for h in retriever.score_candidates(QUERY, cs, orders=orders)}
+    assert given["copy"].score == given["s3"].score and given["copy"].scores == given["s3"].scores
+    for seed in range(3):
+        perm = np.random.default_rng(seed).permutation(len(cs))
+        assert list(perm) != list(range(len(cs)))
+        shuffled = retriever.score_candidates(QUERY, [cs[i] for i in perm], orders=orders)
+        assert [h.document_id for h in shuffled] == [cs[i].id for i in perm]
+        for h in shuffled:
+            before = given[h.document_id]
+            assert h.score == pytest.approx(before.score, abs=1e-6)
+            assert h.scores.keys() == before.scores.keys()
+            assert all(h.scores[k] == pytest.approx(v, abs=1e-6) for k, v in before.scores.items())

@@ -9,7 +9,8 @@ Fitted on held-in labelled candidates only: HotpotQA dev (distractor) questions 
 each question's BM25 top 5, 10, 20 and own 10 paragraphs, and top 50 for questions 0-3 (gold = the supporting
 paragraphs), with the default config (SmolLM2-135M-Instruct, all-MiniLM-L6-v2, BM25; weights 1 / 0.5 / 2).
 Refit with `python -m benchmarks.calibrate fit` (reads benchmarks/results/calibration_features.json, written by
-`python -m benchmarks.calibrate collect`); fitted 2026-12-06. Reliability on held-out questions: docs/rerank.md.
+`python -m benchmarks.calibrate collect`); refitted 2026-12-06 for the canonical prompt order. Reliability on
+held-out questions: docs/rerank.md.
 A config with other models or weights changes the fused scale: the probability is then only a monotone score.
 """
 
@@ -19,7 +20,7 @@ import numpy as np
 
 FEATURES: tuple[str, ...] = ("fused", "ln_n")
 """The features the weights apply to, in order: `fused`, `logit_fused` (its logit) and `ln_n` (ln of the set size)."""
-WEIGHTS: tuple[float, ...] = (23.883988876920267, -1.2469571137973152, -2.9465207091503434)
+WEIGHTS: tuple[float, ...] = (24.216233303759513, -1.2513399448872975, -2.9524794214099983)
 """Fitted weights of `FEATURES`, then the intercept."""
 EPS = 1e-4
 """The fused score is clipped to [EPS, 1 - EPS] before its logit."""

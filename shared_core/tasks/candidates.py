@@ -3,12 +3,14 @@
 A reranker's input is a handful of short texts from many documents. Scoring each in its own context and min-max
 normalising inside it gives a lone candidate a constant score and makes the scores of different documents
 incomparable. Here, as in ICR and QRHead, every candidate of the query goes into ONE prompt (grouped by source, in
-document order where the source and offsets are known, the sources in reverse order of the order given so that the
-first stage's best sit nearest the query, separated by a blank line so each candidate's char span in the joined text
-is exact) and is scored by the calibrated attention mass the query
-pays it; the dense and lexical views are computed over the same set. Each view is mapped to an absolute [0, 1]
-scale (see `ViewScales`) and fused with the configured `fusion.weights` (`Hit.scores["fused"]`: 0 = no evidence
-of relevance in any weighted view, 1 = every view saturated). `Hit.score` is that fused score mapped to an estimate
+document order where the source and offsets are known, separated by a blank line so each candidate's char span in
+the joined text is exact) and is scored by the calibrated attention mass the query pays it; the dense and lexical
+views are computed over the same set. The prompt order is canonical, a function of the query and the set alone
+(never of the order given): sources by ascending reciprocal rank fusion of the in-set BM25 and the dense cosine
+(`order_relevance`; the most relevant read nearest the query), ties by text, so a shuffled input gets the same
+scores. Each view is mapped to an absolute [0, 1] scale (see `ViewScales`) and fused with the configured
+`fusion.weights` (`Hit.scores["fused"]`: 0 = no evidence of relevance in any weighted view, 1 = every view
+saturated). `Hit.score` is that fused score mapped to an estimate
 of P(relevant) (`tasks.calibration`, Platt scaling fitted on held-in labelled candidates; strictly increasing in the
 fused score, so the ranking is the fused one): comparable across the candidates of one call and across calls, so a
 single candidate gets a real score and a threshold such as 0.5 means "more likely relevant than not".
@@ -62,8 +64,8 @@ Pooling = Literal["mean", "sum"]
 class Candidate:
     """One text to rerank: its text, an optional caller id, its source document and its char offset in that source.
 
-    Candidates sharing a `source` are read next to each other, ordered by `start` (those without come after, in the
-    order given); sources and candidates without a source are read in reverse order of first appearance.
+    Candidates sharing a `source` are read next to each other, ordered by `start` (those without come after, by
+    text); the sources and the candidates without one are read in a canonical order (`prompt_order`).
     """
 
     text: str
@@ -136,9 +138,15 @@ def coerce_candidates(candidates: object) -> list[Candidate]:
     return out
 
 
+def _placement(c: Candidate) -> tuple[bool, str, bool, int]:
+    """Sort key of a candidate's source and offset (no source last), used to pick one copy of a repeated text."""
+    return (c.source is None, c.source or "", c.start is None, c.start or 0)
+
+
 def distinct_texts(candidates: Sequence[Candidate]) -> tuple[list[Candidate], list[int]]:
-    """The candidates with distinct texts (each text's first occurrence, in input order) and, per input candidate,
-    the index of its text among them: identical texts are read once and share one score wherever they were given."""
+    """The candidates with distinct texts (in order of first occurrence; of copies with different sources or offsets,
+    the first by source, then offset, whatever the input order) and, per input candidate, the index of its text
+    among them: identical texts are read once and share one score wherever they were given."""
     first: dict[str, int] = {}
     distinct: list[Candidate] = []
     where = []
@@ -146,21 +154,46 @@ def distinct_texts(candidates: Sequence[Candidate]) -> tuple[list[Candidate], li
         if c.text not in first:
             first[c.text] = len(distinct)
             distinct.append(c)
+        elif _placement(c) < _placement(distinct[first[c.text]]):
+            distinct[first[c.text]] = c
         where.append(first[c.text])
     return distinct, where
 
 
-def prompt_order(candidates: Sequence[Candidate]) -> list[int]:
-    """Input indices in reading order: each source's candidates together, by `start`; the sources (and candidates
-    without one) in REVERSE order of first appearance, so the first stage's best are read nearest the query, where
-    a causal LM reads most closely (held-in measurement, docs/rerank.md)."""
+def prompt_order(candidates: Sequence[Candidate], relevance: Sequence[float] | np.ndarray | None = None) -> list[int]:
+    """Input indices in reading order, independent of the input order: each source's candidates together, by
+    `start` (then text); the sources (and candidates without one) by ascending `relevance` of their best candidate
+    (`order_relevance`: the most relevant read nearest the query, where a causal LM reads most closely;
+    docs/rerank.md), ties and `relevance=None` by their texts, so the order is total."""
     groups: dict[object, list[int]] = {}
     for i, c in enumerate(candidates):
-        groups.setdefault(("source", c.source) if c.source is not None else ("alone", i), []).append(i)
-    order: list[int] = []
-    for members in reversed(groups.values()):
-        order.extend(sorted(members, key=lambda i: (candidates[i].start is None, candidates[i].start or 0, i)))
-    return order
+        groups.setdefault(("source", c.source) if c.source is not None else ("alone", c.text), []).append(i)
+    placed = []
+    for members in groups.values():
+        members = sorted(
+            members, key=lambda i: (candidates[i].start is None, candidates[i].start or 0, candidates[i].text)
+        )
+        best = max(float(relevance[i]) for i in members) if relevance is not None else 0.0
+        placed.append((best, [candidates[i].text for i in members], members))
+    return [i for _, _, members in sorted(placed, key=lambda g: (g[0], g[1])) for i in members]
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """1 + how many values are strictly greater (ties share the best rank, whatever their order)."""
+    return 1 + (values[None, :] > values[:, None]).sum(axis=1)
+
+
+RRF_K = 60
+"""Reciprocal rank fusion constant of `order_relevance` (the usual 60)."""
+
+
+def order_relevance(lexical: np.ndarray, cosine: np.ndarray | None) -> np.ndarray:
+    """Per text, the prior relevance that places it in the prompt (`prompt_order`), from the order-free views only:
+    the reciprocal rank fusion of the in-set BM25 and the dense cosine (BM25 alone when the dense view is off)."""
+    fused = 1.0 / (RRF_K + _ranks(lexical))
+    if cosine is not None:
+        fused = fused + 1.0 / (RRF_K + _ranks(cosine))
+    return np.asarray(fused, dtype=np.float64)
 
 
 def join(texts: Sequence[str]) -> tuple[str, list[tuple[int, int]]]:
@@ -242,8 +275,9 @@ def score_candidates(
     in the fused score). `Hit.scores` also holds each view's [0, 1] value under its name and its raw value under
     `<view>_raw` (attention multiples, cosine, BM25). Candidates with the same text are read once and share scores.
     `document_index` is the input position, `document_id` the candidate id (or `default_id(text)`), `start`/`end` the
-    candidate's offsets in its source (from `start`, else 0). `orders=2` also reads the candidates in reverse
-    prompt order and averages the attention of both readings (corrects position bias at twice the model cost).
+    candidate's offsets in its source (from `start`, else 0). The scores do not depend on the order of `candidates`
+    (canonical prompt order, `prompt_order`). `orders=2` also reads the candidates in the reverse of that order and
+    averages the attention of both readings (corrects position bias at twice the model cost).
     """
     check_query(query)
     cands = coerce_candidates(candidates)
@@ -262,7 +296,14 @@ def score_candidates(
     if cfg.fusion.method != "weighted":
         logger.debug("candidate scoring fuses absolute view scales by weight; fusion.method=%r is not used", cfg.fusion)
 
-    order = prompt_order(read)
+    # the order-free views first, over the texts sorted (so the dense batches do not depend on the input order
+    # either); they place the candidates in the prompt, which is then a function of the set alone
+    canon = sorted(range(len(texts)), key=texts.__getitem__)
+    raw: dict[str, np.ndarray] = {}
+    dense_on = cfg.dense.enabled and weights.get("dense", 0.0) > 0
+    cosine = _scatter(retriever.dense.score(query, [texts[i] for i in canon]), canon) if dense_on else None
+    bm25, share = (_scatter(v, canon) for v in lexical_share(query, [texts[i] for i in canon], retriever))
+    order = prompt_order(read, order_relevance(share, cosine))
     tokenizer = retriever.model.tokenizer
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     query_len = len(tokenizer(query, add_special_tokens=False)["input_ids"])
@@ -271,6 +312,7 @@ def score_candidates(
         budget = min(budget, window_tokens)
     readings = [order, order[::-1]][:orders] if weights.get("attention", 0.0) > 0 else []  # weight 0: no model read
     multiples = np.zeros(len(read))
+    scaled: dict[str, np.ndarray] = {}
     for reading in readings:
         parts = windows(reading, lengths, budget, texts)
         if len(parts) > 1:
@@ -279,13 +321,11 @@ def score_candidates(
             for i, value in attention_multiples(retriever, query, part, pooling, scales.position_bias).items():
                 multiples[i] += value / len(readings)
 
-    raw: dict[str, np.ndarray] = {"attention": multiples} if readings else {}
-    scaled: dict[str, np.ndarray] = {"attention": scales.attention(multiples)} if readings else {}
-    if cfg.dense.enabled and weights.get("dense", 0.0) > 0:
-        cosine = np.asarray(retriever.dense.score(query, texts), dtype=np.float64)
+    if readings:
+        raw["attention"], scaled["attention"] = multiples, scales.attention(multiples)
+    if cosine is not None:
         raw["dense"], scaled["dense"] = cosine, scales.dense(cosine)
     if cfg.lexical.enabled and weights.get("lexical", 0.0) > 0:
-        bm25, share = lexical_share(query, texts, retriever)
         raw["lexical"], scaled["lexical"] = bm25, scales.lexical(share)
     if not scaled:
         raise ValueError("every candidate view is off (fusion.weights 0 or view disabled); give one a positive weight")
@@ -313,6 +353,13 @@ def score_candidates(
             )
         )
     return hits
+
+
+def _scatter(values: np.ndarray | Sequence[float], canon: Sequence[int]) -> np.ndarray:
+    """Values computed over `texts[canon[k]]`, k = 0..n-1, put back at the texts' own indices (float64)."""
+    out = np.zeros(len(canon))
+    out[list(canon)] = np.asarray(values, dtype=np.float64)
+    return out
 
 
 def _fuse(scaled: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:
