@@ -85,9 +85,9 @@ def cmd_train_heads(args: argparse.Namespace) -> int:
     """Train head weights on labelled examples and write a weighted head-set file."""
     from shared_core.training.head_training import TrainSettings, train_heads, training_examples
 
-    out, examples, run = _prepare(args, ("steps",), training_examples)
     settings = TrainSettings(**arguments(args, ("objective", "top", "select", "validation", "l2", "steps", "seed")))
-    settings.check()
+    settings.check()  # before the examples are read
+    out, examples, run = _prepare(args, ("steps",), training_examples)
     result = train_heads(examples, settings=settings, cache_dir=args.cache_dir, **run)
     result.save(out)
     t = result.training
