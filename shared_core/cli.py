@@ -24,7 +24,7 @@ from typing import Any
 
 from shared_core.config import RetrieverConfig
 from shared_core.document import Document, Hit
-from shared_core.terminal import show_progress
+from shared_core.terminal import output_file, show_progress
 from shared_core.text.nlp import SpacyModelNotFoundError
 from shared_core.validation import check_queries, check_query, check_top_k
 from shared_core.views.dense import DenseModelNotFoundError
@@ -96,15 +96,6 @@ def _retriever(config: RetrieverConfig) -> Any:
     return AttentionRetriever(config)
 
 
-def _check_out_file(name: str, flag: str) -> None:
-    """An output file's folder must exist before the run starts (not found out after it)."""
-    parent = Path(name).expanduser().resolve().parent
-    if not parent.is_dir():
-        raise UserError(f"{flag} {name}: folder {parent} does not exist")
-    if Path(name).is_dir():
-        raise UserError(f"{flag} {name} is a directory")
-
-
 def _print_hits(hits: Sequence[Hit]) -> None:
     for rank, h in enumerate(hits, 1):
         views = " ".join(f"{k}={v:.4g}" for k, v in h.scores.items())
@@ -143,9 +134,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     check_top_k(args.top_k, "--top-k")
     check_query(args.query)
-    _check_out_file(args.out, "--out")
+    output_file(args.out)
     if args.json:
-        _check_out_file(args.json, "--json")
+        output_file(args.json, "--json")
     config = _load_config(args.config, show_progress(args))
     documents = _read_documents(args.file)
     explanation = _retriever(config).explain(args.query, documents, top_k=args.top_k)

@@ -9,14 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from shared_core.config import RetrieverConfig
-from shared_core.terminal import arguments, show_progress
+from shared_core.terminal import arguments, output_file, show_progress
 from shared_core.training.data_options import (
     COUNTS,
     add_data_arguments,
     check_counts,
     command_line,
     labelled_examples,
-    output_file,
     with_model,
 )
 from shared_core.training.objectives import OBJECTIVES
@@ -66,8 +65,9 @@ def _prepare(args: argparse.Namespace, counts: tuple[str, ...], loader: Any) -> 
     out = output_file(args.out)
     cfg = RetrieverConfig.from_yaml(Path(args.config)) if args.config else RetrieverConfig()
     cfg = with_model(cfg.model_copy(update={"show_progress": show_progress(args)}), args)
-    run = {"show_progress": cfg.show_progress, "sources": args.data, "command": command_line()}
-    return out, labelled_examples(args, loader), {"config": cfg, **run, "max_layer": args.max_layer}
+    run = {"config": cfg, "show_progress": cfg.show_progress, "sources": args.data, "max_layer": args.max_layer}
+    run["command"] = command_line()
+    return out, labelled_examples(args, loader), run
 
 
 def cmd_detect_heads(args: argparse.Namespace) -> int:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TypeVar
 
 from shared_core.config import RetrieverConfig
@@ -84,14 +83,4 @@ def command_line() -> str | None:
     return "attnret " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("attnret") else None
 
 
-def output_file(name: str) -> Path:
-    """`--out`: its folder must exist and it must not be a folder (found out before the run, not after it)."""
-    out = Path(name).expanduser()
-    if not out.resolve().parent.is_dir():
-        raise ValueError(f"--out {name}: folder {out.resolve().parent} does not exist")
-    if out.is_dir():
-        raise ValueError(f"--out {name} is a directory")
-    return out
-
-
-__all__ = ["add_data_arguments", "check_counts", "command_line", "labelled_examples", "output_file", "with_model"]
+__all__ = ["add_data_arguments", "check_counts", "command_line", "labelled_examples", "with_model"]
