@@ -31,8 +31,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from benchmarks.report import command_line, run_metadata
-from benchmarks.train_heads import example_sets, view_ndcg
-from shared_core.config import FusionConfig, RetrieverConfig
+from benchmarks.train_heads import add_set_arguments, base_config, example_sets, view_ndcg
+from shared_core.config import FusionConfig
 from shared_core.engine.heads import load_head_file, shipped_head_sets
 from shared_core.evaluation import gold_units
 from shared_core.models.loading import model_id
@@ -144,22 +144,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--label", default="smollm2-135m")
     p.add_argument("--band", type=int, default=18, help="deepest layer of the cached head features (default 18)")
-    p.add_argument("--n", type=int, default=16)
-    p.add_argument("--n-out", type=int, default=8)
-    p.add_argument("--docs", type=int)
-    p.add_argument("--out-docs", type=int, default=10)
-    p.add_argument("--words", type=int, default=1500)
-    p.add_argument("--real-max-words", type=int, default=4000)
-    p.add_argument("--validation", type=float, default=0.3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache-dir")
+    add_set_arguments(p)
     p.add_argument("--out", type=Path)
     p.add_argument(
         "--heads", help="head-set file of the attention view, by its weights (default: the shipped QR heads, equal)"
     )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
-    retriever = capture_retriever(RetrieverConfig(), args.band)
+    retriever = capture_retriever(base_config(args), args.band)
     names = head_names(retriever.model.shape.num_heads, args.band)
     head_set = load_head_file(args.heads or shipped_head_sets()[model_id(retriever.config.model)])
     weights = head_set.get("weights") or {}

@@ -132,8 +132,18 @@ MODELS = {
     "smollm2": "smollm2-135m-instruct (default)",
     "qwen0.5b": "qwen2.5-coder-0.5b-instruct",
     "qwen1.5b": "qwen2.5-coder-1.5b-instruct",
+    "qwen1.5b_learned_fusion": "qwen2.5-coder-1.5b-instruct + learned fusion (examples/configs)",
 }
 """Result-file label -> row name of the table."""
+
+HELD_IN = {
+    "smollm2": ("learn_fusion_smollm2-135m.json", "shipped fusion"),
+    "qwen0.5b": ("learn_fusion_qwen2.5-coder-0.5b.json", "shipped fusion"),
+    "qwen1.5b": ("learn_fusion_qwen2.5-coder-1.5b-trained.json", "shipped fusion"),
+    "qwen1.5b_learned_fusion": ("learn_fusion_qwen2.5-coder-1.5b-trained.json", "learned lsepair, minmax"),
+}
+"""Label -> (``benchmarks.learn_fusion`` result in ``training/``, row): the fused nDCG@10 of the 44 held-in
+validation questions (COVID-QA, QMSum, bAbI, HotpotQA; no entities) with that model's shipped heads."""
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -146,8 +156,8 @@ def _cell(value: float | None, digits: int = 3) -> str:
 
 def model_rows(folder: Path = RESULTS) -> list[dict[str, Any]]:
     """One row per model with results in ``folder``: held-out nDCG@10 per set and method (``quality_<label>.json``),
-    the held-in default fused nDCG@10 (``tune_fusion_<label>.json``), first-query seconds and peak RSS per dtype
-    (``settings_<label>.json``)."""
+    the held-in fused nDCG@10 (`HELD_IN`), held-in rerank nDCG@10 (``rerank_held_in_<label>.json``: HotpotQA
+    questions 0-19, BM25 top 20 and own 10), first-query seconds and peak RSS per dtype (``settings_<label>.json``)."""
     rows = []
     for label, name in MODELS.items():
         quality = _read(folder / f"quality_{label}.json")
@@ -159,14 +169,14 @@ def model_rows(folder: Path = RESULTS) -> list[dict[str, Any]]:
                 row[f"{r['task']}/{r['method']}"] = r["ndcg@10"]
                 row[f"{r['task']}/{r['method']}/n"] = r["n"]
                 row[f"{r['task']}/{r['method']}/s"] = r["sec_per_doc"]
-        tuned = _read(folder / f"tune_fusion_{label}.json")
-        if tuned is not None:
-            default = next(r for r in tuned["rows"] if r["candidate"] == "default")
-            best = max((r for r in tuned["rows"] if r.get("overall") is not None), key=lambda r: r["overall"])
-            row["held_in"] = default["overall"]
-            row["held_in_per_task"] = default["per_task"]
-            row["held_in_best"] = (best["candidate"], best["overall"])
-        settings = _read(folder / f"settings_{label}.json")
+        held_in_file, held_in_row = HELD_IN[label]
+        learned = _read(folder.parent / "training" / held_in_file)
+        if learned is not None:
+            row["held_in"] = next(r["validation"] for r in learned["rows"] if r["row"].startswith(held_in_row))
+        rerank = _read(folder / f"rerank_held_in_{label}.json")
+        for s in (rerank or {}).get("summary", []):
+            row[f"rerank/{s['setting']}"] = s["metrics"]["attnret"]["ndcg@10"]
+        settings = _read(folder / f"settings_{label.split('_')[0]}.json")  # one timing per model
         for s in (settings or {}).get("results", []):
             key = "bf16" if s["dtype"] == "bfloat16" else "fp32"
             row[f"first_s/{key}"] = s["first_query_s"]
@@ -191,15 +201,18 @@ def seconds_per_question(row: dict[str, Any]) -> float | None:
 
 
 def model_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Markdown: per model the held-in fused nDCG@10, held-out nDCG@10 (attention alone, fused, BM25, MiniLM) per
-    set, seconds per question of the fused default, first query on a ~5k-token paper (float32 / bfloat16), RSS."""
+    """Markdown: per model the held-in fused and rerank nDCG@10, held-out nDCG@10 (attention alone, fused, BM25,
+    MiniLM) per set, seconds per question of the fused default, first query on a ~5k-token paper (float32 / bfloat16),
+    peak RSS."""
     head = (
-        "| model | held-in fused | COVID-QA: attention | fused | BM25 | MiniLM | QMSum: attention | fused | BM25 | "
-        "MiniLM | s/question (default, all views) | first query, 5k-token paper, float32 / bfloat16 s | peak RSS GB |"
+        "| model | held-in fused | held-in rerank, top 20 / own 10 | COVID-QA: attention | fused | BM25 | MiniLM | "
+        "QMSum: attention | fused | BM25 | MiniLM | s/question (default, all views) | "
+        "first query, 5k-token paper, float32 / bfloat16 s | peak RSS GB |"
     )
-    lines = [head, "|---|" + "---:|" * 12]
+    lines = [head, "|---|---:|---|" + "---:|" * 11]
     for r in rows:
-        cells = [r["model"], _cell(r.get("held_in"))]
+        rerank = " / ".join(_cell(r.get(f"rerank/{k}")) for k in ("top20", "own"))
+        cells = [r["model"], _cell(r.get("held_in")), rerank]
         for task in ("covidqa", "qmsum"):
             cells += [_cell(r.get(f"{task}/{m}")) for m in ("qr-heads", "fused+entities", "bm25", "dense")]
         cells.append(_cell(seconds_per_question(r), 2))

@@ -260,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the settings, write JSON, print (and optionally put in the README) the table."""
     from shared_core import AttentionRetriever, RetrieverConfig
     from shared_core.evaluation import resolve_task_path
+    from shared_core.models.loading import model_id
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=None, help="HotpotQA JSON (default: the shared data's hotpotqa file)")
@@ -267,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n50", type=int, default=15, help="held-out questions at top-50")
     p.add_argument("--start", type=int, default=HELD_IN, help="first question (held-in ones are below 20)")
     p.add_argument("--quick", action="store_true", help="3 questions (at most --n) at top-10 and own-10 (CI)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default=None, help="model device (default: the config's, auto)")
+    p.add_argument("--config", default=None, help="retriever config YAML (default: the defaults)")
     p.add_argument("--out", default="benchmarks/results/rerank.json")
     p.add_argument("--readme", default=None, help="README whose rerank section is rewritten with the table")
     args = p.parse_args(argv)
@@ -275,7 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     path = Path(args.data) if args.data else resolve_task_path("hotpotqa")
     corpus, queries = load(path)
     bm25 = BM25Corpus(corpus)
-    retriever = AttentionRetriever(RetrieverConfig.model_validate({"model": {"device": args.device}}))
+    config = RetrieverConfig.from_yaml(Path(args.config)) if args.config else RetrieverConfig()
+    if args.device:
+        config = config.model_copy(update={"model": config.model.model_copy(update={"device": args.device})})
+    retriever = AttentionRetriever(config)
     retriever.warm_up()
     retriever.dense.warm_up()
     if args.quick:
@@ -285,11 +290,14 @@ def main(argv: list[str] | None = None) -> int:
     base_mb = _peak_mb(retriever.model.device)
     rows: list[dict[str, Any]] = []
     for setting, n in plan:
+        if n <= 0:
+            continue
         chosen = list(enumerate(queries))[args.start : args.start + n]
         rows.extend(run_setting(retriever, bm25, chosen, setting))
     peak = _peak_mb(retriever.model.device)
     summaries = summarise(rows)
     meta = {**run_metadata(), "device": str(retriever.model.device), "peak_mb": peak, "peak_mb_before": base_mb}
+    meta |= {"config": args.config, "model": model_id(config.model), "heads": retriever.head_selection.source}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "summary": summaries, "rows": rows}, indent=2) + "\n", encoding="utf-8")

@@ -38,6 +38,7 @@ from shared_core.config import RetrieverConfig
 from shared_core.engine.heads import load_head_file, shipped_head_sets
 from shared_core.evaluation import load_examples, load_real
 from shared_core.models.loading import model_id
+from shared_core.training.data_options import with_model
 from shared_core.training.head_features import ExampleFeatures, SourcedExample, capture_features, head_names
 from shared_core.training.head_set_file import provenance
 from shared_core.training.head_training import TrainingResult, capture_retriever
@@ -58,21 +59,47 @@ OUT_DIR = Path("benchmarks/results/training")
 BUILT = ("babi-qa1", "babi-qa2", "hotpotqa")
 
 
+REAL_OUT = {"covidqa": 3, "qmsum": 4}  # held-out questions per document (COVID-QA: more papers, fewer questions)
+
+
 def example_sets(args: argparse.Namespace) -> dict[str, dict[str, list[SourcedExample]]]:
-    """{"held-in"|"held-out": {set: examples}}: held-in papers/first questions, held-out papers/later questions."""
+    """{"held-in"|"held-out": {set: examples}}: held-in papers/meetings and first questions; held-out documents and
+    later questions."""
     cut = args.real_max_words
     sets: dict[str, dict[str, list[SourcedExample]]] = {"held-in": {}, "held-out": {}}
-    held_in = load_real(
-        "covidqa", split="held-in", n_documents=args.docs, per_document=4, max_words=cut, seed=args.seed
-    )
-    held_out = load_real("covidqa", split="held-out", n_documents=args.out_docs, per_document=3, max_words=cut)
-    sets["held-in"]["covidqa"] = [SourcedExample(e, "covidqa") for e in held_in]
-    sets["held-out"]["covidqa"] = [SourcedExample(e, "covidqa") for e in held_out]
+    for name in args.real.split(",") if args.real else []:
+        held_in = load_real(name, split="held-in", n_documents=args.docs, per_document=4, max_words=cut, seed=args.seed)
+        out_docs = args.out_docs if name == "covidqa" else args.qmsum_out_docs
+        held_out = load_real(name, split="held-out", n_documents=out_docs, per_document=REAL_OUT[name], max_words=cut)
+        sets["held-in"][name] = [SourcedExample(e, name) for e in held_in]
+        sets["held-out"][name] = [SourcedExample(e, name) for e in held_out]
     for task in BUILT:
         for split, n, offset in (("held-in", args.n, 0), ("held-out", args.n_out, 50)):
             exs = load_examples(task, n=n, target_words=args.words, seed=args.seed, offset=offset)
             sets[split][task] = [SourcedExample(e, task) for e in exs]
     return sets
+
+
+def add_set_arguments(p: argparse.ArgumentParser) -> None:
+    """The question options `example_sets` reads (shared with `benchmarks.learn_fusion`), and the model's."""
+    p.add_argument("--model", help="model name (default: the embedded SmolLM2-135M)")
+    p.add_argument("--config", help="retriever config YAML (e.g. a model in bfloat16); --model overrides its model")
+    p.add_argument("--real", default="covidqa,qmsum", help="real-document sets (default covidqa,qmsum)")
+    p.add_argument("--n", type=int, default=16, help="held-in questions per built task (default 16)")
+    p.add_argument("--n-out", type=int, default=8, help="held-out questions per built task (default 8)")
+    p.add_argument("--docs", type=int, help="held-in papers/meetings per real set (default: all)")
+    p.add_argument("--out-docs", type=int, default=10, help="held-out COVID-QA papers (default 10)")
+    p.add_argument("--qmsum-out-docs", type=int, default=6, help="held-out QMSum meetings (default 6)")
+    p.add_argument("--words", type=int, default=1500)
+    p.add_argument("--real-max-words", type=int, default=4000)
+    p.add_argument("--validation", type=float, default=0.3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache-dir", help="feature cache folder (default ~/.cache/attnret/train-features)")
+
+
+def base_config(args: argparse.Namespace) -> RetrieverConfig:
+    """The retriever config of `--config` (default: the defaults), with `--model` as its model name when given."""
+    return with_model(RetrieverConfig.from_yaml(Path(args.config)) if args.config else RetrieverConfig(), args)
 
 
 def slice_band(features: Sequence[ExampleFeatures], rows: int) -> list[ExampleFeatures]:
@@ -121,7 +148,7 @@ def evaluate_rows(
         logger.info("%-40s val %.3f held-out %s", label, out["validation"], _fmt(out["held_out"]))
 
     in_band = [index[h] for h in shipped if h in index]
-    if len(in_band) == len(shipped):
+    if shipped and len(in_band) == len(shipped):
         row("shipped QR heads (equal weights)", in_band, np.full(len(in_band), 1 / len(in_band)))
     detection = head_ndcg(train, base.k)
     top = [int(i) for i in np.argsort(-detection, kind="stable")[: args.top]]
@@ -139,7 +166,7 @@ def evaluate_rows(
     )
     for objective in OBJECTIVES:
         selections = ["detection", "l1"] if objective == "lsepair" else ["detection"]
-        for select in [*selections, "shipped"] if len(in_band) == len(shipped) else selections:
+        for select in [*selections, "shipped"] if shipped and len(in_band) == len(shipped) else selections:
             settings = replace(base, objective=objective, select="detection" if select == "shipped" else select)
             t = time.perf_counter()
             if select == "shipped":  # the shipped set's heads (detected on other examples), weights trained here
@@ -233,21 +260,12 @@ def table(entries: list[dict[str, Any]]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Capture (cached), train every row, print the tables and write the JSON."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="model name (default: the embedded SmolLM2-135M)")
+    add_set_arguments(p)
     p.add_argument("--label", default="smollm2-135m")
     p.add_argument("--capture-only", action="store_true", help="capture the features into the cache and stop")
     p.add_argument("--bands", default="18", help="deepest layers of the bands compared, e.g. 18,29 (default 18)")
     p.add_argument("--data", default="covidqa,mix", help="training data: covidqa, mix (default both)")
-    p.add_argument("--n", type=int, default=16, help="held-in questions per built task (default 16)")
-    p.add_argument("--n-out", type=int, default=8, help="held-out questions per built task (default 8)")
-    p.add_argument("--docs", type=int, help="held-in COVID-QA papers (default: all)")
-    p.add_argument("--out-docs", type=int, default=10, help="held-out COVID-QA papers (default 10)")
-    p.add_argument("--words", type=int, default=1500)
-    p.add_argument("--real-max-words", type=int, default=4000)
     p.add_argument("--top", type=int, default=16)
-    p.add_argument("--validation", type=float, default=0.3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache-dir", help="feature cache folder (default ~/.cache/attnret/train-features)")
     p.add_argument(
         "--ship",
         type=Path,
@@ -257,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="results JSON (default benchmarks/results/training/train_heads_LABEL.json)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
-    config = RetrieverConfig.model_validate({"model": {"name": args.model}} if args.model else {})
+    config = base_config(args)
     bands = [int(b) for b in args.bands.split(",")]
     retriever = capture_retriever(config, max(bands))  # the read stops at the deepest band compared
     deepest = retriever.head_selection.deepest

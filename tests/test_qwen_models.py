@@ -186,12 +186,25 @@ def own_model_cache(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
 
 
-def test_the_1_5b_loads_by_name_and_finds_the_needle(own_model_cache: None) -> None:
-    """One minimal check of the larger model: its shape, and the needle (about 6 s once converted, ~7 GB RSS)."""
+def test_the_1_5b_loads_by_name_reads_its_shipped_heads_and_finds_the_needle(own_model_cache: None) -> None:
+    """One check of the larger model: its shape, its shipped (trained) head set read up to its deepest layer and no
+    further, and the needle (about 6 s once converted, ~7 GB RSS)."""
     _require(QWEN_LARGE)
     r = AttentionRetriever({"model": {"name": QWEN_LARGE}, **ATTENTION_ONLY})
-    hits = r.score_units(QUERY, DOC)
+    selection = r.head_selection
+    assert selection.source == str(shipped_head_sets()[model_id(ModelConfig(name=QWEN_LARGE))])
+    assert selection.weights  # a trained set: its heads count by their weights
+    layers = r.model.model.model.layers
+    ran: list[int] = []
+    projections = [layer.self_attn.q_proj for layer in layers]
+    hooks = [q.register_forward_hook(lambda *_, i=i: ran.append(i)) for i, q in enumerate(projections)]
+    try:
+        hits = r.score_units(QUERY, DOC)
+    finally:
+        for hook in hooks:
+            hook.remove()
     assert (r.model.shape.num_layers, r.model.shape.num_heads, r.model.shape.num_kv_heads) == (28, 12, 2)
+    assert max(ran) == selection.deepest < len(layers) - 1
     assert _top(hits, 1) == [NEEDLE]
 
 

@@ -36,8 +36,13 @@ def test_quick_run_writes_results_in_range(shared_data: Path, tmp_path: Path) ->
     out = tmp_path / "rerank.json"
     readme = tmp_path / "README.md"
     readme.write_text("# x\n", encoding="utf-8")
-    assert main(["--quick", "--n", "1", "--out", str(out), "--readme", str(readme)]) == 0
+    config = tmp_path / "config.yaml"  # --config reaches the retriever: its heads are the ones read
+    config.write_text("attention:\n  heads: [17-4, 18-6, 15-6]\n", encoding="utf-8")
+    args = ["--quick", "--n", "1", "--config", str(config), "--out", str(out), "--readme", str(readme)]
+    assert main(args) == 0
     data = json.loads(out.read_text(encoding="utf-8"))
+    assert data["meta"]["config"] == str(config) and data["meta"]["heads"] == "config"
+    assert data["meta"]["model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert [s["setting"] for s in data["summary"]] == ["top10", "own"]
     for s in data["summary"]:
         assert s["questions"] == 1 and s["seconds"] > 0 and s["prefill_seconds"] > 0 and s["tokens"] > 100
