@@ -5,13 +5,14 @@
 
 Every head's per-unit score is captured once per question (`shared_core.training.head_features`, cached under
 ``~/.cache/attnret/train-features``) for every head of the deepest band's layers; each band (``--bands``) uses
-the rows of its layers. Held-in: COVID-QA's held-in papers (4 questions each, cut at ``--real-max-words``) and the
-first questions (offset 0) of bAbI qa1, qa2 and HotpotQA at ``--words``. Held-out: COVID-QA's first
-``--out-docs`` held-out papers (cut the same way: a concession to the CPU, every question one query pass) and later
-built questions (offset 50). Training data: ``covidqa`` (its held-in papers only, the issue's probe) and ``mix``
-(every held-in set). The held-in examples are split by document into train and validation (`split_by_document`, the
-command's split); heads are chosen and weights early-stopped on validation only, and held-out documents are only
-ever measured.
+the rows of its layers. Held-in: the held-in papers of COVID-QA and meetings of QMSum (``--real``; 4 questions each,
+cut at ``--real-max-words``) and the first questions (offset 0) of bAbI qa1, qa2 and HotpotQA at ``--words``.
+Held-out: COVID-QA's first ``--out-docs`` held-out papers and QMSum's first ``--qmsum-out-docs`` held-out meetings
+(cut the same way: a concession to the CPU, every question one query pass) and later built questions (offset 50).
+``--config`` picks the model and dtype (e.g. ``benchmarks/results/models/qwen1.5b_bf16.yaml``). Training data:
+``covidqa`` (its held-in papers only, the issue's probe) and ``mix`` (every held-in set). The held-in examples are
+split by document into train and validation (`split_by_document`, the command's split); heads are chosen and
+weights early-stopped on validation only, and held-out documents are only ever measured.
 
 Rows per (training data, band): the shipped QR head set (equal weights), the 16 heads detected on the train split
 (equal weights), every head of the band averaged, free weights on every head (LSEPair), and per objective the trained

@@ -9,7 +9,8 @@ into the model cache once (about a minute on 2 CPU cores); later loads take seco
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
@@ -24,6 +25,7 @@ from shared_core.models.family import layer_kinds, model_rotary, text_config
 from shared_core.models.loading import LoadedModel, model_id
 
 pytestmark = pytest.mark.slow
+T = TypeVar("T")
 
 QWEN = "qwen2.5-coder-0.5b-instruct"
 QWEN_LARGE = "qwen2.5-coder-1.5b-instruct"
@@ -186,6 +188,20 @@ def own_model_cache(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
 
 
+def _layers_read(layers: Any, call: Callable[[], T]) -> tuple[list[int], T]:
+    """The layers whose query projection ran during `call()` (a layer's attention needs its queries), and its result."""
+    ran: list[int] = []
+    hooks = [
+        layer.self_attn.q_proj.register_forward_hook(lambda *_, i=i: ran.append(i)) for i, layer in enumerate(layers)
+    ]
+    try:
+        result = call()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return ran, result
+
+
 def test_the_1_5b_loads_by_name_reads_its_shipped_heads_and_finds_the_needle(own_model_cache: None) -> None:
     """One check of the larger model: its shape, its shipped (trained) head set read up to its deepest layer and no
     further, and the needle (about 6 s once converted, ~7 GB RSS)."""
@@ -195,14 +211,7 @@ def test_the_1_5b_loads_by_name_reads_its_shipped_heads_and_finds_the_needle(own
     assert selection.source == str(shipped_head_sets()[model_id(ModelConfig(name=QWEN_LARGE))])
     assert selection.weights  # a trained set: its heads count by their weights
     layers = r.model.model.model.layers
-    ran: list[int] = []
-    projections = [layer.self_attn.q_proj for layer in layers]
-    hooks = [q.register_forward_hook(lambda *_, i=i: ran.append(i)) for i, q in enumerate(projections)]
-    try:
-        hits = r.score_units(QUERY, DOC)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    ran, hits = _layers_read(layers, lambda: r.score_units(QUERY, DOC))
     assert (r.model.shape.num_layers, r.model.shape.num_heads, r.model.shape.num_kv_heads) == (28, 12, 2)
     assert max(ran) == selection.deepest < len(layers) - 1
     assert _top(hits, 1) == [NEEDLE]
@@ -215,15 +224,8 @@ def test_a_read_stops_at_the_deepest_selected_layer(qwen: LoadedModel, heads: li
         pytest.skip("no head set ships for the 0.5B: `heads: auto` reads every head of layers 12-23")
     retriever = AttentionRetriever({"model": {"name": QWEN}, "attention": {"heads": heads}, **ATTENTION_ONLY})
     selection = retriever.head_selection
-    ran: list[int] = []
     layers = qwen.model.model.layers
-    projections = [layer.self_attn.q_proj for layer in layers]  # a layer's attention needs its queries
-    hooks = [q.register_forward_hook(lambda *_, i=i: ran.append(i)) for i, q in enumerate(projections)]
-    try:
-        hits = retriever.score_units(QUERY, DOC)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    ran, hits = _layers_read(layers, lambda: retriever.score_units(QUERY, DOC))
     # no pass (prefill, query, N/A) reaches past the deepest selected layer
     assert ran and max(ran) == selection.deepest < len(layers) - 1
     if heads == "auto":
