@@ -31,12 +31,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from benchmarks.report import command_line, run_metadata
-from benchmarks.train_heads import add_set_arguments, base_config, example_sets, view_ndcg
+from benchmarks.train_heads import add_set_arguments, example_sets, view_ndcg
 from shared_core.config import FusionConfig
 from shared_core.engine.heads import load_head_file, shipped_head_sets
 from shared_core.evaluation import gold_units
 from shared_core.models.loading import model_id
 from shared_core.retriever import AttentionRetriever
+from shared_core.training.data_options import config_of
 from shared_core.training.head_features import ExampleFeatures, SourcedExample, feature_dir, feature_key, head_names
 from shared_core.training.head_training import capture_retriever
 from shared_core.training.objectives import OBJECTIVES
@@ -151,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
-    retriever = capture_retriever(base_config(args), args.band)
+    retriever = capture_retriever(config_of(args), args.band)
     names = head_names(retriever.model.shape.num_heads, args.band)
     head_set = load_head_file(args.heads or shipped_head_sets()[model_id(retriever.config.model)])
     weights = head_set.get("weights") or {}

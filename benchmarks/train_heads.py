@@ -35,11 +35,10 @@ import numpy as np
 import torch
 
 from benchmarks.report import command_line, run_metadata
-from shared_core.config import RetrieverConfig
 from shared_core.engine.heads import load_head_file, shipped_head_sets
 from shared_core.evaluation import load_examples, load_real
 from shared_core.models.loading import model_id
-from shared_core.training.data_options import with_model
+from shared_core.training.data_options import config_of
 from shared_core.training.head_features import ExampleFeatures, SourcedExample, capture_features, head_names
 from shared_core.training.head_set_file import provenance
 from shared_core.training.head_training import TrainingResult, capture_retriever
@@ -96,11 +95,6 @@ def add_set_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--validation", type=float, default=0.3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", help="feature cache folder (default ~/.cache/attnret/train-features)")
-
-
-def base_config(args: argparse.Namespace) -> RetrieverConfig:
-    """The retriever config of `--config` (default: the defaults), with `--model` as its model name when given."""
-    return with_model(RetrieverConfig.from_yaml(Path(args.config)) if args.config else RetrieverConfig(), args)
 
 
 def slice_band(features: Sequence[ExampleFeatures], rows: int) -> list[ExampleFeatures]:
@@ -276,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="results JSON (default benchmarks/results/training/train_heads_LABEL.json)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
-    config = base_config(args)
+    config = config_of(args)
     bands = [int(b) for b in args.bands.split(",")]
     retriever = capture_retriever(config, max(bands))  # the read stops at the deepest band compared
     deepest = retriever.head_selection.deepest

@@ -8,15 +8,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from shared_core.config import RetrieverConfig
 from shared_core.terminal import arguments, output_file, show_progress
 from shared_core.training.data_options import (
     COUNTS,
     add_data_arguments,
     check_counts,
     command_line,
+    config_of,
     labelled_examples,
-    with_model,
 )
 from shared_core.training.objectives import OBJECTIVES
 
@@ -63,8 +62,7 @@ def _prepare(args: argparse.Namespace, counts: tuple[str, ...], loader: Any) -> 
     run options both hand on (config, progress, data sources, command line, deepest layer)."""
     check_counts(args, (*COUNTS, *counts))
     out = output_file(args.out)
-    cfg = RetrieverConfig.from_yaml(Path(args.config)) if args.config else RetrieverConfig()
-    cfg = with_model(cfg.model_copy(update={"show_progress": show_progress(args)}), args)
+    cfg = config_of(args).model_copy(update={"show_progress": show_progress(args)})
     run = {"config": cfg, "show_progress": cfg.show_progress, "sources": args.data, "max_layer": args.max_layer}
     run["command"] = command_line()
     return out, labelled_examples(args, loader), run

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TypeVar
 
 from shared_core.config import RetrieverConfig
@@ -55,6 +56,11 @@ def check_counts(args: argparse.Namespace, names: Sequence[str] = COUNTS) -> Non
         value = getattr(args, name)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+
+
+def config_of(args: argparse.Namespace) -> RetrieverConfig:
+    """The config of `--config` (the defaults without one), with `--model` as its model name when given."""
+    return with_model(RetrieverConfig.from_yaml(Path(args.config)) if args.config else RetrieverConfig(), args)
 
 
 def with_model(config: RetrieverConfig, args: argparse.Namespace) -> RetrieverConfig:
