@@ -59,7 +59,9 @@ OUT_DIR = Path("benchmarks/results/training")
 BUILT = ("babi-qa1", "babi-qa2", "hotpotqa")
 
 
-REAL_OUT = {"covidqa": 3, "qmsum": 4}  # held-out questions per document (COVID-QA: more papers, fewer questions)
+REAL_OUT = {"covidqa": ("out_docs", 3), "qmsum": ("qmsum_out_docs", 4)}
+"""Per real set: the option giving its held-out documents, and questions per held-out document (COVID-QA: more
+papers, fewer questions)."""
 
 
 def example_sets(args: argparse.Namespace) -> dict[str, dict[str, list[SourcedExample]]]:
@@ -69,8 +71,9 @@ def example_sets(args: argparse.Namespace) -> dict[str, dict[str, list[SourcedEx
     sets: dict[str, dict[str, list[SourcedExample]]] = {"held-in": {}, "held-out": {}}
     for name in args.real.split(",") if args.real else []:
         held_in = load_real(name, split="held-in", n_documents=args.docs, per_document=4, max_words=cut, seed=args.seed)
-        out_docs = args.out_docs if name == "covidqa" else args.qmsum_out_docs
-        held_out = load_real(name, split="held-out", n_documents=out_docs, per_document=REAL_OUT[name], max_words=cut)
+        docs_option, per_document = REAL_OUT[name]
+        out_docs = getattr(args, docs_option)
+        held_out = load_real(name, split="held-out", n_documents=out_docs, per_document=per_document, max_words=cut)
         sets["held-in"][name] = [SourcedExample(e, name) for e in held_in]
         sets["held-out"][name] = [SourcedExample(e, name) for e in held_out]
     for task in BUILT:
@@ -143,7 +146,8 @@ def evaluate_rows(
         logger.info("%-40s val %.3f held-out %s", label, out["validation"], _fmt(out["held_out"]))
 
     in_band = [index[h] for h in shipped if h in index]
-    if shipped and len(in_band) == len(shipped):
+    shipped_in_band = bool(shipped) and len(in_band) == len(shipped)  # a shipped set whose heads this band holds
+    if shipped_in_band:
         row("shipped QR heads (equal weights)", in_band, np.full(len(in_band), 1 / len(in_band)))
     detection = head_ndcg(train, base.k)
     top = [int(i) for i in np.argsort(-detection, kind="stable")[: args.top]]
@@ -161,7 +165,7 @@ def evaluate_rows(
     )
     for objective in OBJECTIVES:
         selections = ["detection", "l1"] if objective == "lsepair" else ["detection"]
-        for select in [*selections, "shipped"] if shipped and len(in_band) == len(shipped) else selections:
+        for select in [*selections, "shipped"] if shipped_in_band else selections:
             settings = replace(base, objective=objective, select="detection" if select == "shipped" else select)
             t = time.perf_counter()
             if select == "shipped":  # the shipped set's heads (detected on other examples), weights trained here
