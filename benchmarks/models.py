@@ -19,6 +19,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -128,22 +129,30 @@ def cmd_head_set(args: argparse.Namespace) -> int:
     return 0
 
 
-MODELS = {
-    "smollm2": "smollm2-135m-instruct (default)",
-    "qwen0.5b": "qwen2.5-coder-0.5b-instruct",
-    "qwen1.5b": "qwen2.5-coder-1.5b-instruct",
-    "qwen1.5b_learned_fusion": "qwen2.5-coder-1.5b-instruct + learned fusion (examples/configs)",
-}
-"""Result-file label -> row name of the table."""
+@dataclass(frozen=True)
+class TableModel:
+    """One row of the model table: its name there, the model whose timings it shows (``settings_<timing>.json``),
+    and where its held-in fused nDCG@10 is (a ``benchmarks.learn_fusion`` result in ``training/`` and its row: the 44
+    held-in validation questions of COVID-QA, QMSum, bAbI and HotpotQA, no entities, the model's shipped heads)."""
 
-HELD_IN = {
-    "smollm2": ("learn_fusion_smollm2-135m.json", "shipped fusion"),
-    "qwen0.5b": ("learn_fusion_qwen2.5-coder-0.5b.json", "shipped fusion"),
-    "qwen1.5b": ("learn_fusion_qwen2.5-coder-1.5b-trained.json", "shipped fusion"),
-    "qwen1.5b_learned_fusion": ("learn_fusion_qwen2.5-coder-1.5b-trained.json", "learned lsepair, minmax"),
+    name: str
+    timing: str
+    held_in_file: str
+    held_in_row: str = "shipped fusion"
+
+
+MODELS = {
+    "smollm2": TableModel("smollm2-135m-instruct (default)", "smollm2", "learn_fusion_smollm2-135m.json"),
+    "qwen0.5b": TableModel("qwen2.5-coder-0.5b-instruct", "qwen0.5b", "learn_fusion_qwen2.5-coder-0.5b.json"),
+    "qwen1.5b": TableModel("qwen2.5-coder-1.5b-instruct", "qwen1.5b", "learn_fusion_qwen2.5-coder-1.5b-trained.json"),
+    "qwen1.5b_learned_fusion": TableModel(
+        "qwen2.5-coder-1.5b-instruct + learned fusion (examples/configs)",
+        "qwen1.5b",
+        "learn_fusion_qwen2.5-coder-1.5b-trained.json",
+        "learned lsepair, minmax",
+    ),
 }
-"""Label -> (``benchmarks.learn_fusion`` result in ``training/``, row): the fused nDCG@10 of the 44 held-in
-validation questions (COVID-QA, QMSum, bAbI, HotpotQA; no entities) with that model's shipped heads."""
+"""Result-file label (``quality_<label>.json``, ``rerank_held_in_<label>.json``) -> its row."""
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -156,27 +165,26 @@ def _cell(value: float | None, digits: int = 3) -> str:
 
 def model_rows(folder: Path = RESULTS) -> list[dict[str, Any]]:
     """One row per model with results in ``folder``: held-out nDCG@10 per set and method (``quality_<label>.json``),
-    the held-in fused nDCG@10 (`HELD_IN`), held-in rerank nDCG@10 (``rerank_held_in_<label>.json``: HotpotQA
-    questions 0-19, BM25 top 20 and own 10), first-query seconds and peak RSS per dtype (``settings_<label>.json``)."""
+    the held-in fused nDCG@10 (`TableModel`), held-in rerank nDCG@10 (``rerank_held_in_<label>.json``: HotpotQA
+    questions 0-19, BM25 top 20 and own 10), first-query seconds and peak RSS per dtype (``settings_<timing>.json``)."""
     rows = []
-    for label, name in MODELS.items():
+    for label, model in MODELS.items():
         quality = _read(folder / f"quality_{label}.json")
         if quality is None:
             continue
-        row: dict[str, Any] = {"label": label, "model": name, "commit": quality["meta"]["commit"]}
+        row: dict[str, Any] = {"label": label, "model": model.name, "commit": quality["meta"]["commit"]}
         for r in quality["results"]:
             if r["task"] in ("covidqa", "qmsum"):
                 row[f"{r['task']}/{r['method']}"] = r["ndcg@10"]
                 row[f"{r['task']}/{r['method']}/n"] = r["n"]
                 row[f"{r['task']}/{r['method']}/s"] = r["sec_per_doc"]
-        held_in_file, held_in_row = HELD_IN[label]
-        learned = _read(folder.parent / "training" / held_in_file)
+        learned = _read(folder.parent / "training" / model.held_in_file)
         if learned is not None:
-            row["held_in"] = next(r["validation"] for r in learned["rows"] if r["row"].startswith(held_in_row))
+            row["held_in"] = next(r["validation"] for r in learned["rows"] if r["row"].startswith(model.held_in_row))
         rerank = _read(folder / f"rerank_held_in_{label}.json")
         for s in (rerank or {}).get("summary", []):
             row[f"rerank/{s['setting']}"] = s["metrics"]["attnret"]["ndcg@10"]
-        settings = _read(folder / f"settings_{label.split('_')[0]}.json")  # one timing per model
+        settings = _read(folder / f"settings_{model.timing}.json")
         for s in (settings or {}).get("results", []):
             key = "bf16" if s["dtype"] == "bfloat16" else "fp32"
             row[f"first_s/{key}"] = s["first_query_s"]
