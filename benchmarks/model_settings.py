@@ -1,10 +1,11 @@
-"""CPU settings for one model on one real paper: torch threads and dtype, each in a fresh process, side by side.
+"""CPU settings for one model on one real paper: torch threads, dtype and int8 layers, each in a fresh process.
 
-    python -m benchmarks.model_settings [--model qwen2.5-coder-0.5b-instruct] [--settings default,t1,t2,bf16]
+    python -m benchmarks.model_settings [--model qwen2.5-coder-0.5b-instruct] [--settings default,t1,t2,bf16,int8]
         [--questions 5] [--tokens 5000] [--out benchmarks/results/model_settings.json]
 
 A setting is `default` (torch's own thread count, the configured dtype), `tN` (`torch.set_num_threads(N)` before
-anything runs), `bf16` / `fp32` (`model.dtype`), or a combination joined by `+` (`t1+bf16`). Per setting, on the
+anything runs), `bf16` / `fp32` (`model.dtype`), `int8` (`model.quantize: int8`, dynamic int8 linear layers with
+torchao, in float32), or a combination joined by `+` (`t1+bf16`, `t1+int8`). Per setting, on the
 COVID-QA paper whose length is nearest `--tokens`: the model load (converted cache), a first `score_units` on the
 paper end to end (analysis beside the read), each further question on the cached paper, peak RSS of the process
 so far, then a bare full-model prefill of the same document tokens (SDPA, no capture: the limit). Scores are
@@ -49,22 +50,44 @@ def _rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
 
 
+def model_setting(model: str, parts: set[str]) -> dict[str, Any]:
+    """The `model` config section of a setting's parts: `bf16` / `fp32` pick the dtype, `int8` quantizes the
+    decoder's linear layers (in float32: int8 refuses a half-precision dtype)."""
+    int8 = "int8" in parts
+    dtype = "bfloat16" if "bf16" in parts else "float32" if "fp32" in parts or int8 else "auto"
+    return {"name": model, "dtype": dtype, "quantize": "int8" if int8 else "none"}
+
+
+def setting_parts(setting: str) -> set[str]:
+    """The parts of a setting (`t1+int8` -> {'t1', 'int8'}); an unknown part or a refused combination (`bf16+int8`)
+    is a ValueError here, before a process is spawned for it."""
+    from shared_core import RetrieverConfig
+
+    parts = {p for p in setting.split("+") if p != "default"}
+    unknown = {p for p in parts if p not in ("bf16", "fp32", "int8") and not (p[:1] == "t" and p[1:].isdigit())}
+    if unknown:
+        raise ValueError(f"--settings: unknown part(s) {sorted(unknown)} in {setting!r}; see the module doc")
+    RetrieverConfig.model_validate({"model": model_setting("x", parts)})  # e.g. bf16+int8: a ConfigError naming why
+    return parts
+
+
 def _measure(
     model: str, setting: str, doc: str, questions: list[tuple[str, list[tuple[int, int]]]], queue: Any
 ) -> None:
     """One setting in this fresh process: load, first query, further queries, peak RSS, bare prefill."""
     import torch
 
-    parts = {p for p in setting.split("+") if p != "default"}
+    parts = setting_parts(setting)
     for p in parts:
         if p.startswith("t"):
             torch.set_num_threads(int(p[1:]))
-    dtype = "bfloat16" if "bf16" in parts else "float32" if "fp32" in parts else "auto"
     from shared_core import AttentionRetriever, RetrieverConfig
     from shared_core.evaluation.metrics import ndcg_at_k
 
-    result: dict[str, Any] = {"setting": setting, "threads": torch.get_num_threads(), "dtype": dtype}
-    cfg = RetrieverConfig.model_validate({"model": {"name": model, "dtype": dtype}, "cascade": {"reuse_disk": False}})
+    model_section = model_setting(model, parts)
+    result: dict[str, Any] = {"setting": setting, "threads": torch.get_num_threads(), "dtype": model_section["dtype"]}
+    result["quantize"] = model_section["quantize"]
+    cfg = RetrieverConfig.model_validate({"model": model_section, "cascade": {"reuse_disk": False}})
     t = time.perf_counter()
     r = AttentionRetriever(cfg)
     r.warm_up()
@@ -125,6 +148,12 @@ def compare(rows: list[dict[str, Any]]) -> None:
         row["max_ndcg_delta"] = max(deltas, default=0.0)
 
 
+def _precision(row: dict[str, Any]) -> str:
+    """The dtype cell: 'float32', or 'float32+int8' for quantized linear layers (older results have no quantize)."""
+    quantize = row.get("quantize", "none")
+    return row["dtype"] if quantize == "none" else f"{row['dtype']}+{quantize}"
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     """A Markdown table of the settings."""
     head = (
@@ -137,7 +166,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         further = sum(r["further_query_s"]) / max(len(r["further_query_s"]), 1)
         lines.append(
-            f"| {r['setting']} | {r['threads']} | {r['dtype']} | {r['load_s']:.1f} | {r['first_query_s']:.1f} | "
+            f"| {r['setting']} | {r['threads']} | {_precision(r)} | {r['load_s']:.1f} | {r['first_query_s']:.1f} | "
             f"{further:.2f} | {r['bare_prefill_s']:.1f} | {r['first_query_s'] / r['bare_prefill_s']:.2f} | "
             f"{r['peak_rss_gb']:.2f} | {r['same_top10_fused']}/{n} / {r['same_top10_attention']}/{n} | "
             f"{r['max_ndcg_delta']:.4f} |"
@@ -155,10 +184,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="benchmarks/results/model_settings.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    settings = [s.strip() for s in args.settings.split(",")]
+    for setting in settings:
+        setting_parts(setting)
     doc, questions = _paper(args.tokens, args.questions)
     rows = []
-    for setting in args.settings.split(","):
-        row = run_setting(args.model, setting.strip(), doc, questions, args.timeout)
+    for setting in settings:
+        row = run_setting(args.model, setting, doc, questions, args.timeout)
         if row is None:
             return 1
         logger.info("%s: %s", setting, {k: v for k, v in row.items() if not k.startswith("top10")})

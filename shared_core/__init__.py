@@ -9,6 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 from shared_core.config import RetrieverConfig
 from shared_core.document import Document, Hit, Unit
+from shared_core.models import quiet_imports
+
+quiet_imports.install()  # before anything imports transformers, which imports torchao when it is installed
 
 if TYPE_CHECKING:
     from shared_core.retriever import AttentionRetriever

@@ -97,7 +97,8 @@ def test_a_replay_runs_only_each_querys_own_tokens_after_the_kept_instruction(
 
     r = _past_window(tmp_path)
     r.score_units(QUERIES[0], LONG)  # the query and its "N/A" part share the instruction: it is kept per chunk
-    (state,) = r.engine.past.states.in_memory(r.engine.past.family(r.engine.model, r.engine.prompt.key))
+    past = r.engine.past
+    (state,) = past.states.in_memory(past.family(r.engine.model, r.engine.prompt.key, r.engine.head_selection))
     t = len(state.lead_ids)
     assert t > 0 and state.lead_keys is not None
     dim = state.kv.segments[0].keys.shape[3]
@@ -166,7 +167,7 @@ def test_a_grown_document_reads_only_its_new_part() -> None:
     assert past.stats["cascade_tokens"] - read_before <= n_longer - n_long + tail_tokens(SMALL_CASCADE["stride"]) + 4
     fresh_past = _past_window(reuse=False).score_units("Where is the milk?", longer)
     np.testing.assert_allclose(_scores(resumed), _scores(fresh_past), atol=1e-5)  # same chunks: same scores
-    family = past.engine.past.family(past.engine.model, past.engine.prompt.key)
+    family = past.engine.past.family(past.engine.model, past.engine.prompt.key, past.engine.head_selection)
     old, new = (past.engine.past.states.get(state_key(family, Document(t).content_hash)) for t in (LONG, longer))
     assert old is not None and new is not None  # the grown pass shares the earlier keys and values, not a copy
     assert new.kv.segments[0].keys.data_ptr() == old.kv.segments[0].keys.data_ptr()

@@ -41,6 +41,11 @@ class ModelConfig(_Section):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="'auto' = bfloat16 on CUDA, float32 on CPU."
     )
+    quantize: Literal["none", "int8"] = Field(
+        "none",
+        description="int8 = dynamic int8 activations and weights in the decoder's linear layers (torchao), CPU only; "
+        "~1.4x faster reads of the Qwen models on 2 cores; see docs/models.md.",
+    )
     cache_dir: str | None = Field(
         None,
         description="Where converted models (GGUF -> safetensors) are cached; "
@@ -77,6 +82,16 @@ class ModelConfig(_Section):
             )
         return v
 
+    @model_validator(mode="after")
+    def _int8_in_float32(self) -> ModelConfig:
+        """int8 layers take float32 activations: a half-precision dtype beside them is a mistake, named here."""
+        if self.quantize == "int8" and self.dtype not in ("auto", "float32"):
+            raise ValueError(
+                f"model.quantize is 'int8' but model.dtype is {self.dtype!r}: the int8 linear layers run in float32 "
+                "on the CPU; set model.dtype: float32 (or auto), or model.quantize: none"
+            )
+        return self
+
 
 class AttentionConfig(_Section):
     """How query-row attention becomes a unit score (layers, heads, pooling, calibration)."""
@@ -112,6 +127,12 @@ class AttentionConfig(_Section):
     )
     topk: int = Field(3, gt=0, description="Tokens averaged by pooling='topk_mean'.")
     threshold_std: float = Field(2.0, description="Std multiplier of the threshold_sum rule.")
+    query_adapter: bool = Field(
+        False,
+        description="Use the query adapter the head-set file names (LoRA on the attention projections that only the "
+        "query part runs through; the document is still read by the frozen model): the shipped SmolLM2 set has one, "
+        "measured in docs/quality.md. Off by default until the candidate-score calibration is refitted with it.",
+    )
     head_aggregation: Literal["mean", "max_then_mean", "sum"] = Field(
         "mean",
         description="How per-head scores combine: mean over heads and layers, max over heads then mean over layers, "

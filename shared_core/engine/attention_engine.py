@@ -70,6 +70,7 @@ class _Prefilled:
 
     cache: Any
     tokens: DocumentTokens
+    reader: tuple[Any, ...]  # `_reader_key` of the engine that wrote it: only a same reader may reuse its prefix
 
 
 class AttentionEngine:
@@ -216,13 +217,17 @@ class AttentionEngine:
         )
 
     # ----------------------------------------------------------------- within the window
-    def _prefill_key(self, doc: Document) -> tuple[Any, ...]:
+    def _reader_key(self) -> tuple[Any, ...]:
+        """What a document's KV cache depends on besides its text: model, device, precision, template, depth."""
         m = self.model
-        return (m.name, str(m.device), str(m.dtype), self.prompt.key, self.head_selection.deepest, doc.content_hash)
+        return (m.name, str(m.device), m.precision, self.prompt.key, self.head_selection.deepest)
+
+    def _prefill_key(self, doc: Document) -> tuple[Any, ...]:
+        return (*self._reader_key(), doc.content_hash)
 
     def _calibration_key(self, doc: Document, selection: HeadSelection) -> tuple[Any, ...]:
         """The "N/A" pass depends on the document and the heads read, never on the query: once per document."""
-        return (*self._prefill_key(doc), tuple(selection.per_layer.items()), self.config.attention.query_rows)
+        return (*self._prefill_key(doc), selection.key, self.config.attention.query_rows)
 
     def _document_passes(
         self, doc: Document, tokens: DocumentTokens, parts: list[QueryTokens], selection: HeadSelection
@@ -274,7 +279,7 @@ class AttentionEngine:
         for s in tqdm(steps, desc="prefill", disable=not self.config.show_progress or len(steps) < 2):
             capture.run_observed(loaded.decoder, cache, observer, input_ids=ids[:, s : s + PREFILL_CHUNK])
         self._count(prefills=1, prefill_tokens=len(tokens.ids) - start, prefix_tokens_reused=start, forwards=len(steps))
-        return _Prefilled(cache=cache, tokens=tokens)
+        return _Prefilled(cache=cache, tokens=tokens, reader=self._reader_key())
 
     @torch.inference_mode()
     def _extend_with_queries(
@@ -296,7 +301,7 @@ class AttentionEngine:
         cache = _cropped(entry.cache, start)
         scored = batched_scores(loaded.decoder, cache, start, led, selection, loaded.device, len(led), len(tail))
         cache = _cropped(cache, len(tokens.ids))  # drop the query parts' keys: the document's own cache
-        prefilled = _Prefilled(cache=cache, tokens=tokens)
+        prefilled = _Prefilled(cache=cache, tokens=tokens, reader=self._reader_key())
         self.prefills.put(self._prefill_key(doc), prefilled)
         self._count(prefills=1, prefill_tokens=len(tail), prefix_tokens_reused=start, forwards=1)
         self._count(query_passes=len(parts), query_batches=1, query_tokens=sum(len(p.ids) for p in parts))
@@ -304,12 +309,16 @@ class AttentionEngine:
 
     def _shared_prefix(self, tokens: DocumentTokens) -> tuple[_Prefilled, int] | None:
         """The cached document sharing the longest token prefix (at least `MIN_SHARED_PREFIX`) with `tokens`, and
-        that prefix's length, leaving at least one token to run; None if there is none."""
+        that prefix's length, leaving at least one token to run; None if there is none. Only documents this engine's
+        reader wrote qualify (shared caches may hold another model's, precision's or depth's)."""
         if not supports_replay(self.model.model):  # sliding-window layers keep a window, not a prefix
             return None
         best, best_len = None, 0
         new = torch.tensor(tokens.ids)
+        reader = self._reader_key()
         for entry in self.prefills.values():
+            if entry.reader != reader:
+                continue
             old = torch.tensor(entry.tokens.ids)
             n = min(len(old), len(new)) - 1  # leave at least one token to run
             if n <= best_len:

@@ -56,6 +56,7 @@ from shared_core.engine.cascade_state import (
 )
 from shared_core.engine.heads import HeadSelection
 from shared_core.engine.prompt import QueryTokens
+from shared_core.engine.query_adapter import QueryAdapter
 from shared_core.engine.query_batch import LeadRecorder, batched_scores, common_prefix
 from shared_core.models.family import ModelShape
 
@@ -194,6 +195,7 @@ def cascade_token_scores(
     keep: bool = False,
     resume: ResumePoint | None = None,
     batch_size: int = 1,
+    adapter: QueryAdapter | None = None,
 ) -> CascadeScores:
     """Read `doc_ids` (the prompt part before the query: template head + document) through a cascading cache and
     score every token for each ``(query_ids, query_rows)`` suffix; rows index `query_ids` (the query's own tokens).
@@ -206,7 +208,7 @@ def cascade_token_scores(
     without reading the document again. `resume` takes the first chunks (replayed for these queries) and the carried
     tokens of the next one from an earlier state of a document sharing their tokens (`resume_point`) and reads only
     the rest. With `batch_size` > 1 the queries run against each chunk packed in batches of that many
-    (`query_batch`); 1 = one forward per query.
+    (`query_batch`); 1 = one forward per query. `adapter` (a head set's query adapter) runs on the query parts.
     """
     t0 = time.perf_counter()
     doc_ids, checked, picked = _check_inputs(model, doc_ids, queries, layers)
@@ -219,14 +221,16 @@ def cascade_token_scores(
     cache = CascadingCache.for_model(model, config, num_layers=deepest + 1)
     n = int(doc_ids.numel())
     out = torch.zeros(len(checked), len(picked), shape.num_heads, n, dtype=torch.float32)
-    selection = HeadSelection(dict.fromkeys(picked), "cascade")
+    selection = HeadSelection(dict.fromkeys(picked), "cascade", adapter=adapter)
     ema = EmaObserver(cache, deepest, config.ema_rows, config.stride)
     keep = keep and config.scoring == "resident" and supports_replay(model)
     recorder = StateRecorder(doc_ids, cache) if keep or resume is not None else None
     first, carried, tail = 0, 0, None
     if resume is not None and recorder is not None:
         state = resume.state
-        replay_scores(model, state, checked, picked, chunks=resume.chunks, out=out, batch_size=batch_size)
+        replay_scores(
+            model, state, checked, picked, chunks=resume.chunks, out=out, batch_size=batch_size, adapter=adapter
+        )
         first = resume_cache(model, cache, state, resume.chunks, device)
         recorder.resume_from(state, resume.chunks)
         if resume.carried:
@@ -265,7 +269,7 @@ def cascade_token_scores(
         if progress is not None:
             progress(end, n)
     if config.scoring == "end":
-        _score_end(model, cache, parts, picked, out, shape)
+        _score_end(model, cache, parts, selection, out, shape)
     seconds = time.perf_counter() - t0
     logger.debug("cascade pass: %d tokens, %d chunks, %.2fs, kept %d", n, n_chunks, seconds, cache.structure.kept)
     kept_state = recorder.state() if recorder is not None else None
@@ -285,7 +289,7 @@ def _score_end(
     model: Any,
     cache: CascadingCache,
     parts: list[QueryTokens],
-    picked: list[int],
+    selection: HeadSelection,
     out: torch.Tensor,
     shape: ModelShape,
 ) -> None:
@@ -294,7 +298,7 @@ def _score_end(
     kept = cache.get_seq_length()
     base = getattr(model, "base_model", model)
     device = next(model.parameters()).device
-    selection = HeadSelection(dict.fromkeys(picked), "cascade")
+    picked = selection.layers
     with cache.frozen_view():
         for j, part in enumerate(parts):
             (captured,) = batched_scores(base, cache, kept, [part], selection, device, 1)

@@ -40,6 +40,7 @@ from shared_core.engine.cascade import CascadeLayer, CascadingCache
 from shared_core.engine.cascade_slots import _Slots
 from shared_core.engine.heads import HeadSelection
 from shared_core.engine.prompt import QueryTokens
+from shared_core.engine.query_adapter import QueryAdapter
 from shared_core.engine.query_batch import SharedPrefixCache, batched_scores, packable
 from shared_core.engine.token_kv import Segment, TokenKV
 from shared_core.models.family import apply_rope, apply_rope_, model_rotary, text_config
@@ -342,6 +343,7 @@ def replay_scores(
     out: torch.Tensor | None = None,
     progress: Callable[[int, int], None] | None = None,
     batch_size: int = 1,
+    adapter: QueryAdapter | None = None,
 ) -> torch.Tensor:
     """Per query, layer and query head, the resident score of every token, from a kept state: [Q, len(layers), Hq, n].
 
@@ -360,7 +362,7 @@ def replay_scores(
     heads = text_config(model).num_attention_heads
     if out is None:
         out = torch.zeros(len(queries), len(picked), heads, n, dtype=torch.float32)
-    selection = HeadSelection(dict.fromkeys(picked), "replay")
+    selection = HeadSelection(dict.fromkeys(picked), "replay", adapter=adapter)
     depth = picked[-1] + 1
     parts = [as_part(ids, rows) for ids, rows in queries]
     lead = state.lead_for(parts, depth)

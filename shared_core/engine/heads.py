@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from shared_core.config import AttentionConfig, ConfigError, read_yaml_file
+from shared_core.engine.query_adapter import QueryAdapter, load_adapter
 
 _HEAD_RE = re.compile(r"^\s*(-?\d+)\s*-\s*(\d+)\s*$")
 
@@ -30,6 +31,13 @@ class HeadSelection:
     source: str
     weights: dict[int, tuple[float, ...]] | None = None
     """Per layer, one weight per selected head (aligned with `per_layer`); None = every head counts the same."""
+    adapter: QueryAdapter | None = None
+    """The query-side adapter trained for these heads (the head-set file's ``adapter:``), None = the frozen model."""
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        """What cached scores of this selection depend on: its heads and its adapter's weights."""
+        return (tuple(self.per_layer.items()), self.adapter.digest if self.adapter else None)
 
     @property
     def layers(self) -> list[int]:
@@ -69,7 +77,15 @@ def load_head_file(path: str | Path) -> dict[str, Any]:
         )
     if data.get("weights") is not None:
         _check_weights(data["weights"], data["heads"], path)
+    if data.get("adapter") is not None and not isinstance(data["adapter"], str):
+        raise ConfigError(f"{path}: 'adapter' must be the path of a query-adapter file (relative to the head set)")
     return data
+
+
+def file_adapter(data: dict[str, Any], path: str | Path) -> QueryAdapter | None:
+    """The query adapter a head-set file names (its path relative to the file's folder), loaded; None without one."""
+    name = data.get("adapter")
+    return load_adapter(Path(path).parent / name) if name else None
 
 
 def _check_weights(weights: Any, heads: list[Any], path: str | Path) -> None:
@@ -136,9 +152,11 @@ def select_heads(
         heads = str(path) if path else "all"
     if isinstance(heads, str) and heads != "all":
         data = load_head_file(heads)
+        adapter = file_adapter(data, heads) if config.query_adapter else None
         if data.get("weights") is not None:
-            return weighted_selection(data["heads"], data["weights"], num_layers, num_heads, str(heads))
-        return HeadSelection(dict(parse_heads(data["heads"], num_layers, num_heads)), source=str(heads))
+            picked = weighted_selection(data["heads"], data["weights"], num_layers, num_heads, str(heads))
+            return replace(picked, adapter=adapter)
+        return HeadSelection(dict(parse_heads(data["heads"], num_layers, num_heads)), str(heads), adapter=adapter)
     if isinstance(heads, list):
         return HeadSelection(dict(parse_heads(heads, num_layers, num_heads)), source="config")
     if config.layers == "auto":

@@ -57,9 +57,11 @@ class PastWindow:
         self.results.clear()
         self.states.clear()
 
-    def family(self, model: LoadedModel, prompt_key: str) -> str:
-        """What a kept pass depends on besides the text: model, dtype, template and the cascade's settings."""
-        return state_key(model.name, str(model.dtype), prompt_key, self.config.cascade.scoring_key)
+    def family(self, model: LoadedModel, prompt_key: str, selection: HeadSelection) -> str:
+        """What a kept pass depends on besides the text: model, dtype (and quantization), template, the cascade's
+        settings and the query adapter (a kept pass holds the instruction's keys, which the adapter changes)."""
+        adapter = selection.adapter.digest if selection.adapter else "frozen"
+        return state_key(model.name, model.precision, prompt_key, self.config.cascade.scoring_key, adapter)
 
     def raw(
         self,
@@ -72,8 +74,8 @@ class PastWindow:
     ) -> dict[str, PerLayer]:
         """Raw resident scores of each query past the window: cached, replayed from a kept pass, or one new pass."""
         cfg = self.config
-        family = self.family(model, prompt_key)
-        heads = tuple(selection.per_layer.items())
+        family = self.family(model, prompt_key, selection)
+        heads = selection.key
 
         def result_key(q: str) -> tuple[Any, ...]:
             return (family, str(model.device), doc.content_hash, q, heads, cfg.attention.query_rows)
@@ -124,6 +126,7 @@ class PastWindow:
                 job.selection.layers,
                 progress=progress,
                 batch_size=self.config.attention.query_batch,
+                adapter=job.selection.adapter,
             ),
         )
         self._count(cascade_replays=1, cascade_replayed_queries=len(job.suffixes))
@@ -150,6 +153,7 @@ class PastWindow:
                 keep=cfg.reuse,
                 resume=resume,
                 batch_size=self.config.attention.query_batch,
+                adapter=job.selection.adapter,
             ),
         )
         self._count(cascade_passes=1, cascade_tokens=len(tokens.ids) - (resume.start if resume is not None else 0))

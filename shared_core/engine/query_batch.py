@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
-from shared_core.engine import capture
+from shared_core.engine import capture, query_adapter
 from shared_core.engine.heads import HeadSelection
 from shared_core.engine.prompt import QueryTokens
 from shared_core.models.family import layer_kinds
@@ -187,11 +187,12 @@ def batched_scores(
     lead: LeadRecorder | None = None,
 ) -> list[dict[int, torch.Tensor]]:
     """Each part's selected heads' attention over the `start` cached positions, {layer: [H_sel, kv]} (kv = the
-    cached keys the layer holds, the last of them at position start - 1), `batch_size` parts packed per forward
-    (one per forward where the model is not `packable`). `cache` is read only: a `SharedPrefixCache`, a cascade's
-    frozen view or a forked cache. With `document_tail` > 0 every part starts with the same `document_tail` tokens
-    that extend the document (one forward: `batch_size` >= len(parts)): they are scored too, and a forked cache
-    keeps them. `lead` records the first batch's lead keys and values (every part starts with those tokens)."""
+        cached keys the layer holds, the last of them at position start - 1), `batch_size` parts packed per forward
+        (one per forward where the model is not `packable`). `cache` is read only: a `SharedPrefixCache`, a cascade's
+        frozen view or a forked cache. With `document_tail` > 0 every part starts with the same `document_tail` tokens
+        that extend the document (one forward: `batch_size` >= len(parts)): they are scored too, and a forked cache
+        keeps them. `lead` records the first batch's lead keys and values (every part starts with those tokens). The
+    selection's query adapter, if any, runs on the query parts' tokens only (never on the document tail)."""
     size = max(1, batch_size) if packable(module) else 1
     out: list[dict[int, torch.Tensor]] = []
     for first in range(0, len(parts), size):
@@ -203,7 +204,8 @@ def batched_scores(
         if lead is not None and first == 0:
             lead.inner, watcher = observer, lead
         mask = batch.attention_mask(start, device)
-        capture.run_observed(module, cache, watcher, input_ids=ids, position_ids=positions, attention_mask=mask)
+        with query_adapter.applied(selection.adapter, module, skip=document_tail):
+            capture.run_observed(module, cache, watcher, input_ids=ids, position_ids=positions, attention_mask=mask)
         n_new = ids.shape[1] - document_tail  # the packed shared block comes first: the tail is its start
         out.extend(
             {layer: probs[b, :, : probs.shape[-1] - n_new] for layer, probs in observer.captured.items()}

@@ -1,7 +1,7 @@
 """Load any Hugging Face causal LM (hub id, local folder, GGUF file or named offline model) for attention capture.
 
 GGUF files are dequantized once and cached as safetensors under the user cache folder, so later
-loads take seconds. Models are shared process-wide per (name, revision, device, dtype).
+loads take seconds. Models are shared process-wide per (name, revision, device, dtype, quantization).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from shared_core.config import ModelConfig
-from shared_core.models import registry
+from shared_core.models import quantize, registry
 from shared_core.models.errors import ModelLoadError
 from shared_core.models.errors import cache_error as _cache_error
 from shared_core.models.family import ModelShape, decoder, forward_with_cache  # noqa: F401  (forward_with_cache re-exported)
@@ -50,6 +50,13 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     shape: ModelShape
+    quantize: str = "none"
+
+    @property
+    def precision(self) -> str:
+        """The dtype, plus the quantization when there is one ('torch.float32+int8'): what cache keys record, since
+        a quantized model's states differ from the unquantized ones."""
+        return str(self.dtype) if self.quantize == "none" else f"{self.dtype}+{self.quantize}"
 
     @property
     def decoder(self) -> Any:
@@ -179,10 +186,11 @@ def load_model(
     capture hook, which computes what SDPA computes and records the query rows it is asked for).
     """
     device = resolve_device(config.device)
+    quantize.check_device(config, device)
     dtype = resolve_dtype(config.dtype, device)
     source = model_source(config)
     remote = remote_code_allowed(trust_remote_code)
-    key = (source, config.revision, str(device), str(dtype), remote, attn_implementation)
+    key = (source, config.revision, str(device), str(dtype), config.quantize, remote, attn_implementation)
     with _models_lock:
         loaded = _models.get(key)
         if loaded is None:
@@ -207,7 +215,7 @@ def _load(
     else:
         location = str(path) if path.is_dir() else source
         extra = {"revision": config.revision, "trust_remote_code": remote}
-    logger.info("loading model %s on %s (%s)", source, device, dtype)
+    logger.info("loading model %s on %s (%s, quantize %s)", source, device, dtype, config.quantize)
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, **extra)
         model = AutoModelForCausalLM.from_pretrained(location, **kwargs, **extra)
@@ -216,8 +224,15 @@ def _load(
     model.to(device).eval().requires_grad_(False)  # type: ignore[arg-type]
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(f"model {source!r} has no fast tokenizer; offsets are needed to map tokens to text")
+    quantize.apply(model, config.quantize)
     return LoadedModel(
-        model=model, tokenizer=tokenizer, name=source, device=device, dtype=dtype, shape=ModelShape.of(model)
+        model=model,
+        tokenizer=tokenizer,
+        name=source,
+        device=device,
+        dtype=dtype,
+        shape=ModelShape.of(model),
+        quantize=config.quantize,
     )
 
 

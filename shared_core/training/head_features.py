@@ -146,7 +146,7 @@ def feature_key(retriever: AttentionRetriever, ex: LabelledExample, deepest: int
     loaded = retriever.model
     parts: dict[str, Any] = {
         "format": FEATURE_FORMAT,
-        "model": [model_id(cfg.model), loaded.name, str(loaded.dtype)],
+        "model": [model_id(cfg.model), loaded.name, loaded.precision],
         "prompt": retriever.prompt_key,
         "rule": cfg.attention.model_dump(mode="json", include={"calibration", "pooling", "topk", "threshold_std"})
         | {"query_rows": cfg.attention.query_rows},

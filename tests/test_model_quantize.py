@@ -1,0 +1,132 @@
+"""`model.quantize: int8` with the real default model (SmolLM2-135M): the config's checks, the decoder's linear
+layers quantized by torchao (and nothing else), scores that still find an obvious needle as float32 does, cache keys
+that keep quantized and float32 states apart, and a load that prints nothing (torchao's import lines included)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.model_settings import model_setting, setting_parts
+from shared_core import AttentionRetriever, RetrieverConfig
+from shared_core.config import ConfigError, ModelConfig
+from shared_core.models import loading, quantize
+
+NEEDLE = "Ravi keeps the spare key to the boathouse under the blue flowerpot by the gate."
+QUERY = "Where is the spare key hidden?"
+FILLER = [
+    "The village of Lowmere lies at the end of a narrow valley.",
+    "Most houses there were built from the grey stone of the old quarry.",
+    "In spring the river floods the lower meadows for a week or two.",
+    "The bakery opens at six and sells out of rye bread by noon.",
+    "Children walk to the school in the next village along the towpath.",
+    "A bus to the market town runs twice a day, except on Sundays.",
+    "The church bell was recast in 1923 after a crack appeared.",
+    "Sheep graze on the hills above the village all summer.",
+]
+DOC = " ".join(FILLER[:4]) + "\n\n" + " ".join([*FILLER[4:6], NEEDLE, *FILLER[6:]])
+ATTENTION_ONLY = {"dense": {"enabled": False}, "lexical": {"enabled": False}, "entities": {"enabled": False}}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def int8() -> Iterator[AttentionRetriever]:
+    """An int8 retriever (attention alone); its model leaves the process-wide cache after this module."""
+    r = AttentionRetriever({"model": {"quantize": "int8"}, **ATTENTION_ONLY})
+    r.warm_up()
+    yield r
+    for key in [k for k, loaded in loading._models.items() if loaded.quantize != "none"]:
+        del loading._models[key]
+
+
+def test_config_takes_none_and_int8_and_refuses_the_rest() -> None:
+    assert ModelConfig().quantize == "none"
+    assert ModelConfig(quantize="int8", dtype="float32").quantize == "int8"
+    with pytest.raises(ConfigError, match=r"model\.quantize is 'int8' but model\.dtype is 'bfloat16'.*float32"):
+        RetrieverConfig.model_validate({"model": {"quantize": "int8", "dtype": "bfloat16"}})
+    with pytest.raises(ConfigError, match=r"model\.quantize: Input should be 'none' or 'int8'"):
+        RetrieverConfig.model_validate({"model": {"quantize": "int4"}})
+
+
+def test_int8_on_a_gpu_device_is_refused_naming_the_fields() -> None:
+    config = ModelConfig(quantize="int8")
+    for device in ("cuda", "mps"):
+        with pytest.raises(ValueError, match=rf"model\.quantize is 'int8' but model\.device .* '{device}'.*cpu"):
+            quantize.check_device(config, torch.device(device))
+    quantize.check_device(config, torch.device("cpu"))
+    quantize.check_device(ModelConfig(), torch.device("cuda"))  # no quantization: any device
+
+
+def test_missing_torchao_names_the_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "torchao.quantization", None)  # what an uninstalled package imports as
+    with pytest.raises(loading.ModelLoadError, match=r"model\.quantize.*pip install torchao"):
+        quantize.apply(torch.nn.Sequential(), "int8")
+
+
+def test_only_the_decoders_linear_layers_are_quantized(int8: AttentionRetriever, retriever: AttentionRetriever) -> None:
+    loaded = int8.model
+    assert loaded is not retriever.model and loaded.quantize == "int8"
+    linears = {n: m for n, m in loaded.decoder.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert linears and all(quantize.is_quantized(m.weight) for m in linears.values())
+    assert not quantize.is_quantized(loaded.model.lm_head.weight)
+    assert not quantize.is_quantized(loaded.decoder.embed_tokens.weight)
+    assert loaded.precision == "torch.float32+int8" and retriever.model.precision == "torch.float32"
+
+
+def test_int8_scores_are_finite_and_find_the_needle_like_float32(
+    int8: AttentionRetriever, retriever: AttentionRetriever
+) -> None:
+    float32 = AttentionRetriever(RetrieverConfig.model_validate(ATTENTION_ONLY))  # the session's float32 model
+    hits = {name: r.score_units(QUERY, DOC) for name, r in (("int8", int8), ("float32", float32))}
+    for name, units in hits.items():
+        scores = np.array([h.score for h in units])
+        assert np.isfinite(scores).all(), name
+        assert max(units, key=lambda h: h.score).text == NEEDLE, name
+    assert float32.model is retriever.model
+
+
+def test_int8_does_not_reuse_a_float32_prefill_of_shared_caches(int8: AttentionRetriever) -> None:
+    """Cache keys carry the precision (`LoadedModel.precision`): an int8 retriever sharing a float32 one's caches
+    reads the document itself instead of taking the float32 prefill, whole or as a shared prefix."""
+    float32 = AttentionRetriever(RetrieverConfig.model_validate(ATTENTION_ONLY))
+    shared = AttentionRetriever(int8.config)  # this module's int8 model, float32's caches
+    shared.share_caches(float32)
+    float32.score_units(QUERY, DOC)
+    shared.score_units(QUERY, DOC)
+    assert (float32.stats["prefills"], shared.stats["prefills"]) == (1, 1)
+    assert shared.stats["prefix_tokens_reused"] == 0  # nor any prefix of float32's cache
+    shared.score_units(QUERY, DOC)
+    assert shared.stats["prefills"] == 1  # its own prefill is reused
+
+
+def test_loading_and_scoring_int8_prints_nothing() -> None:
+    """In a fresh process, so torchao is imported (by transformers) during the load: nothing on stdout or stderr, even
+    with logging configured at WARNING (torchao's own loggers then reach the root handler)."""
+    code = (
+        "import logging\n"
+        "logging.basicConfig()\n"
+        "from shared_core import AttentionRetriever\n"
+        "r = AttentionRetriever({'model': {'quantize': 'int8'}, 'entities': {'enabled': False}})\n"
+        f"r.score_units({QUERY!r}, {DOC!r})\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (done.stdout, done.stderr) == ("", "")
+
+
+def test_the_benchmarks_int8_setting_is_float32_with_int8_layers() -> None:
+    """`benchmarks.model_settings --settings default,int8`: int8 reads in float32; a refused mix fails before any
+    process is spawned."""
+    assert setting_parts("t1+int8") == {"t1", "int8"}
+    assert model_setting("m", {"int8"}) == {"name": "m", "dtype": "float32", "quantize": "int8"}
+    assert model_setting("m", set())["quantize"] == "none"
+    with pytest.raises(ConfigError, match=r"model\.dtype is 'bfloat16'"):
+        setting_parts("bf16+int8")
+    with pytest.raises(ValueError, match=r"unknown part\(s\) \['int4'\]"):
+        setting_parts("int4")
