@@ -17,21 +17,11 @@ from benchmarks.model_settings import model_setting, setting_parts
 from shared_core import AttentionRetriever, RetrieverConfig
 from shared_core.config import ConfigError, ModelConfig
 from shared_core.models import loading, quantize
+from tests.texts import ATTENTION_ONLY, NEEDLE, NEEDLE_QUERY, VILLAGE
 
-NEEDLE = "Ravi keeps the spare key to the boathouse under the blue flowerpot by the gate."
-QUERY = "Where is the spare key hidden?"
-FILLER = [
-    "The village of Lowmere lies at the end of a narrow valley.",
-    "Most houses there were built from the grey stone of the old quarry.",
-    "In spring the river floods the lower meadows for a week or two.",
-    "The bakery opens at six and sells out of rye bread by noon.",
-    "Children walk to the school in the next village along the towpath.",
-    "A bus to the market town runs twice a day, except on Sundays.",
-    "The church bell was recast in 1923 after a crack appeared.",
-    "Sheep graze on the hills above the village all summer.",
-]
-DOC = " ".join(FILLER[:4]) + "\n\n" + " ".join([*FILLER[4:6], NEEDLE, *FILLER[6:]])
-ATTENTION_ONLY = {"dense": {"enabled": False}, "lexical": {"enabled": False}, "entities": {"enabled": False}}
+FILLER = VILLAGE
+QUERY = NEEDLE_QUERY
+DOC = " ".join(FILLER[:4]) + "\n\n" + " ".join([*FILLER[4:6], NEEDLE, *FILLER[6:8]])
 ROOT = Path(__file__).resolve().parents[1]
 
 

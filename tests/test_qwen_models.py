@@ -23,6 +23,7 @@ from shared_core.engine.prompt import PromptLayout
 from shared_core.models import loading, registry
 from shared_core.models.family import layer_kinds, model_rotary, text_config
 from shared_core.models.loading import LoadedModel, model_id
+from tests.texts import ATTENTION_ONLY, NEEDLE, NEEDLE_QUERY, VILLAGE
 
 pytestmark = pytest.mark.slow
 T = TypeVar("T")
@@ -31,22 +32,9 @@ QWEN = "qwen2.5-coder-0.5b-instruct"
 QWEN_LARGE = "qwen2.5-coder-1.5b-instruct"
 CONTROL_IDS = {151643, 151644, 151645}  # <|endoftext|>, <|im_start|>, <|im_end|>
 
-NEEDLE = "Ravi keeps the spare key to the boathouse under the blue flowerpot by the gate."
-QUERY = "Where is the spare key hidden?"
-FILLER = [
-    "The village of Lowmere lies at the end of a narrow valley.",
-    "Most houses there were built from the grey stone of the old quarry.",
-    "In spring the river floods the lower meadows for a week or two.",
-    "The bakery opens at six and sells out of rye bread by noon.",
-    "Children walk to the school in the next village along the towpath.",
-    "A bus to the market town runs twice a day, except on Sundays.",
-    "The church bell was recast in 1923 after a crack appeared.",
-    "Sheep graze on the hills above the village all summer.",
-    "The old mill now houses a small museum of farm tools.",
-    "Every August the villagers hold a regatta on the lake.",
-]
+FILLER = VILLAGE
+QUERY = NEEDLE_QUERY
 DOC = " ".join(FILLER[:5]) + "\n\n" + " ".join([*FILLER[5:7], NEEDLE, *FILLER[7:]])
-ATTENTION_ONLY = {"dense": {"enabled": False}, "lexical": {"enabled": False}, "entities": {"enabled": False}}
 
 
 def _require(name: str) -> None:
