@@ -66,13 +66,14 @@ def _save_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
 
 
-def _setup(data: str | None, device: str) -> tuple[Any, BM25Corpus, list[Any]]:
-    """The default retriever (warm), the BM25 first stage and the HotpotQA questions."""
+def _setup(data: str | None, device: str, config: str | None = None) -> tuple[Any, BM25Corpus, list[Any]]:
+    """The retriever of `config` (default: the defaults; warm), the BM25 first stage and the HotpotQA questions."""
     from shared_core import AttentionRetriever, RetrieverConfig
     from shared_core.evaluation import resolve_task_path
 
     corpus, queries = load(Path(data) if data else resolve_task_path("hotpotqa"))
-    retriever = AttentionRetriever(RetrieverConfig.model_validate({"model": {"device": device}}))
+    base = RetrieverConfig.from_yaml(config) if config else RetrieverConfig()
+    retriever = AttentionRetriever(base.model_copy(update={"model": base.model.model_copy(update={"device": device})}))
     retriever.warm_up()
     retriever.dense.warm_up()
     return retriever, BM25Corpus(corpus), queries
@@ -90,9 +91,11 @@ def _score(retriever: Any, question: str, paragraphs: Sequence[Any], **options: 
 
 def collect(args: argparse.Namespace) -> int:
     """Score the planned sets and store every candidate's views and label (resumes a partial file)."""
-    retriever, bm25, queries = _setup(args.data, args.device)
+    retriever, bm25, queries = _setup(args.data, args.device, args.config)
     out = Path(args.out)
-    data = _load_json(out) or {"meta": {**run_metadata(), "command": "python -m benchmarks.calibrate collect"}}
+    options = f" --config {args.config} --out {args.out}" if args.config else ""
+    command = "python -m benchmarks.calibrate collect" + options
+    data = _load_json(out) or {"meta": {**run_metadata(), "command": command, "config": args.config}}
     rows: list[dict[str, Any]] = data.setdefault("rows", [])
     done = {(r["setting"], r["question"]) for r in rows}
     for setting, first, end in COLLECT_PLAN:
@@ -241,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         s.add_argument("--data", default=None, help="HotpotQA JSON (default: the shared data's hotpotqa file)")
         s.add_argument("--device", default="auto")
         s.add_argument("--out", default=str(default))
+        if name == "collect":
+            s.add_argument("--config", default=None, help="retriever config YAML (a model's own calibration)")
         if name == "shuffles":
             s.add_argument("--shuffles", type=int, default=3, help="seeded permutations per set")
         if name == "units":
@@ -249,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--features", default=str(FEATURES))
     f.add_argument("--shuffle-file", default=str(SHUFFLES))
     f.add_argument("--units-file", default=str(UNITS))
+    f.add_argument(
+        "--fitted", action="store_true", help="report the held-out reliability of this fit, not the shipped weights"
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command == "collect":
@@ -388,7 +396,8 @@ def fit_report(args: argparse.Namespace) -> int:
     iso = np.interp(table["fused"], xs, fitted)
     _row("isotonic(fused)", iso[held_out], y_out, ndcg_by_setting(table, iso, held_out))
 
-    shipped = np.asarray(probability(table["fused"][held_out], table["n"][held_out]))
+    used = tuple(float(v) for v in w) if args.fitted else None  # None: the shipped default calibration
+    shipped = np.asarray(probability(table["fused"][held_out], table["n"][held_out], used))
     rows, ece, brier = reliability(shipped, y_out)
     print(f"\nshipped, held out: ECE {ece:.3f}, Brier {brier:.3f}, base rate {y_out.mean():.3f}")
     print("| predicted | candidates | mean predicted | observed relevant |\n|---|---:|---:|---:|")

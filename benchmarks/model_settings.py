@@ -5,7 +5,8 @@
 
 A setting is `default` (torch's own thread count, the configured dtype), `tN` (`torch.set_num_threads(N)` before
 anything runs), `bf16` / `fp32` (`model.dtype`), `int8` (`model.quantize: int8`, dynamic int8 linear layers with
-torchao, in float32), or a combination joined by `+` (`t1+bf16`, `t1+int8`). Per setting, on the
+torchao, in float32), `pN` (the engine's prefill in steps of N tokens instead of `PREFILL_CHUNK`), or a combination
+joined by `+` (`t1+bf16`, `t1+int8`, `int8+p512`). Per setting, on the
 COVID-QA paper whose length is nearest `--tokens`: the model load (converted cache), a first `score_units` on the
 paper end to end (analysis beside the read), each further question on the cached paper, peak RSS of the process
 so far, then a bare full-model prefill of the same document tokens (SDPA, no capture: the limit). Scores are
@@ -64,7 +65,7 @@ def setting_parts(setting: str) -> set[str]:
     from shared_core import RetrieverConfig
 
     parts = {p for p in setting.split("+") if p != "default"}
-    unknown = {p for p in parts if p not in ("bf16", "fp32", "int8") and not (p[:1] == "t" and p[1:].isdigit())}
+    unknown = {p for p in parts if p not in ("bf16", "fp32", "int8") and not (p[:1] in "tp" and p[1:].isdigit())}
     if unknown:
         raise ValueError(f"--settings: unknown part(s) {sorted(unknown)} in {setting!r}; see the module doc")
     RetrieverConfig.model_validate({"model": model_setting("x", parts)})  # e.g. bf16+int8: a ConfigError naming why
@@ -78,15 +79,20 @@ def _measure(
     import torch
 
     parts = setting_parts(setting)
+    from shared_core.engine import attention_engine
+
     for p in parts:
         if p.startswith("t"):
             torch.set_num_threads(int(p[1:]))
+        if p.startswith("p"):
+            attention_engine.PREFILL_CHUNK = int(p[1:])
     from shared_core import AttentionRetriever, RetrieverConfig
     from shared_core.evaluation.metrics import ndcg_at_k
 
     model_section = model_setting(model, parts)
     result: dict[str, Any] = {"setting": setting, "threads": torch.get_num_threads(), "dtype": model_section["dtype"]}
     result["quantize"] = model_section["quantize"]
+    result["prefill_chunk"] = attention_engine.PREFILL_CHUNK
     cfg = RetrieverConfig.model_validate({"model": model_section, "cascade": {"reuse_disk": False}})
     t = time.perf_counter()
     r = AttentionRetriever(cfg)

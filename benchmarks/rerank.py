@@ -153,9 +153,10 @@ def _peak_mb(device: Any) -> float:
 
 
 def run_setting(
-    retriever: Any, bm25: BM25Corpus, queries: Sequence[Query], setting: str, **options: Any
+    retriever: Any, bm25: BM25Corpus, queries: Sequence[Query], setting: str, *, bare: bool = True, **options: Any
 ) -> list[dict[str, Any]]:
-    """One row per question: each method's metrics, attnret's time, the bare prefill time and the token count."""
+    """One row per question: each method's metrics, attnret's time, the bare prefill time (None with `bare=False`:
+    quality runs skip it, it costs more than the rerank on a CPU) and the token count."""
     from shared_core.tasks.candidates import Candidate
 
     rows = []
@@ -171,7 +172,8 @@ def run_setting(
         t = time.perf_counter()
         cosine = retriever.dense.score(query.question, [p.text for p in paragraphs])
         dense_seconds = time.perf_counter() - t
-        prefill, n_tokens = bare_prefill_seconds(retriever, [p.text for p in paragraphs])
+        texts = [p.text for p in paragraphs]
+        prefill, n_tokens = bare_prefill_seconds(retriever, texts) if bare else (None, _n_tokens(retriever, texts))
         scores = {
             "bm25": np.asarray(first) - 1e-9 * np.arange(len(first)),  # the first stage's order, ties as ranked
             "dense": np.asarray(cosine, dtype=np.float64),
@@ -192,17 +194,30 @@ def run_setting(
             }
         )
         logger.info(
-            "q%d %s: %d cands, %d tok, %.2fs (prefill %.2fs), nDCG attnret %.2f bm25 %.2f",
+            "q%d %s: %d cands, %d tok, %.2fs (prefill %s s), nDCG attnret %.2f bm25 %.2f",
             qi,
             setting,
             len(paragraphs),
             n_tokens,
             seconds,
-            prefill,
+            "-" if prefill is None else f"{prefill:.2f}",
             rows[-1]["metrics"]["attnret"]["ndcg@10"],
             rows[-1]["metrics"]["bm25"]["ndcg@10"],
         )
     return rows
+
+
+def _mean_or_none(values: Sequence[float | None]) -> float | None:
+    """The mean, or None when any value is missing (a run without the bare prefill)."""
+    present = [v for v in values if v is not None]
+    return float(np.mean(present)) if len(present) == len(values) else None
+
+
+def _n_tokens(retriever: Any, texts: Sequence[str]) -> int:
+    """Tokens of the candidates joined in prompt order (what the bare prefill would read)."""
+    from shared_core.tasks.candidates import join
+
+    return len(retriever.model.tokenizer(join(texts)[0])["input_ids"])
 
 
 def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -218,8 +233,10 @@ def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "gold_in_candidates": float(np.mean([r["gold_in_candidates"] for r in part])),
             "seconds": float(np.mean([r["seconds"] for r in part])),
             "dense_seconds": float(np.mean([r["dense_seconds"] for r in part])),
-            "prefill_seconds": float(np.mean([r["prefill_seconds"] for r in part])),
-            "ratio": float(np.mean([r["seconds"] / r["prefill_seconds"] for r in part])),
+            "prefill_seconds": _mean_or_none([r["prefill_seconds"] for r in part]),
+            "ratio": _mean_or_none(
+                [r["seconds"] / r["prefill_seconds"] if r["prefill_seconds"] else None for r in part]
+            ),
             "metrics": {
                 m: {k: float(np.mean([r["metrics"][m][k] for r in part])) for k in part[0]["metrics"][m]}
                 for m in METHODS
@@ -242,7 +259,7 @@ def table(summaries: Sequence[dict[str, Any]], peak_mb: float) -> str:
         for m in METHODS:
             v = s["metrics"][m]
             t = {"attnret": f"{s['seconds']:.2f}", "dense": f"{s['dense_seconds']:.2f}"}.get(m, "")
-            ratio = f"{s['ratio']:.2f}" if m == "attnret" else ""
+            ratio = ("–" if s["ratio"] is None else f"{s['ratio']:.2f}") if m == "attnret" else ""
             lines.append(
                 f"| {where} | {s['questions']} | {LABELS[m]} | {v['ndcg@10']:.3f} | {v['recall@2']:.3f} | "
                 f"{v['recall@5']:.3f} | {t} | {ratio} |"
@@ -271,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=None, help="model device (default: the config's, auto)")
     p.add_argument("--config", default=None, help="retriever config YAML (default: the defaults)")
     p.add_argument("--out", default="benchmarks/results/rerank.json")
+    p.add_argument("--no-bare", action="store_true", help="skip the bare prefill per question (quality runs)")
     p.add_argument("--readme", default=None, help="README whose rerank section is rewritten with the table")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -293,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         if n <= 0:
             continue
         chosen = list(enumerate(queries))[args.start : args.start + n]
-        rows.extend(run_setting(retriever, bm25, chosen, setting))
+        rows.extend(run_setting(retriever, bm25, chosen, setting, bare=not args.no_bare))
     peak = _peak_mb(retriever.model.device)
     summaries = summarise(rows)
     meta = {**run_metadata(), "device": str(retriever.model.device), "peak_mb": peak, "peak_mb_before": base_mb}

@@ -199,9 +199,9 @@ def replay(case: Case, fusion: FusionConfig, entities: EntitiesConfig, tags: dic
     for d, (views, units, index) in enumerate(case.docs):
         config = fusion
         if tags.get("adaptive") == "overlap":
-            weights = overlap_weights(views, fusion.weights, tags["strength"], _coverage(case, d))
+            weights = overlap_weights(views, fusion.view_weights, tags["strength"], _coverage(case, d))
             config = fusion.model_copy(update={"weights": weights})
-        used = {k: v for k, v in views.items() if config.weights.get(k, 0) > 0}
+        used = {k: v for k, v in views.items() if config.view_weights.get(k, 0) > 0}
         ranked = ranking.rank_units(used, units, index, config, entities, case.prepared.example.query)
         scores.append(ranked.final)
     return question_metrics(np.concatenate(scores), case.prepared)["ndcg@10"]

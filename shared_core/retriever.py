@@ -32,6 +32,7 @@ from shared_core.views.analysis import Analyser, Analysis
 from shared_core.views.builtin import build_views
 from shared_core.views.dense import DenseScorer
 from shared_core.views.entities import EntityIndex
+from shared_core.views.model_fusion import ModelFusion, model_fusion
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -59,6 +60,9 @@ class AttentionRetriever:
             raise TypeError(f"trust_remote_code must be a bool, got {type(trust_remote_code).__name__}")
         self.trust_remote_code = trust_remote_code
         self.engine = self._build_engine()
+        # the fusion in use for documents and candidate sets, and the candidates' calibration: under
+        # `fusion.weights: auto` the model's shipped ones (`views.model_fusion`)
+        self.fusion: ModelFusion = model_fusion(self.config)
         self._dense = DenseScorer(self.config.dense)
         self.views = build_views(ViewContext(self.config, self.engine, self._dense))
         self.analyser = Analyser(self.config, self.views)
@@ -162,7 +166,7 @@ class AttentionRetriever:
                 per_query[j].append(hits)
                 views[j].append(doc_views)
         for per_doc, query_views in zip(per_query, views, strict=True):
-            ranking.scale_by_document(per_doc, query_views, self.config.fusion)
+            ranking.scale_by_document(per_doc, query_views, self.fusion.documents)
         return per_query
 
     def score_spans(self, query: str, document: str | Document, spans: Sequence[tuple[int, int]]) -> list[float]:
@@ -172,7 +176,7 @@ class AttentionRetriever:
         units = units_from_spans(doc.text, spans)
         states, reads = self._read_alongside([query], doc, lambda: self._prepare(doc, units), fresh=True)
         scored = score_views(self.views, [query], doc, units, states, reads)[0]
-        return [float(x) for x in ranking.fuse_views(scored, self.config.fusion)]
+        return [float(x) for x in ranking.fuse_views(scored, self.fusion.documents)]
 
     def prune(self, query: str, documents: Sequence[str | Document], budget_tokens: int, **options: Any) -> list[Any]:
         """Each document cut to `budget_tokens` reader tokens, order kept: see `shared_core.tasks.pruning.prune`."""
@@ -192,7 +196,7 @@ class AttentionRetriever:
         check_query(query)
         docs = coerce_documents(documents)
         views = [self._views([query], d)[1][0] for d in docs]
-        return ranking.document_scores(views, self.config.fusion)
+        return ranking.document_scores(views, self.fusion.documents)
 
     def entity_index(self, document: str | Document) -> EntityIndex | None:
         """The document's entity index (None when entities are disabled)."""
@@ -274,6 +278,8 @@ class AttentionRetriever:
         cfg = self.config
         out = []
         for query, views in zip(queries, per_query, strict=True):
-            ranked = ranking.rank_units(views, analysis.units, analysis.entities, cfg.fusion, cfg.entities, query)
+            ranked = ranking.rank_units(
+                views, analysis.units, analysis.entities, self.fusion.documents, cfg.entities, query
+            )
             out.append((ranked.hits(analysis.units, doc_id, index), views))
         return out

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 from shared_core.config import AttentionConfig, ModelConfig, RetrieverConfig
+from shared_core.config.sections import DEFAULT_FUSION_WEIGHTS
 from shared_core.engine.heads import load_head_file, select_heads, shipped_head_sets
 from shared_core.models.loading import model_id
+from shared_core.views.model_fusion import model_fusion
 
 # short name -> (layers, query heads) of the model, for checking the file against its shape without loading it
 SHIPPED = {
@@ -49,13 +51,26 @@ def test_a_shipped_trained_set_is_trained_on_held_in_data(name: str) -> None:
     assert data["training"]["validation_ndcg"] > data["training"]["validation_ndcg_equal_weights"]
 
 
-def test_the_1_5b_example_config_carries_the_learned_fusion_weights() -> None:
-    """examples/configs/qwen2.5-coder-1.5b-instruct.yaml is a valid config whose fusion weights are the learned
-    LSEPair min-max row of the run its comment names (rounded to 4 places there), so the two cannot drift."""
+def test_the_1_5b_fusion_weights_are_the_learned_ones_for_documents_and_the_defaults_for_candidates() -> None:
+    """`fusion.weights: auto` with the 1.5B by name (the example config too) fuses documents with the learned LSEPair
+    min-max row of the run its head-set file names, and candidate sets with the default weights; explicit weights or
+    another head set turn the shipped ones off. No model is loaded."""
     root = Path(__file__).resolve().parent.parent
-    config = RetrieverConfig.from_yaml(root / "examples/configs/qwen2.5-coder-1.5b-instruct.yaml")
-    assert model_id(config.model) == "Qwen/Qwen2.5-Coder-1.5B-Instruct" and config.attention.heads == "auto"
     run = json.loads((root / "benchmarks/results/training/learn_fusion_qwen2.5-coder-1.5b-trained.json").read_text())
     learned = next(r for r in run["rows"] if r["row"] == "learned lsepair, minmax")
-    assert [config.fusion.weights[v] for v in run["views"]] == learned["weights"]
-    assert config.fusion.method == "weighted"  # the weighted mean of min-max views: the form the weights were fit in
+    example = RetrieverConfig.from_yaml(root / "examples/configs/qwen2.5-coder-1.5b-instruct.yaml")
+    for config in (example, RetrieverConfig.model_validate({"model": {"name": "qwen2.5-coder-1.5b-instruct"}})):
+        fusion = model_fusion(config)
+        assert [fusion.documents.weights[v] for v in run["views"]] == learned["weights"]
+        assert fusion.documents.method == "weighted"  # the weighted mean of min-max views: the form they were fit in
+        assert fusion.candidates.weights == DEFAULT_FUSION_WEIGHTS
+        assert fusion.source and fusion.source.endswith("qwen2.5-coder-1.5b-instruct.yaml")
+    own = {"attention": 1.0, "dense": 1.0}
+    for override in ({"fusion": {"weights": own}}, {"attention": {"heads": "all"}}, {"attention": {"layers": [14]}}):
+        fusion = model_fusion(
+            RetrieverConfig.model_validate({"model": {"name": "qwen2.5-coder-1.5b-instruct"}, **override})
+        )
+        want = own if "fusion" in override else DEFAULT_FUSION_WEIGHTS
+        assert fusion.documents.weights == fusion.candidates.weights == want and fusion.calibration is None
+    smollm2 = model_fusion(RetrieverConfig())
+    assert smollm2.documents.weights == smollm2.candidates.weights == DEFAULT_FUSION_WEIGHTS and not smollm2.source

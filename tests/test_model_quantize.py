@@ -35,13 +35,31 @@ def int8() -> Iterator[AttentionRetriever]:
         del loading._models[key]
 
 
-def test_config_takes_none_and_int8_and_refuses_the_rest() -> None:
-    assert ModelConfig().quantize == "none"
+def test_config_takes_auto_none_and_int8_and_refuses_the_rest() -> None:
+    assert ModelConfig().quantize == "auto"
     assert ModelConfig(quantize="int8", dtype="float32").quantize == "int8"
+    assert ModelConfig(quantize="auto", dtype="bfloat16").quantize == "auto"  # auto is none in half precision
     with pytest.raises(ConfigError, match=r"model\.quantize is 'int8' but model\.dtype is 'bfloat16'.*float32"):
         RetrieverConfig.model_validate({"model": {"quantize": "int8", "dtype": "bfloat16"}})
-    with pytest.raises(ConfigError, match=r"model\.quantize: Input should be 'none' or 'int8'"):
+    with pytest.raises(ConfigError, match=r"model\.quantize: Input should be 'auto', 'none' or 'int8'"):
         RetrieverConfig.model_validate({"model": {"quantize": "int4"}})
+
+
+def test_auto_is_the_named_models_cpu_setting_on_a_cpu_in_float32(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    cpu, gpu, f32, bf16 = torch.device("cpu"), torch.device("cuda"), torch.float32, torch.bfloat16
+    big, small = ModelConfig(name="qwen2.5-coder-1.5b-instruct"), ModelConfig()
+    assert quantize.resolve(big, cpu, f32) == "int8"
+    assert quantize.resolve(ModelConfig(name="Qwen2.5-Coder-1.5B-Instruct"), cpu, f32) == "int8"  # names ignore case
+    assert [quantize.resolve(big, d, t) for d, t in ((gpu, bf16), (gpu, f32), (cpu, bf16))] == ["none"] * 3
+    assert quantize.resolve(small, cpu, f32) == "none"  # SmolLM2 gains nothing from int8 (docs/models.md)
+    assert quantize.resolve(ModelConfig(name="qwen2.5-coder-1.5b-instruct", quantize="none"), cpu, f32) == "none"
+    assert quantize.resolve(ModelConfig(quantize="int8"), cpu, f32) == "int8"
+    monkeypatch.setattr(quantize.importlib.util, "find_spec", lambda name, *a: None)  # torchao not installed
+    with caplog.at_level("WARNING", logger="shared_core.models.quantize"):
+        assert quantize.resolve(big, cpu, f32) == "none"
+    assert "torchao is not installed" in caplog.text and "pip install torchao" in caplog.text
 
 
 def test_int8_on_a_gpu_device_is_refused_naming_the_fields() -> None:
@@ -79,6 +97,21 @@ def test_int8_scores_are_finite_and_find_the_needle_like_float32(
         assert np.isfinite(scores).all(), name
         assert max(units, key=lambda h: h.score).text == NEEDLE, name
     assert float32.model is retriever.model
+
+
+def test_int8_reads_the_document_in_short_steps(int8: AttentionRetriever, monkeypatch: pytest.MonkeyPatch) -> None:
+    """int8 prefills in `QUANTIZED_PREFILL_CHUNK` steps (its per-step temporaries stay small), float32 in one pass."""
+    from shared_core.engine import attention_engine
+
+    monkeypatch.setattr(attention_engine, "QUANTIZED_PREFILL_CHUNK", 32)
+    n_tokens = len(int8.model.tokenizer(DOC)["input_ids"])
+    stepped = AttentionRetriever(int8.config)  # the module's int8 model, fresh caches
+    float32 = AttentionRetriever(RetrieverConfig.model_validate(ATTENTION_ONLY))
+    before = float32.stats["forwards"]
+    for r in (stepped, float32):
+        r.score_units(QUERY, DOC + " (steps)")
+    assert stepped.stats["prefills"] == 1 and stepped.stats["forwards"] >= n_tokens // 32
+    assert float32.stats["forwards"] - before <= 3  # one prefill pass, then the query and N/A parts
 
 
 def test_int8_does_not_reuse_a_float32_prefill_of_shared_caches(int8: AttentionRetriever) -> None:

@@ -246,12 +246,12 @@ def test_agreement_weights_lower_the_view_that_disagrees_and_keep_the_default_fi
     rising = np.arange(20, dtype=np.float64)
     views = {"attention": rising[::-1].copy(), "dense": rising.copy(), "lexical": rising.copy()}
     fixed = FusionConfig()
-    assert adaptive_weights(views, fixed) == fixed.weights  # the shipped default: fixed weights
+    assert adaptive_weights(views, fixed) == fixed.view_weights  # the shipped default: fixed weights
     agreement = FusionConfig(adaptive="agreement", adaptive_strength=1.0, adaptive_k=5)
     weights = adaptive_weights(views, agreement)
-    assert weights["attention"] < fixed.weights["attention"] * 0.01  # its top 5 is nobody else's
-    assert weights["dense"] == pytest.approx(fixed.weights["dense"] * 1.5)  # agree 0.5 / mean 1/3
-    assert adaptive_weights(views, agreement.model_copy(update={"adaptive_strength": 0.0})) == fixed.weights
+    assert weights["attention"] < fixed.view_weights["attention"] * 0.01  # its top 5 is nobody else's
+    assert weights["dense"] == pytest.approx(fixed.view_weights["dense"] * 1.5)  # agree 0.5 / mean 1/3
+    assert adaptive_weights(views, agreement.model_copy(update={"adaptive_strength": 0.0})) == fixed.view_weights
     before = {k: v.copy() for k, v in views.items()}
     ranked = rank_units(views, [], None, agreement, EntitiesConfig(enabled=False))
     assert int(np.argmax(ranked.fused)) == 19  # dense and lexical win the vote

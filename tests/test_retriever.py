@@ -107,13 +107,14 @@ def test_cached_and_fresh_scores_agree(retriever: AttentionRetriever) -> None:
 
 
 def test_chunked_prefill_gives_the_one_pass_scores(retriever: AttentionRetriever, monkeypatch) -> None:
-    import shared_core.retriever as retriever_module
+    import shared_core.engine.attention_engine as engine_module
 
     one_pass = [h.scores["attention"] for h in retriever.score_units("Where is Daniel?", STORY)]
-    monkeypatch.setattr(retriever_module, "PREFILL_CHUNK", 16)
+    monkeypatch.setattr(engine_module, "PREFILL_CHUNK", 16)
     chunked = AttentionRetriever({"attention": {"kv_cache_size": 0}})
     got = [h.scores["attention"] for h in chunked.score_units("Where is Daniel?", STORY)]
     assert chunked.stats["prefills"] == 1
+    assert chunked.stats["forwards"] > 3  # the document went in 16-token steps
     np.testing.assert_allclose(got, one_pass, rtol=1e-4, atol=1e-6)
 
 

@@ -41,10 +41,12 @@ class ModelConfig(_Section):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="'auto' = bfloat16 on CUDA, float32 on CPU."
     )
-    quantize: Literal["none", "int8"] = Field(
-        "none",
+    quantize: Literal["auto", "none", "int8"] = Field(
+        "auto",
         description="int8 = dynamic int8 activations and weights in the decoder's linear layers (torchao), CPU only; "
-        "~1.4x faster reads of the Qwen models on 2 cores; see docs/models.md.",
+        "'auto' = the named model's measured CPU setting when it runs on the CPU in float32 (int8 for "
+        "qwen2.5-coder-1.5b-instruct: a 5k-token first read 2x faster, the same held-in quality), else none; "
+        "see docs/models.md.",
     )
     cache_dir: str | None = Field(
         None,
@@ -228,6 +230,11 @@ class LexicalConfig(_Section):
     b: float = Field(0.75, ge=0.0, le=1.0, description="BM25 length normalisation (0 = none, 1 = full).")
 
 
+DEFAULT_FUSION_WEIGHTS: dict[str, float] = {"attention": 1.0, "dense": 0.5, "lexical": 2.0}
+"""The fusion weights of a model without shipped ones: the best overall nDCG@10 on held-in questions with SmolLM2
+(benchmarks/tune_fusion.py; docs/quality.md)."""
+
+
 class FusionConfig(_Section):
     """How the views of one document combine: weighted sum of min-max scores, or reciprocal-rank fusion."""
 
@@ -236,11 +243,12 @@ class FusionConfig(_Section):
         description="'weighted' = sum of weight * per-document min-max score, divided by the total weight; "
         "'rrf' = sum of weight / (rrf_k + rank), scaled so 1.0 means ranked first by every weighted view.",
     )
-    weights: dict[str, float] = Field(
-        default_factory=lambda: {"attention": 1.0, "dense": 0.5, "lexical": 2.0},
+    weights: Literal["auto"] | dict[str, float] = Field(
+        "auto",
         description="Weight per view name; 0 switches a view off. Every fused view needs a weight; weights of "
-        "views that are not computed are ignored. Default: the best overall nDCG@10 on held-in questions "
-        "(benchmarks/tune_fusion.py; README).",
+        "views that are not computed are ignored. 'auto' = the weights shipped with the model's head set when "
+        "`attention.heads` is auto (learned with those heads, one set for documents and one for candidate sets, "
+        "docs/models.md), else DEFAULT_FUSION_WEIGHTS (attention 1, dense 0.5, lexical 2).",
     )
     rrf_k: int = Field(60, gt=0, description="Rank offset of reciprocal-rank fusion (60 in Cormack et al. 2009).")
     adaptive: Literal["none", "agreement"] = Field(
@@ -255,11 +263,17 @@ class FusionConfig(_Section):
 
     @field_validator("weights")
     @classmethod
-    def _weights_valid(cls, value: dict[str, float]) -> dict[str, float]:
-        for name, weight in value.items():
+    def _weights_valid(cls, value: Literal["auto"] | dict[str, float]) -> Literal["auto"] | dict[str, float]:
+        for name, weight in ({} if value == "auto" else value).items():
             if not np.isfinite(weight) or weight < 0:
                 raise ValueError(f"fusion weight of view {name!r} must be a finite number >= 0, got {weight}")
         return value
+
+    @property
+    def view_weights(self) -> dict[str, float]:
+        """The weights fused with: `weights`, or DEFAULT_FUSION_WEIGHTS where they are 'auto' (a retriever first
+        puts a model's shipped weights in their place: `views.model_fusion`)."""
+        return dict(DEFAULT_FUSION_WEIGHTS) if self.weights == "auto" else self.weights
 
 
 class EntitiesConfig(_Section):

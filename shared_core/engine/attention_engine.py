@@ -42,6 +42,10 @@ CALIBRATION_QUERY = "N/A"
 PREFILL_CHUNK = 8192
 """Tokens per prefill step: bounds activation memory on long windows. A document within one step goes in one causal
 pass (SDPA's fast path; 2,048-token steps against the cache were ~10 % slower at 7k tokens on CPU)."""
+QUANTIZED_PREFILL_CHUNK = 512
+"""Tokens per prefill step with int8 linear layers: each step quantizes its activations into fresh temporaries, whose
+page faults outweigh int8's gain on long steps (the 1.5B on a 5.3k-token paper, 2 cores: 17.5 s first query in
+512-token steps against 46 s in one; float32 reads gain nothing from short steps; docs/models.md)."""
 MIN_SHARED_PREFIX = 64
 """Shortest shared token prefix worth reusing from another cached document (below it a prefill is as cheap)."""
 EXTENSION_LIMIT = 512
@@ -275,9 +279,10 @@ class AttentionEngine:
         cache = _cropped(shared[0].cache, start) if shared is not None else DynamicCache(config=loaded.model.config)
         ids = torch.tensor([tokens.ids], device=loaded.device)
         observer = scoring.StopAtObserver(self.head_selection.deepest)
-        steps = range(start, ids.shape[1], PREFILL_CHUNK)
+        step = PREFILL_CHUNK if loaded.quantize == "none" else QUANTIZED_PREFILL_CHUNK
+        steps = range(start, ids.shape[1], step)
         for s in tqdm(steps, desc="prefill", disable=not self.config.show_progress or len(steps) < 2):
-            capture.run_observed(loaded.decoder, cache, observer, input_ids=ids[:, s : s + PREFILL_CHUNK])
+            capture.run_observed(loaded.decoder, cache, observer, input_ids=ids[:, s : s + step])
         self._count(prefills=1, prefill_tokens=len(tokens.ids) - start, prefix_tokens_reused=start, forwards=len(steps))
         return _Prefilled(cache=cache, tokens=tokens, reader=self._reader_key())
 

@@ -188,20 +188,27 @@ def load_model(
     device = resolve_device(config.device)
     quantize.check_device(config, device)
     dtype = resolve_dtype(config.dtype, device)
+    setting = quantize.resolve(config, device, dtype)
     source = model_source(config)
     remote = remote_code_allowed(trust_remote_code)
-    key = (source, config.revision, str(device), str(dtype), config.quantize, remote, attn_implementation)
+    key = (source, config.revision, str(device), str(dtype), setting, remote, attn_implementation)
     with _models_lock:
         loaded = _models.get(key)
         if loaded is None:
             with quiet_loading(show_progress):
-                loaded = _load(source, config, device, dtype, remote, attn_implementation)
+                loaded = _load(source, config, device, dtype, setting, remote, attn_implementation)
             _models[key] = loaded
         return loaded
 
 
 def _load(
-    source: str, config: ModelConfig, device: torch.device, dtype: torch.dtype, remote: bool, attn_implementation: str
+    source: str,
+    config: ModelConfig,
+    device: torch.device,
+    dtype: torch.dtype,
+    setting: str,
+    remote: bool,
+    attn_implementation: str,
 ) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -215,7 +222,7 @@ def _load(
     else:
         location = str(path) if path.is_dir() else source
         extra = {"revision": config.revision, "trust_remote_code": remote}
-    logger.info("loading model %s on %s (%s, quantize %s)", source, device, dtype, config.quantize)
+    logger.info("loading model %s on %s (%s, quantize %s)", source, device, dtype, setting)
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, **extra)
         model = AutoModelForCausalLM.from_pretrained(location, **kwargs, **extra)
@@ -224,7 +231,7 @@ def _load(
     model.to(device).eval().requires_grad_(False)  # type: ignore[arg-type]
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(f"model {source!r} has no fast tokenizer; offsets are needed to map tokens to text")
-    quantize.apply(model, config.quantize)
+    quantize.apply(model, setting)
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
@@ -232,7 +239,7 @@ def _load(
         device=device,
         dtype=dtype,
         shape=ModelShape.of(model),
-        quantize=config.quantize,
+        quantize=setting,
     )
 
 

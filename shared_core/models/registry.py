@@ -81,6 +81,8 @@ class NamedModel:
     parts: tuple[Part, ...]
     size: int
     sha256: str
+    cpu_quantize: str = "none"
+    """What `model.quantize: auto` becomes on a CPU in float32 (measured per model: docs/models.md)."""
 
     @property
     def install_command(self) -> str:

@@ -34,8 +34,15 @@ def features(fused: np.ndarray | float, n: np.ndarray | int) -> dict[str, np.nda
     return {"fused": f, "logit_fused": np.log(clipped / (1.0 - clipped)), "ln_n": np.broadcast_to(ln_n, f.shape)}
 
 
-def probability(fused: np.ndarray | float, n: np.ndarray | int) -> np.ndarray:
-    """P(relevant) of candidates with fused score `fused` in a call of `n` distinct candidates."""
+def probability(fused: np.ndarray | float, n: np.ndarray | int, weights: tuple[float, ...] | None = None) -> np.ndarray:
+    """P(relevant) of candidates with fused score `fused` in a call of `n` distinct candidates, under `weights`
+    (of `FEATURES`, then the intercept: a model's own, from its head-set file) or the default `WEIGHTS`."""
+    weights = WEIGHTS if weights is None else weights
+    if len(weights) != len(FEATURES) + 1:
+        raise ValueError(
+            f"a calibration has one weight per feature {list(FEATURES)} and an intercept ({len(FEATURES) + 1} "
+            f"numbers), got {len(weights)}: refit it with `python -m benchmarks.calibrate fit`"
+        )
     values = features(fused, n)
-    z = WEIGHTS[-1] + sum(w * values[name] for name, w in zip(FEATURES, WEIGHTS, strict=False))
+    z = weights[-1] + sum(w * values[name] for name, w in zip(FEATURES, weights, strict=False))
     return np.asarray(1.0 / (1.0 + np.exp(-z)))

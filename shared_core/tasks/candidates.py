@@ -292,7 +292,8 @@ def score_candidates(
     cfg = retriever.config
     read, where = distinct_texts(cands)  # a text given twice (two ids) is read once: same text, same score
     texts = [c.text for c in read]
-    weights = cfg.fusion.weights
+    fusion = retriever.fusion  # the model's shipped candidate weights and calibration under fusion.weights: auto
+    weights = fusion.candidates.view_weights
     if cfg.fusion.method != "weighted":
         logger.debug("candidate scoring fuses absolute view scales by weight; fusion.method=%r is not used", cfg.fusion)
 
@@ -330,7 +331,7 @@ def score_candidates(
     if not scaled:
         raise ValueError("every candidate view is off (fusion.weights 0 or view disabled); give one a positive weight")
     fused = _fuse(scaled, weights)
-    calibrated = probability(fused, len(read))
+    calibrated = probability(fused, len(read), fusion.calibration)
 
     tops = {name: set(np.argsort(-v, kind="stable")[:REASON_TOP].tolist()) for name, v in scaled.items()}
     hits = []

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from shared_core.engine.prompt import DocumentTokens
     from shared_core.models.loading import LoadedModel
     from shared_core.views.dense import DenseScorer
+    from shared_core.views.model_fusion import ModelFusion
 
 
 class Scorer(Protocol):
@@ -20,6 +21,8 @@ class Scorer(Protocol):
     token and unit scores, and a sibling with another config that shares its caches."""
 
     config: RetrieverConfig
+    fusion: ModelFusion
+    """The fusion weights in use for documents and candidate sets, and the candidates' calibration."""
 
     @property
     def model(self) -> LoadedModel:

@@ -10,7 +10,7 @@ from shared_core.config.sections import FusionConfig
 def adaptive_weights(views: dict[str, np.ndarray], config: FusionConfig) -> dict[str, float]:
     """The weights `config` gives these views for this query: its fixed weights, or (``adaptive='agreement'``) each
     positive weight times (top-k overlap of the view with the others / mean overlap) ** strength."""
-    weights = dict(config.weights)
+    weights = config.view_weights
     names = [name for name in views if weights.get(name, 0) > 0]
     if config.adaptive == "none" or len(names) < 2:
         return weights
@@ -60,23 +60,24 @@ def fuse(views: dict[str, np.ndarray], config: FusionConfig) -> np.ndarray:
     """Fused score per unit (float64, in [0, 1]) from equal-length views, combined as `config` says."""
     if not views:
         raise ValueError("fuse() needs at least one view")
-    missing = sorted(name for name in views if name not in config.weights)
+    weights = config.view_weights
+    missing = sorted(name for name in views if name not in weights)
     if missing:
         raise ValueError(
-            f"no fusion weight for view(s) {missing}; configured weights: {sorted(config.weights)}. "
+            f"no fusion weight for view(s) {missing}; configured weights: {sorted(weights)}. "
             "Add them to fusion.weights (0 switches a view off)."
         )
     arrays = {name: _check_scores(scores, f"view {name!r}") for name, scores in views.items()}
     lengths = {name: array.size for name, array in arrays.items()}
     if len(set(lengths.values())) != 1:
         raise ValueError(f"views must score the same units, got lengths {lengths}")
-    total = sum(config.weights[name] for name in arrays)
+    total = sum(weights[name] for name in arrays)
     if total <= 0:
         raise ValueError(f"all fused views {sorted(arrays)} have weight 0; at least one must be positive")
     size = next(iter(lengths.values()))
     fused = np.zeros(size, dtype=np.float64)
     for name, array in arrays.items():
-        weight = config.weights[name]
+        weight = weights[name]
         if weight == 0:
             continue
         if config.method == "weighted":
