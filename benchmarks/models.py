@@ -139,17 +139,30 @@ class TableModel:
     timing: str
     held_in_file: str
     held_in_row: str = "shipped fusion"
+    cpu_setting: str | None = None
+    """The ``model_settings`` setting shown as the CPU default (float32 column); None = every non-bfloat16 row."""
 
 
 MODELS = {
-    "smollm2": TableModel("smollm2-135m-instruct (default)", "smollm2", "learn_fusion_smollm2-135m.json"),
+    "smollm2": TableModel("smollm2-135m-instruct", "smollm2", "learn_fusion_smollm2-135m.json"),
     "qwen0.5b": TableModel("qwen2.5-coder-0.5b-instruct", "qwen0.5b", "learn_fusion_qwen2.5-coder-0.5b.json"),
-    "qwen1.5b": TableModel("qwen2.5-coder-1.5b-instruct", "qwen1.5b", "learn_fusion_qwen2.5-coder-1.5b-trained.json"),
+    "qwen1.5b": TableModel(
+        "qwen2.5-coder-1.5b-instruct, bfloat16, default fusion",
+        "qwen1.5b",
+        "learn_fusion_qwen2.5-coder-1.5b-trained.json",
+    ),
     "qwen1.5b_learned_fusion": TableModel(
-        "qwen2.5-coder-1.5b-instruct + learned fusion (examples/configs)",
+        "qwen2.5-coder-1.5b-instruct, bfloat16, learned fusion",
         "qwen1.5b",
         "learn_fusion_qwen2.5-coder-1.5b-trained.json",
         "learned lsepair, minmax",
+    ),
+    "qwen1.5b_by_name": TableModel(
+        "qwen2.5-coder-1.5b-instruct (default): by name, int8 on CPU, its shipped fusion",
+        "chunk_qwen1.5b",
+        "learn_fusion_qwen2.5-coder-1.5b-trained.json",
+        "learned lsepair, minmax",
+        cpu_setting="int8+p512",
     ),
 }
 """Result-file label (``quality_<label>.json``, ``rerank_held_in_<label>.json``) -> its row."""
@@ -186,6 +199,8 @@ def model_rows(folder: Path = RESULTS) -> list[dict[str, Any]]:
             row[f"rerank/{s['setting']}"] = s["metrics"]["attnret"]["ndcg@10"]
         settings = _read(folder / f"settings_{model.timing}.json")
         for s in (settings or {}).get("results", []):
+            if model.cpu_setting and s["setting"] != model.cpu_setting:
+                continue
             key = "bf16" if s["dtype"] == "bfloat16" else "fp32"
             row[f"first_s/{key}"] = s["first_query_s"]
             row[f"further_s/{key}"] = s["further_query_s"]

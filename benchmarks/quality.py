@@ -305,11 +305,13 @@ def run_benchmark(
     per_doc: int = DEFAULT_PER_DOC,
     real_max_words: int | None = None,
     views_out: Path | None = None,
+    real_split: str = "held-out",
 ) -> dict[str, Any]:
     """Build the documents, score them with every method and return the results dictionary (JSON-ready).
 
     Built tasks: ``n`` questions per task and length in ``words``. Real sets (``covidqa``, ``qmsum``): ``per_doc``
-    questions of each of the first ``docs`` held-out documents, whole (or cut after ``real_max_words`` words).
+    questions of each of the first ``docs`` held-out documents (``real_split='held-in'``: held-in ones, for checks
+    that choose something), whole (or cut after ``real_max_words`` words).
     ``views_out``: pickle the default config's raw views of every question there (for ``benchmarks.tune_fusion``).
     """
     unknown = [m for m in methods if m not in METHODS]
@@ -323,7 +325,7 @@ def run_benchmark(
     for task in tasks:
         if task in REAL_TASKS:
             examples = load_real(
-                task, split="held-out", n_documents=docs, per_document=per_doc, seed=seed, max_words=real_max_words
+                task, split=real_split, n_documents=docs, per_document=per_doc, seed=seed, max_words=real_max_words
             )
             jobs.extend((task, REAL_WORDS, group) for group in group_by_document(examples))
             continue
@@ -568,6 +570,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
+        "--real-split",
+        choices=("held-out", "held-in"),
+        default="held-out",
+        help="which documents of the real sets (held-in: for checks that choose a setting)",
+    )
+    p.add_argument(
         "--offset", type=int, default=EVAL_OFFSET, help="questions of each task left out (for head detection)"
     )
     p.add_argument("--config", default=None, help="base RetrieverConfig YAML for the retriever methods")
@@ -612,6 +620,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         per_doc=args.per_doc,
         real_max_words=args.real_max_words,
         views_out=args.views_out,
+        real_split=args.real_split,
     )
     results["settings"]["command"] = command_line("benchmarks.quality", argv)
     out = Path(args.out)

@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 @component
 class LocalGenerator:
-    """Greedy text generation with the offline default LM of attnret (SmolLM2-135M-Instruct), via its chat template."""
+    """Greedy text generation with attnret's small offline LM (SmolLM2-135M-Instruct), via its chat template."""
 
     def __init__(self, max_new_tokens: int = 64) -> None:
         """:param max_new_tokens: Longest reply in tokens."""

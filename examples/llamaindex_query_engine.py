@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 
 class LocalSmolLLM(CustomLLM):
-    """Greedy completions from attnret's offline default LM (SmolLM2-135M-Instruct) through its chat template."""
+    """Greedy completions from attnret's small offline LM (SmolLM2-135M-Instruct) through its chat template."""
 
     max_new_tokens: int = Field(default=48, gt=0, description="Longest completion in tokens.")
 

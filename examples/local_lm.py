@@ -1,4 +1,4 @@
-"""What the examples share: attnret's offline default LM as a small local generator, and the cited spans of
+"""What the examples share: attnret's small offline LM (SmolLM2) as a local generator, and the cited spans of
 LlamaIndex source nodes. Examples put this folder on `sys.path` (a script's own folder is there already)."""
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ _loaded: list[Any] = []
 
 
 def load() -> Any:
-    """The offline default LM (SmolLM2-135M-Instruct), loaded once: a `shared_core.models.loading.LoadedModel`."""
+    """A small offline LM (SmolLM2-135M-Instruct, installed with attnret's offline models), loaded once: a
+    `shared_core.models.loading.LoadedModel`. Small on purpose: the examples show retrieval, not generation."""
     if not _loaded:
         from shared_core.config import ModelConfig
         from shared_core.models.loading import load_model
 
-        _loaded.append(load_model(ModelConfig()))
+        _loaded.append(load_model(ModelConfig(name="smollm2-135m-instruct")))
     return _loaded[0]
 
 

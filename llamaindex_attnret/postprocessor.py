@@ -17,6 +17,7 @@ from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 from llamaindex_attnret.context import build_contexts, node_candidate, rescored, split_scoreable, unit_node
 from llamaindex_attnret.shared import query_text, shared_retriever, with_granularity
 from shared_core import AttentionRetriever, RetrieverConfig
+from shared_core.models.loading import model_id
 from shared_core.validation import check_top_k
 
 logger = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ class AttentionRerank(BaseNodePostprocessor):
     @property
     def model_name(self) -> str:
         """Name reported in rerank events."""
-        return self.config.model.name or "attnret-default (SmolLM2-135M-Instruct)"
+        return self.config.model.name or model_id(self.config.model)  # unset: the default model's hub id
 
     @property
     def retriever(self) -> AttentionRetriever:

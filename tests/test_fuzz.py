@@ -60,9 +60,9 @@ def layout() -> PromptLayout:
     """The default model's real tokenizer and prompt layout (tokenizer files only: no weights are loaded)."""
     from transformers import AutoTokenizer
 
-    from shared_core.models.loading import _converted_gguf, default_model_path
+    from shared_core.models.loading import _converted_gguf, smollm2_path
 
-    tokenizer = AutoTokenizer.from_pretrained(str(_converted_gguf(default_model_path(), ModelConfig())))
+    tokenizer = AutoTokenizer.from_pretrained(str(_converted_gguf(smollm2_path(), ModelConfig())))
     return PromptLayout(tokenizer, "auto", ModelConfig().instruction)
 
 

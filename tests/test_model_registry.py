@@ -184,17 +184,33 @@ def test_requirements_for_setup() -> None:
         registry.requirements(["qwen-1.5b"])
 
 
+def test_an_unset_model_name_is_the_default_model_or_attnret_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`model.name: null` is `registry.DEFAULT_MODEL` (the 1.5B), or what $ATTNRET_MODEL names (the tests set
+    SmolLM2); a default that is not installed says so, with the setup command and the small alternative."""
+    monkeypatch.delenv(registry.MODEL_ENV)
+    assert registry.default_name() == registry.DEFAULT_MODEL == "qwen2.5-coder-1.5b-instruct"
+    assert loading.model_id(ModelConfig()) == "Qwen/Qwen2.5-Coder-1.5B-Instruct"
+    monkeypatch.setattr(registry.Part, "locate", lambda self: None)  # none of its parts installed
+    with pytest.raises(loading.ModelLoadError, match=r"not installed.*default model.*setup\.sh.*smollm2-135m-instruct"):
+        loading.model_source(ModelConfig())
+    with pytest.raises(loading.ModelLoadError) as named:
+        loading.model_source(ModelConfig(name=registry.DEFAULT_MODEL))
+    assert "default model" not in str(named.value)  # asked for by name: the plain message
+    monkeypatch.setenv(registry.MODEL_ENV, "smollm2-135m-instruct")
+    assert loading.model_id(ModelConfig()) == loading.SMOLLM2_ID
+
+
 def test_the_loader_resolves_short_names_and_keeps_paths_and_hub_ids(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     smol = registry.MODELS["smollm2-135m-instruct"]
     assert (smol.parts[0].module, smol.file_name, smol.hub_id) == (
-        loading.DEFAULT_GGUF_PACKAGE,
-        loading.DEFAULT_GGUF_FILE,
-        loading.DEFAULT_MODEL_ID,
+        loading.SMOLLM2_PACKAGE,
+        loading.SMOLLM2_FILE,
+        loading.SMOLLM2_ID,
     )
-    assert loading.model_source(ModelConfig(name="smollm2-135m-instruct")) == str(loading.default_model_path())
-    assert loading.model_id(ModelConfig(name="SmolLM2-135M-Instruct")) == loading.DEFAULT_MODEL_ID
+    assert loading.model_source(ModelConfig(name="smollm2-135m-instruct")) == str(loading.smollm2_path())
+    assert loading.model_id(ModelConfig(name="SmolLM2-135M-Instruct")) == loading.SMOLLM2_ID
     assert loading.model_id(ModelConfig(name="qwen2.5-coder-0.5b-instruct")) == "Qwen/Qwen2.5-Coder-0.5B-Instruct"
     assert loading.model_source(ModelConfig(name="Qwen/Qwen2.5-0.5B-Instruct")) == "Qwen/Qwen2.5-0.5B-Instruct"
     monkeypatch.chdir(tmp_path)

@@ -20,7 +20,7 @@ from shared_core import AttentionRetriever, Document
 from shared_core.config import ModelConfig
 from shared_core.engine.heads import shipped_head_sets
 from shared_core.engine.prompt import PromptLayout
-from shared_core.models import loading, registry
+from shared_core.models import loading, quantize, registry
 from shared_core.models.family import layer_kinds, model_rotary, text_config
 from shared_core.models.loading import LoadedModel, model_id
 from tests.texts import ATTENTION_ONLY, NEEDLE, NEEDLE_QUERY, VILLAGE
@@ -203,6 +203,29 @@ def test_the_1_5b_loads_by_name_reads_its_shipped_heads_and_finds_the_needle(own
     assert (r.model.shape.num_layers, r.model.shape.num_heads, r.model.shape.num_kv_heads) == (28, 12, 2)
     assert max(ran) == selection.deepest < len(layers) - 1
     assert _top(hits, 1) == [NEEDLE]
+    assert r.model.quantize == ("int8" if quantize.cpu_has_int8_dot() else "none")  # model.quantize: auto on a CPU
+
+
+def test_the_default_is_the_1_5b_with_its_fusion_and_calibrated_candidates(
+    own_model_cache: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unset model.name (no ATTNRET_MODEL) is the 1.5B with its shipped fusion and candidate calibration: a
+    candidate that answers the question scores above 0.5, unrelated ones far below it, and a long document's units
+    are fused with the documents' weights."""
+    _require(QWEN_LARGE)
+    monkeypatch.delenv(registry.MODEL_ENV)
+    r = AttentionRetriever()
+    assert model_id(r.config.model) == "Qwen/Qwen2.5-Coder-1.5B-Instruct"
+    assert r.fusion.source and r.fusion.calibration and r.fusion.documents.weights != r.fusion.candidates.weights
+    candidates = [
+        "The Kestrel prototype was assembled in Venn by the Calloway instrument group.",
+        "A recipe for rye bread needs flour, water, salt and a sourdough starter.",
+        "The harbour festival takes place every August with music and boat races.",
+    ]
+    hits = r.score_candidates("Where was the Kestrel prototype built?", candidates)
+    assert hits[0].score > 0.5 > max(h.score for h in hits[1:]) and all(0 < h.score < 1 for h in hits)
+    units = r.score_units(QUERY, DOC)
+    assert max(units, key=lambda h: h.score).text == NEEDLE
 
 
 @pytest.mark.parametrize("heads", [["3-0", "9-5", "9-13"], "auto"])

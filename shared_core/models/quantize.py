@@ -24,17 +24,34 @@ from shared_core.models.family import decoder
 
 logger = logging.getLogger(__name__)
 
-INSTALL_HINT = 'pip install torchao (or pip install "attnret[int8]")'
+INSTALL_HINT = "pip install torchao"
+INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+"""CPU flags of int8 dot-product instructions, where int8 matmuls beat float32 (without them they are emulated)."""
+
+
+@functools.cache
+def cpu_has_int8_dot(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether the CPU has VNNI or AMX-INT8 (`INT8_DOT_FLAGS` in Linux's /proc/cpuinfo; False where that is absent)."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            flags = {word for line in f if line.startswith("flags") for word in line.split()}
+    except OSError:
+        return False
+    return any(flag in flags for flag in INT8_DOT_FLAGS)
 
 
 def resolve(config: ModelConfig, device: torch.device, dtype: torch.dtype) -> str:
     """The quantization to load with: an explicit 'none'/'int8' as given; 'auto' = the named model's `cpu_quantize`
-    on a CPU in float32, else 'none'. An 'auto' int8 without torchao installed loads unquantized, with a warning
-    naming the install (an explicit 'int8' is a `ModelLoadError` then, in `apply`)."""
+    on a CPU with int8 dot-product instructions (`cpu_has_int8_dot`) in float32, else 'none'. An 'auto' int8 without
+    torchao installed loads unquantized, with a warning naming the install (an explicit 'int8' is a
+    `ModelLoadError` then, in `apply`)."""
     if config.quantize != "auto":
         return config.quantize
-    named = registry.lookup(config.name)
+    named = registry.lookup(config.name or registry.default_name())
     if named is None or named.cpu_quantize == "none" or device.type != "cpu" or dtype != torch.float32:
+        return "none"
+    if not cpu_has_int8_dot():
+        logger.info("model.quantize: auto reads %s in float32: this CPU has no VNNI / AMX-INT8", named.name)
         return "none"
     if importlib.util.find_spec("torchao") is None:
         logger.warning(

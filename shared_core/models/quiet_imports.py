@@ -1,6 +1,6 @@
 """Drop the known, harmless lines torchao prints when imported, so that library code prints nothing unless asked.
 
-transformers imports torchao whenever it is installed (the `int8` extra, `model.quantize: int8`), from its model
+transformers imports torchao whenever it is installed (a core dependency, for `model.quantize: int8`), from its model
 code: torchao then logs "Failed to load .../torchao/_C_*.so" for its GPU kernels on a CPU build of torch and "Detected
 no triton" (seen where the application configured logging), and torch logs a deprecation line per Enum torchao
 registers. Only those messages are filtered, on the loggers that emit them; everything else they log still

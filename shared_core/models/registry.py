@@ -39,6 +39,17 @@ TABLE = "named_models.yaml"
 
 _BLOCK = 8 << 20
 
+DEFAULT_MODEL = "qwen2.5-coder-1.5b-instruct"
+"""What `model.name: null` loads: the best held-in quality among the models whose first query on a 5k-token paper
+takes at most 20 s on a 2-core CPU (docs/models.md "The default, by a rule"). `$ATTNRET_MODEL` names another."""
+MODEL_ENV = "ATTNRET_MODEL"
+"""Environment variable naming the model a config without `model.name` loads (e.g. smollm2-135m-instruct)."""
+
+
+def default_name() -> str:
+    """The model `model.name: null` stands for: `$ATTNRET_MODEL` when set, else `DEFAULT_MODEL`."""
+    return os.environ.get(MODEL_ENV, "").strip() or DEFAULT_MODEL
+
 
 @dataclass(frozen=True)
 class Part:

@@ -7,10 +7,12 @@ candidates and the lexical IDF is computed over the set, so the same fused value
 
 Fitted on held-in labelled candidates only: HotpotQA dev (distractor) questions 0-19 (`benchmarks.rerank.HELD_IN`),
 each question's BM25 top 5, 10, 20 and own 10 paragraphs, and top 50 for questions 0-3 (gold = the supporting
-paragraphs), with the default config (SmolLM2-135M-Instruct, all-MiniLM-L6-v2, BM25; weights 1 / 0.5 / 2).
-Refit with `python -m benchmarks.calibrate fit` (reads benchmarks/results/calibration_features.json, written by
-`python -m benchmarks.calibrate collect`); refitted 2026-12-06 for the canonical prompt order. Reliability on
-held-out questions: docs/rerank.md.
+paragraphs). `WEIGHTS` are SmolLM2-135M-Instruct's (with all-MiniLM-L6-v2 and BM25, weights 1 / 0.5 / 2), the
+calibration of every model without its own; a model may ship its own fit in its head-set file (`calibration:`, used
+under `fusion.weights: auto`, `views.model_fusion`), as the default 1.5B does. Refit with `python -m
+benchmarks.calibrate fit` (reads benchmarks/results/calibration_features.json, written by `python -m
+benchmarks.calibrate collect`; `--config` and `--out` for another model's); refitted 2026-12-06 for the canonical
+prompt order. Reliability on held-out questions: docs/rerank.md.
 A config with other models or weights changes the fused scale: the probability is then only a monotone score.
 """
 
