@@ -6,8 +6,8 @@
 
 `setup()` runs once when Hayhooks deploys the folder: it loads the query pipeline from the YAML (with Haystack's
 deserialization allowlist), writes the example report's long units to the BM25 retriever's store, and warms every
-component up (the SmolLM2 reader and generator; spaCy and MiniLM through one tiny ranking), so the first request
-pays no load time.
+component up (the default model as the ranker's reader, SmolLM2 as the generator; spaCy and MiniLM through one tiny
+ranking), so the first request pays no load time.
 `run_api(question)` becomes `POST /attnret_report/run`: BM25 over the long units -> `AttentionRanker` sentences ->
 lost-in-the-middle -> prompt -> the local LM; it returns the answer, the ranker's sentences best first, and the
 context in the order the LM read it. `haystack_pipeline` must be importable: the serve script puts `examples/` on
