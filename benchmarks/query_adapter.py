@@ -370,7 +370,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="settings tried one after another on the same reads, ';'-separated, each 'name=value,...' over the "
         "options above (e.g. 'rank=4,targets=q_proj+k_proj;lr=1e-3'); the best on validation is measured held out",
     )
-    parser.add_argument("--save", help="write the chosen adapter here (safetensors), for a head-set file's adapter:")
+    parser.add_argument(
+        "--save",
+        help="write the chosen adapter here (safetensors), for a head-set file's adapter: e.g. "
+        "~/.cache/attnret/adapters/smollm2-135m-instruct.adapter.safetensors, where the shipped SmolLM2 set looks",
+    )
     parser.add_argument("--no-held-out", action="store_true", help="skip the held-out measurement")
     parser.add_argument("--out", default="benchmarks/results/training/query_adapter.json")
     args = parser.parse_args(argv)

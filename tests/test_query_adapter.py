@@ -3,6 +3,7 @@ that do not hold them."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,9 @@ from safetensors.torch import save_file
 
 from shared_core import AttentionRetriever, Document, RetrieverConfig
 from shared_core.config import ConfigError
+from shared_core.engine.heads import ADAPTER_DIR, load_head_file, shipped_head_sets
 from shared_core.engine.query_adapter import QueryAdapter, digest_of, load_adapter, save_adapter
+from shared_core.models.loading import SMOLLM2_ID
 
 STORY = (
     "Mary moved to the bathroom. Sandra journeyed to the bedroom. John went to the kitchen. "
@@ -135,10 +138,21 @@ def test_past_the_window_the_adapter_applies_too(tmp_path: Path) -> None:
     assert np.all(np.isfinite(a)) and not np.allclose(a, b, atol=1e-4)
 
 
-def test_the_shipped_smollm2_set_names_its_adapter_and_it_is_opt_in(retriever: AttentionRetriever) -> None:
+def test_the_shipped_smollm2_set_names_its_adapter_in_the_user_cache_and_it_is_opt_in(
+    retriever: AttentionRetriever, tmp_path: Path
+) -> None:
+    """The shipped SmolLM2 set names an adapter that is not in the package (weights): it is looked up in the user
+    cache's adapters/ folder; missing there, the opt-in is a ConfigError naming the training command."""
     assert retriever.head_selection.adapter is None  # off by default: the default's scores are the frozen model's
     example = Path(__file__).parent.parent / "examples" / "configs" / "smollm2-long-documents.yaml"
-    on = AttentionRetriever(RetrieverConfig.from_yaml(example))  # the documented one-line opt-in
+    config = RetrieverConfig.from_yaml(example)  # the documented one-line opt-in, with a cache of the test's own
+    config = config.model_copy(update={"model": config.model.model_copy(update={"cache_dir": str(tmp_path)})})
+    name = load_head_file(shipped_head_sets()[SMOLLM2_ID])["adapter"]
+    with pytest.raises(ConfigError, match=r"names the query adapter .*benchmarks\.query_adapter.*--save .*adapters"):
+        AttentionRetriever(config).warm_up()
+    trained = _adapter(seed=3)
+    save_adapter(tmp_path / ADAPTER_DIR / name, replace(trained, meta={"model": SMOLLM2_ID}))
+    on = AttentionRetriever(config)
     selection = on.head_selection
     assert selection.source.endswith("smollm2-135m-instruct.yaml") and selection.adapter is not None
     assert selection.adapter.deepest == selection.deepest == 18  # the read still stops at the head set's depth

@@ -27,7 +27,7 @@ from shared_core.document import Document
 from shared_core.engine import capture, scoring
 from shared_core.engine.cascade_budget import cascade_needed
 from shared_core.engine.cascade_state import supports_replay
-from shared_core.engine.heads import HeadSelection, select_heads
+from shared_core.engine.heads import ADAPTER_DIR, HeadSelection, select_heads
 from shared_core.engine.past_window import PastWindow
 from shared_core.engine.prompt import DocumentTokens, PromptLayout, QueryTokens
 from shared_core.engine.query_batch import SharedPrefixCache, batched_scores
@@ -111,7 +111,12 @@ class AttentionEngine:
             self._layout = PromptLayout(loaded.tokenizer, cfg.model.prompt, cfg.model.instruction)
             full = full_attention_layers(loaded.model)
             self._selection = select_heads(
-                cfg.attention, loaded.shape.num_layers, loaded.shape.num_heads, model_id(cfg.model), full
+                cfg.attention,
+                loaded.shape.num_layers,
+                loaded.shape.num_heads,
+                model_id(cfg.model),
+                full,
+                adapter_dir=cache_root(cfg.model) / ADAPTER_DIR,
             )
             if cfg.cascade.reuse and cfg.cascade.reuse_disk:
                 folder = cfg.cascade.reuse_dir

@@ -78,14 +78,30 @@ def load_head_file(path: str | Path) -> dict[str, Any]:
     if data.get("weights") is not None:
         _check_weights(data["weights"], data["heads"], path)
     if data.get("adapter") is not None and not isinstance(data["adapter"], str):
-        raise ConfigError(f"{path}: 'adapter' must be the path of a query-adapter file (relative to the head set)")
+        raise ConfigError(f"{path}: 'adapter' must be the file name of a query adapter")
     return data
 
 
-def file_adapter(data: dict[str, Any], path: str | Path) -> QueryAdapter | None:
-    """The query adapter a head-set file names (its path relative to the file's folder), loaded; None without one."""
+ADAPTER_DIR = "adapters"
+"""Folder of the user model cache holding trained query adapters (they are weights: never in the package)."""
+
+
+def file_adapter(data: dict[str, Any], path: str | Path, adapter_dir: Path | None = None) -> QueryAdapter | None:
+    """The query adapter a head-set file names, loaded; None without one. It is looked up beside the file (a head set
+    of your own), then in `adapter_dir` (the user cache's `adapters/`, where `benchmarks.query_adapter --save` puts
+    a trained one); found in neither, a `ConfigError` says how to train it or turn it off."""
     name = data.get("adapter")
-    return load_adapter(Path(path).parent / name) if name else None
+    if not name:
+        return None
+    places = [Path(path).parent / name, *([adapter_dir / name] if adapter_dir is not None else [])]
+    for place in places:
+        if place.is_file():
+            return load_adapter(place)
+    raise ConfigError(
+        f"{path} names the query adapter {name!r}, found in none of {[str(p) for p in places]}. Adapters are trained "
+        f"weights, not shipped in the package: train it with `python -m benchmarks.query_adapter --grid ... --save "
+        f'{places[-1]}` (docs/quality.md "Query adapters"), or set attention.query_adapter: false'
+    )
 
 
 def _check_weights(weights: Any, heads: list[Any], path: str | Path) -> None:
@@ -139,12 +155,14 @@ def select_heads(
     num_heads: int,
     model_id: str,
     full_layers: Sequence[int] | None = None,
+    adapter_dir: Path | None = None,
 ) -> HeadSelection:
     """Resolve `attention.heads`/`attention.layers` into the heads to read for this model.
 
     An explicit `layers` list always applies: with `heads: auto` it reads every head of those layers instead of the
     shipped head set (the config refuses an explicit head set together with explicit layers). `full_layers` are the
-    layers that attend to the whole context (None = all): `layers: auto` reads only those.
+    layers that attend to the whole context (None = all): `layers: auto` reads only those. `adapter_dir`: where a
+    head set's query adapter is looked up after its own folder (`file_adapter`).
     """
     heads = config.heads
     if heads == "auto":
@@ -152,7 +170,7 @@ def select_heads(
         heads = str(path) if path else "all"
     if isinstance(heads, str) and heads != "all":
         data = load_head_file(heads)
-        adapter = file_adapter(data, heads) if config.query_adapter else None
+        adapter = file_adapter(data, heads, adapter_dir) if config.query_adapter else None
         if data.get("weights") is not None:
             picked = weighted_selection(data["heads"], data["weights"], num_layers, num_heads, str(heads))
             return replace(picked, adapter=adapter)
