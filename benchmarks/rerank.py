@@ -121,15 +121,19 @@ def metrics(scores: Sequence[float] | np.ndarray, relevant: Sequence[bool], n_go
     return out
 
 
+def _joined_ids(retriever: Any, texts: Sequence[str]) -> list[int]:
+    """Token ids of the candidates joined in prompt order (what the bare prefill reads)."""
+    from shared_core.tasks.candidates import join
+
+    return list(retriever.model.tokenizer(join(texts)[0])["input_ids"])
+
+
 def bare_prefill_seconds(retriever: Any, texts: Sequence[str]) -> tuple[float, int]:
     """Seconds of one plain decoder forward over the candidates joined (prompt order), and its token count."""
     import torch
 
-    from shared_core.tasks.candidates import join
-
     loaded = retriever.model
-    text, _ = join(texts)
-    ids = torch.tensor([loaded.tokenizer(text)["input_ids"]], device=loaded.device)
+    ids = torch.tensor([_joined_ids(retriever, texts)], device=loaded.device)
     t = time.perf_counter()
     with torch.inference_mode():
         loaded.decoder(input_ids=ids, use_cache=False)
@@ -173,7 +177,9 @@ def run_setting(
         cosine = retriever.dense.score(query.question, [p.text for p in paragraphs])
         dense_seconds = time.perf_counter() - t
         texts = [p.text for p in paragraphs]
-        prefill, n_tokens = bare_prefill_seconds(retriever, texts) if bare else (None, _n_tokens(retriever, texts))
+        prefill, n_tokens = (
+            bare_prefill_seconds(retriever, texts) if bare else (None, len(_joined_ids(retriever, texts)))
+        )
         scores = {
             "bm25": np.asarray(first) - 1e-9 * np.arange(len(first)),  # the first stage's order, ties as ranked
             "dense": np.asarray(cosine, dtype=np.float64),
@@ -211,13 +217,6 @@ def _mean_or_none(values: Sequence[float | None]) -> float | None:
     """The mean, or None when any value is missing (a run without the bare prefill)."""
     present = [v for v in values if v is not None]
     return float(np.mean(present)) if len(present) == len(values) else None
-
-
-def _n_tokens(retriever: Any, texts: Sequence[str]) -> int:
-    """Tokens of the candidates joined in prompt order (what the bare prefill would read)."""
-    from shared_core.tasks.candidates import join
-
-    return len(retriever.model.tokenizer(join(texts)[0])["input_ids"])
 
 
 def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -84,19 +84,10 @@ def smollm2_path() -> Path:
     )
 
 
-def _named(name: str | None) -> registry.NamedModel | None:
-    """The named offline model `name` stands for; None for a hub id, or a path that exists (paths keep winning)."""
-    named = registry.lookup(name)
-    if named is None or Path(str(name)).expanduser().exists():
-        return None
-    return named
-
-
 def model_source(config: ModelConfig) -> str:
     """What `config.name` loads: a named model's GGUF (its parts assembled once into the cache, `registry`; None =
     the default model, `registry.default_name`), else the name itself (a hub id, a local folder or a .gguf file)."""
-    name = config.name or registry.default_name()
-    named = _named(name)
+    name, named = registry.configured(config.name)
     if named is None:
         return name
     try:
@@ -112,8 +103,7 @@ def model_source(config: ModelConfig) -> str:
 
 def model_id(config: ModelConfig) -> str:
     """The id head sets and reports use for the configured model (the hub id of a named model or the default)."""
-    name = config.name or registry.default_name()
-    named = _named(name)
+    name, named = registry.configured(config.name)
     return named.hub_id if named else name
 
 

@@ -47,7 +47,7 @@ def resolve(config: ModelConfig, device: torch.device, dtype: torch.dtype) -> st
     `ModelLoadError` then, in `apply`)."""
     if config.quantize != "auto":
         return config.quantize
-    named = registry.lookup(config.name or registry.default_name())
+    named = registry.configured(config.name)[1]
     if named is None or named.cpu_quantize == "none" or device.type != "cpu" or dtype != torch.float32:
         return "none"
     if not cpu_has_int8_dot():

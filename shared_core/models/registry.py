@@ -51,6 +51,14 @@ def default_name() -> str:
     return os.environ.get(MODEL_ENV, "").strip() or DEFAULT_MODEL
 
 
+def configured(name: str | None) -> tuple[str, NamedModel | None]:
+    """What a `model.name` stands for: the name (None = `default_name()`) and its named offline model, None for a
+    hub id or a path that exists (paths keep winning over short names)."""
+    name = name or default_name()
+    named = lookup(name)
+    return name, None if named is None or Path(name).expanduser().exists() else named
+
+
 @dataclass(frozen=True)
 class Part:
     """One installed package holding a piece of a model file: distribution, pinned version, import name, file."""
