@@ -245,9 +245,109 @@ def model_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class SideBySide:
+    """One model's held-out runs on the same questions as every other model's (files under ``benchmarks/results``):
+    the built sets at 1,500 words (``built``: 8 questions per task from offset 50) and 6,000 words (``built6k``), the
+    real sets (``real``: 6 documents per set, 22 COVID-QA and 22 QMSum questions at 4,000 words) and reranking
+    (``rerank``: HotpotQA questions 20-39, BM25 top 20). None = not measured."""
+
+    name: str
+    built: str
+    real: str
+    built6k: str | None
+    rerank: str
+    all_heads: str | None = None
+    """Another quality file of the same questions with the ``attention`` method (every head of the layer band)."""
+
+
+SIDE_BY_SIDE = (
+    SideBySide(
+        "smollm2-135m-instruct",
+        "quality_readme.json",
+        "models/quality_real6_smollm2.json",
+        "models/quality_built6k_smollm2.json",
+        "rerank.json",
+        all_heads="models/quality_attention_smollm2.json",
+    ),
+    SideBySide(
+        "gemma-3-270m (no head set: every head of the global layers 9-17)",
+        "models/quality_gemma.json",
+        "models/quality_gemma.json",
+        "models/quality_built6k_gemma.json",
+        "models/rerank_held_out_gemma.json",
+    ),
+    SideBySide(
+        "qwen2.5-coder-0.5b-instruct, bfloat16",
+        "models/quality_qwen0.5b_6docs.json",
+        "models/quality_qwen0.5b_6docs.json",
+        "models/quality_built6k_qwen0.5b.json",
+        "models/rerank_held_out_qwen0.5b.json",
+    ),
+    SideBySide(
+        "qwen2.5-coder-1.5b-instruct (default: by name, int8)",
+        "models/quality_qwen1.5b_by_name.json",
+        "models/quality_qwen1.5b_by_name.json",
+        "models/quality_built6k_qwen1.5b_by_name.json",
+        "models/rerank_held_out_qwen1.5b_by_name.json",
+        all_heads="models/quality_attention_qwen1.5b.json",
+    ),
+)
+"""The rows of `side_by_side_table`, smallest model first."""
+
+SIDE_COLUMNS = (("built", "overall", 1500), ("built6k", "overall", 6000), ("real", "covidqa", 0), ("real", "qmsum", 0))
+
+
+def _quality_cells(path: Path, task: str, words: int) -> dict[str, tuple[float, int]]:
+    """Method -> (nDCG@10, n) of one task and length of a quality result file (empty if the file is missing)."""
+    data = _read(path)
+    if data is None:
+        return {}
+    return {r["method"]: (r["ndcg@10"], r["n"]) for r in data["results"] if r["task"] == task and r["words"] == words}
+
+
+def side_by_side_rows(folder: Path = RESULTS.parent, models: Sequence[SideBySide] = SIDE_BY_SIDE) -> list[list[str]]:
+    """Table cells: a baseline row (the better of BM25 and MiniLM, from the last model's files: every model's
+    questions and units are the same), then per model, per set: all heads / shipped heads / the fused default."""
+    rows: list[list[str]] = []
+    baseline: list[str] = ["better of BM25 / MiniLM"]
+    for i, model in enumerate(models):
+        cells = [model.name]
+        for attr, task, words in SIDE_COLUMNS:
+            name = getattr(model, attr)
+            got = _quality_cells(folder / name, task, words) if name else {}
+            if model.all_heads and "attention" not in got:
+                extra = _quality_cells(folder / model.all_heads, task, words).get("attention")
+                got.update({"attention": extra} if extra else {})
+            parts = [got.get(m) for m in ("attention", "qr-heads", "fused+entities")]
+            cells.append(" / ".join(_cell(p and p[0]) for p in parts) if got else "–")
+            if i == len(models) - 1:
+                best = max((got[m] for m in ("bm25", "dense") if m in got), default=None)
+                baseline.append(f"{_cell(best and best[0])} (n = {best[1]})" if best else "–")
+        rerank = _read(folder / model.rerank)
+        top20 = next((s["metrics"] for s in (rerank or {}).get("summary", []) if s["setting"] == "top20"), None)
+        cells.append(f"{top20['attention']['ndcg@10']:.3f} / {top20['attnret']['ndcg@10']:.3f}" if top20 else "–")
+        if i == len(models) - 1:
+            baseline.append(
+                f"{max(top20['bm25']['ndcg@10'], top20['dense']['ndcg@10']):.3f} (n = 20)" if top20 else "–"
+            )
+        rows.append(cells)
+    return [baseline, *rows]
+
+
+def side_by_side_table(folder: Path = RESULTS.parent) -> str:
+    """Markdown: held-out nDCG@10 of every model on the same questions, heads alone / fused default per set."""
+    head = (
+        "| model | built 1.5k words | built 6k words | COVID-QA | QMSum | rerank, BM25 top 20 |\n"
+        "|---|---:|---:|---:|---:|---:|"
+    )
+    return "\n".join([head, *("| " + " | ".join(cells) + " |" for cells in side_by_side_rows(folder))])
+
+
 def cmd_table(args: argparse.Namespace) -> int:
-    """Print the model table of the results in ``--folder``."""
-    sys.stdout.write(model_table(model_rows(Path(args.folder))) + "\n")
+    """Print the model table of the results in ``--folder`` and the side-by-side table of held-out runs."""
+    sys.stdout.write(model_table(model_rows(Path(args.folder))) + "\n\n")
+    sys.stdout.write(side_by_side_table(Path(args.folder).parent) + "\n")
     return 0
 
 

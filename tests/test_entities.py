@@ -20,6 +20,8 @@ from shared_core.views.entities import (
     EntitiesConfig,
     EntityIndex,
     Expansion,
+    Mention,
+    common_word,
     entity_scores,
     expand,
     load_nlp,
@@ -390,6 +392,27 @@ def test_specificity_prefers_the_rare_bridge_entity(nlp: Any) -> None:
     assert expand(index, fused, units, plain, exclude={0})[0].entity == "osprey"  # first mentioned wins the tie
     # an entity named in the query is not a bridge
     assert expand(index, fused, units, plain, exclude={0}, query="Who built the Osprey sensors?")[0].unit_index == 7
+
+
+def test_common_words_tagged_as_names_do_not_expand() -> None:
+    """'Nice.' at the start of a turn is tagged by NER on meeting transcripts; the document also says 'a nice demo',
+    so the word is no name: the next entity (Marta) expands instead, unless the check is off."""
+    _, units = make_doc([["Nice.", "Nice slides.", "That was a nice demo by Marta.", "Marta showed the remote."]])
+
+    def at(u: int, name: str) -> Mention:
+        start = units[u].start + units[u].text.index(name)
+        return Mention(name.lower(), u, start, start + len(name))
+
+    mentions = [at(0, "Nice"), at(1, "Nice"), at(2, "Marta"), at(3, "Marta")]
+    index = EntityIndex(mentions, {"nice": "Nice", "marta": "Marta"}, {"nice": "PERSON", "marta": "PERSON"})
+    fused = np.array([1.0, 0.0, 0.6, 0.0])
+    assert [e.entity for e in expand(index, fused, units, EntitiesConfig(), exclude={0})] == ["marta", "marta"]
+    off = EntitiesConfig(skip_common_words=False)
+    assert [(e.unit_index, e.entity) for e in expand(index, fused, units, off, exclude={0})] == [(1, "nice")]
+    assert common_word("nice", units) and not common_word("marta", units)
+    assert common_word("user interface", [Unit(0, 0, 24, "the user\ninterface works")])
+    assert not common_word("user interface", [Unit(0, 0, 24, "the User Interface works")])
+    assert not common_word("2019", [Unit(0, 0, 4, "2019")])  # no letter: not a word NER could mistake
 
 
 def test_names_missed_by_ner_are_matched(nlp: Any) -> None:

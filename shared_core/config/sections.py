@@ -325,6 +325,12 @@ class EntitiesConfig(_Section):
         description="Entities whose every word is in the query do not expand: their units already match the query, "
         "the hop the query needs goes through the other entities of those units.",
     )
+    skip_common_words: bool = Field(
+        True,
+        description="Entities whose lower-case form the document also uses as an ordinary word do not expand: NER "
+        "on speech and headings tags words like 'Nice.', 'Hmm' or 'Lung' that are no bridge (a name keeps its capital "
+        "everywhere; docs/quality.md).",
+    )
     order: Literal["document", "proximity"] = Field(
         "proximity",
         description="Order of one entity's units (entities go best first either way): 'document' = text order; "

@@ -302,6 +302,16 @@ def _in_query(entity: str, query: str | None) -> bool:
     return all(w in words for w in re.findall(r"\w+", entity))
 
 
+def common_word(entity: str, units: Sequence[Unit]) -> bool:
+    """The entity key (lower case) also occurs, in lower case, as a plain word sequence of the units' text: NER
+    mistook a common word for a name there ('Nice.' and 'that's nice'), so the entity bridges nothing."""
+    words = re.findall(r"\w+", entity)
+    if not words or not any(c.isalpha() for c in entity):
+        return False
+    pattern = re.compile(r"(?<!\w)" + r"\W+".join(map(re.escape, words)) + r"(?!\w)")
+    return any(pattern.search(unit.text) for unit in units)
+
+
 def expand(
     index: EntityIndex,
     fused: np.ndarray,
@@ -334,7 +344,12 @@ def expand(
         for e, v in by_entity.items()
     }
     ranked = sorted(by_entity, key=lambda e: (-rank_value[e], first_unit[e]))
-    top = [e for e in ranked if by_entity[e] >= config.min_entity_score][: config.top_entities]
+    top: list[str] = []
+    for entity in (e for e in ranked if by_entity[e] >= config.min_entity_score):
+        if len(top) == config.top_entities:
+            break
+        if not (config.skip_common_words and common_word(entity, units)):  # checked lazily: a regex over the text
+            top.append(entity)
     paragraphs: dict[int, list[int]] = {}
     if config.expand == "paragraph":
         for position, unit in enumerate(units):
