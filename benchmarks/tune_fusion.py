@@ -36,9 +36,10 @@ from tqdm.auto import tqdm
 
 from benchmarks.quality import SYNTHETIC_TASKS, Prepared, Scorers, _deep_merge, prepare, question_metrics
 from benchmarks.report import run_metadata
-from shared_core.config import EntitiesConfig, FusionConfig
+from shared_core.config import EntitiesConfig, FusionConfig, RetrieverConfig
 from shared_core.evaluation import REAL_TASKS, group_by_document, load_examples, load_real
 from shared_core.views import ranking
+from shared_core.views.model_fusion import model_fusion
 
 logger = logging.getLogger("benchmarks.tune_fusion")
 
@@ -207,10 +208,15 @@ def replay(case: Case, fusion: FusionConfig, entities: EntitiesConfig, tags: dic
     return question_metrics(np.concatenate(scores), case.prepared)["ndcg@10"]
 
 
-def candidates(granularities: Sequence[str] = ("sentence",)) -> list[Candidate]:
-    """The shipped default, the grid (weights per view, fusion method, entities on/off), adaptive weights and the
-    default at every other granularity."""
-    out = [Candidate(DEFAULT_NAME, FusionConfig(), EntitiesConfig(), lever="default")]
+def candidates(granularities: Sequence[str] = ("sentence",), default: FusionConfig | None = None) -> list[Candidate]:
+    """The shipped default (``default``: the documents' fusion of the views' model, `model_fusion`; the plain
+    defaults when None), the grid (weights per view, fusion method, entities on/off), adaptive weights, the default
+    without entities and with common words expanding, and the default at every other granularity."""
+    default = default or FusionConfig()
+    out = [Candidate(DEFAULT_NAME, default, EntitiesConfig(), lever="default")]
+    out.append(Candidate("default, entities off", default, EntitiesConfig(enabled=False), lever="entities-off"))
+    common = EntitiesConfig(skip_common_words=False)
+    out.append(Candidate("default, common words expand", default, common, lever="common-words"))
     for att, den, lex, method, ent in itertools.product(
         (1.0, 2.0), (0.0, 0.5, 1.0), (0.0, 0.5, 1.0, 2.0), ("weighted", "rrf"), (True, False)
     ):
@@ -218,23 +224,25 @@ def candidates(granularities: Sequence[str] = ("sentence",)) -> list[Candidate]:
         name = f"a{att:g}/d{den:g}/l{lex:g} {method}{' +ent' if ent else ''}"
         out.append(Candidate(name, FusionConfig(method=method, weights=weights), EntitiesConfig(enabled=ent)))
     for strength in (0.5, 1.0, 2.0):
-        agreement = FusionConfig(adaptive="agreement", adaptive_strength=strength)
+        agreement = default.model_copy(update={"adaptive": "agreement", "adaptive_strength": strength})
         name = f"default, agreement adaptive x{strength:g}"
         out.append(Candidate(name, agreement, EntitiesConfig(), lever="adaptive-agreement"))
         tags = {"adaptive": "overlap", "strength": strength}
         name = f"default, overlap adaptive x{strength:g}"
-        out.append(Candidate(name, FusionConfig(), EntitiesConfig(), lever="adaptive-overlap", tags=tags))
+        out.append(Candidate(name, default, EntitiesConfig(), lever="adaptive-overlap", tags=tags))
     for g in granularities:
         if g != "sentence":
-            out.append(Candidate(f"default, {g} units", FusionConfig(), EntitiesConfig(), g, lever="units"))
+            out.append(Candidate(f"default, {g} units", default, EntitiesConfig(), g, lever="units"))
     return out
 
 
-def evaluate(cases: list[Case], cands: Sequence[Candidate] | None = None) -> list[dict[str, Any]]:
-    """Per candidate: nDCG@10 per set and overall (macro), and the worst margin over max(BM25, dense) (at the
-    candidate's own granularity: the baselines rank the same units)."""
+def evaluate(
+    cases: list[Case], cands: Sequence[Candidate] | None = None, default: FusionConfig | None = None
+) -> list[dict[str, Any]]:
+    """Per candidate (`candidates` around ``default`` when None): nDCG@10 per set and overall (macro), and the worst
+    margin over max(BM25, dense) (at the candidate's own granularity: the baselines rank the same units)."""
     grans = sorted({c.granularity for c in cases})
-    cands = list(cands) if cands is not None else candidates(grans)
+    cands = list(cands) if cands is not None else candidates(grans, default)
     tasks = list(dict.fromkeys(c.task for c in cases))
     base = {
         g: {
@@ -298,7 +306,10 @@ def lever_table(rows: list[dict[str, Any]], tasks: Sequence[str], held_in: list[
     for r in chooser.values():
         if r["lever"] == "units":
             picks.append((f"(c) {r['granularity']} units (margin change)", r["candidate"]))
-    picks.append(("(d) entities off", "a1/d0.5/l2 weighted"))
+    picks.append(
+        ("(d) entities off", "default, entities off" if "default, entities off" in by_name else "a1/d0.5/l2 weighted")
+    )
+    picks.append(("(e) common words expand (entities.skip_common_words off)", "default, common words expand"))
     shown = [t for t in tasks if t in default["per_task"]]
     lines = ["| lever | " + " | ".join(shown) + " | overall |", "|---|" + "---:|" * (len(shown) + 1)]
     base_cells = " | ".join(f"{default['per_task'][t]:.3f} ({default['margins'][t]:+.3f})" for t in shown)
@@ -368,14 +379,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if paths:
             paths[0].write_bytes(pickle.dumps(cases))
     tasks = list(dict.fromkeys(c.task for c in cases))
-    rows = evaluate(cases)
+    base = RetrieverConfig.coerce(
+        yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) if args.config else None
+    )
+    default = model_fusion(base).documents  # the model's shipped document weights under fusion.weights: auto
+    rows = evaluate(cases, default=default)
     payload: dict[str, Any] = {"meta": run_metadata(), "settings": _settings(args), "rows": rows}
     out = [f"Held-in ({len(cases)} question views):", "", candidate_table(rows, tasks, args.top), ""]
     out += ["Levers, held-in (nDCG@10 change against the shipped default):", "", lever_table(rows, tasks), ""]
     if args.check:
         checked = [c for path in args.check for c in load_cases(path)]
         check_tasks = list(dict.fromkeys(c.task for c in checked))
-        check_rows = evaluate(checked)
+        check_rows = evaluate(checked, default=default)
         payload["check"] = check_rows
         out += [f"Levers, held-out ({len(checked)} question views; settings chosen on held-in):", ""]
         out += [lever_table(check_rows, check_tasks, held_in=rows), ""]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from shared_core.config import ConfigError, FusionConfig
-from shared_core.views.fusion import fuse, minmax, ranks
+from shared_core.views.fusion import adaptive_weights, fuse, minmax, ranks
 
 
 def test_minmax_scales_to_unit_interval() -> None:
@@ -150,3 +150,17 @@ def test_a_head_sets_fusion_block_and_calibration_are_checked(tmp_path) -> None:
         with pytest.raises(ConfigError, match=message) as caught:
             shipped_fusion(path)
         assert path in str(caught.value), name
+
+
+def test_agreement_weights_leave_the_config_and_later_queries_alone() -> None:
+    """Adaptive weights are per query: scaling them must not write into the config's (or a model's shipped) weights,
+    or every later query would start from the last one's (scores drifting with the order of the questions)."""
+    weights = {"attention": 0.75, "dense": 0.16, "lexical": 0.09}
+    config = FusionConfig(weights=weights, adaptive="agreement", adaptive_strength=2.0, adaptive_k=3)
+    rng = np.random.default_rng(0)
+    views = {name: rng.random(12) for name in weights}
+    views["dense"] = views["lexical"] + 0.01  # two views agree, attention disagrees: their weights move
+    first = fuse(views, config)
+    assert config.weights == {"attention": 0.75, "dense": 0.16, "lexical": 0.09}
+    np.testing.assert_array_equal(fuse(views, config), first)
+    assert adaptive_weights(views, config) == adaptive_weights(views, config) != config.weights

@@ -274,7 +274,7 @@ class FusionConfig(_Section):
     def view_weights(self) -> dict[str, float]:
         """The weights fused with: `weights`, or DEFAULT_FUSION_WEIGHTS where they are 'auto' (a retriever first
         puts a model's shipped weights in their place: `views.model_fusion`)."""
-        return dict(DEFAULT_FUSION_WEIGHTS) if self.weights == "auto" else self.weights
+        return dict(DEFAULT_FUSION_WEIGHTS if self.weights == "auto" else self.weights)  # a copy: callers may scale it
 
 
 class EntitiesConfig(_Section):
