@@ -259,6 +259,10 @@ class SideBySide:
     rerank: str
     all_heads: str | None = None
     """Another quality file of the same questions with the ``attention`` method (every head of the layer band)."""
+    settings: str | None = None
+    """A ``model_settings`` result file, and which of its settings is the model's CPU default (first query on the
+    ~5k-token paper, peak RSS)."""
+    setting: str = "default"
 
 
 SIDE_BY_SIDE = (
@@ -269,20 +273,23 @@ SIDE_BY_SIDE = (
         "models/quality_built6k_smollm2.json",
         "rerank.json",
         all_heads="models/quality_attention_smollm2.json",
+        settings="models/settings_smollm2.json",
     ),
     SideBySide(
-        "gemma-3-270m (no head set: every head of the global layers 9-17)",
+        "gemma-3-270m (no head set: the 8 heads of its full-attention layers 11 and 17)",
         "models/quality_gemma.json",
         "models/quality_gemma.json",
         "models/quality_built6k_gemma.json",
         "models/rerank_held_out_gemma.json",
+        settings="models/settings_gemma.json",
     ),
     SideBySide(
-        "qwen2.5-coder-0.5b-instruct, bfloat16",
+        "qwen2.5-coder-0.5b-instruct (quality read in bfloat16)",
         "models/quality_qwen0.5b_6docs.json",
         "models/quality_qwen0.5b_6docs.json",
         "models/quality_built6k_qwen0.5b.json",
         "models/rerank_held_out_qwen0.5b.json",
+        settings="models/settings_qwen0.5b.json",
     ),
     SideBySide(
         "qwen2.5-coder-1.5b-instruct (default: by name, int8)",
@@ -291,6 +298,8 @@ SIDE_BY_SIDE = (
         "models/quality_built6k_qwen1.5b_by_name.json",
         "models/rerank_held_out_qwen1.5b_by_name.json",
         all_heads="models/quality_attention_qwen1.5b.json",
+        settings="models/settings_chunk_qwen1.5b.json",
+        setting="int8+p512",
     ),
 )
 """The rows of `side_by_side_table`, smallest model first."""
@@ -331,6 +340,10 @@ def side_by_side_rows(folder: Path = RESULTS.parent, models: Sequence[SideBySide
             baseline.append(
                 f"{max(top20['bm25']['ndcg@10'], top20['dense']['ndcg@10']):.3f} (n = 20)" if top20 else "–"
             )
+            baseline.append("")
+        timing = (_read(folder / model.settings) or {}) if model.settings else {}
+        run = next((r for r in timing.get("results", []) if r["setting"] == model.setting), None)
+        cells.append(f"{run['first_query_s']:.1f} s / {run['peak_rss_gb']:.1f} GB" if run else "–")
         rows.append(cells)
     return [baseline, *rows]
 
@@ -338,8 +351,9 @@ def side_by_side_rows(folder: Path = RESULTS.parent, models: Sequence[SideBySide
 def side_by_side_table(folder: Path = RESULTS.parent) -> str:
     """Markdown: held-out nDCG@10 of every model on the same questions, heads alone / fused default per set."""
     head = (
-        "| model | built 1.5k words | built 6k words | COVID-QA | QMSum | rerank, BM25 top 20 |\n"
-        "|---|---:|---:|---:|---:|---:|"
+        "| model | built 1.5k words | built 6k words | COVID-QA | QMSum | rerank, BM25 top 20 | "
+        "first query, 5k-token paper (CPU default) / peak RSS |\n"
+        "|---|---:|---:|---:|---:|---:|---:|"
     )
     return "\n".join([head, *("| " + " | ".join(cells) + " |" for cells in side_by_side_rows(folder))])
 

@@ -43,14 +43,17 @@ def test_side_by_side_reads_each_set_and_the_last_models_baselines(tmp_path: Pat
         ]
     }
     (tmp_path / "models/r.json").write_text(json.dumps(rerank), encoding="utf-8")
+    timings = [{"setting": "default", "first_query_s": 9.0, "peak_rss_gb": 2.0}]
+    timings.append({"setting": "int8", "first_query_s": 6.1, "peak_rss_gb": 1.4})
+    (tmp_path / "s.json").write_text(json.dumps({"results": timings}), encoding="utf-8")
     models = (
-        SideBySide("small", "q_small.json", "missing.json", None, "missing.json"),
+        SideBySide("small", "q_small.json", "missing.json", None, "missing.json", settings="s.json", setting="int8"),
         SideBySide("big", "models/q_big.json", "models/q_big.json", None, "models/r.json", all_heads="q_small.json"),
     )
     baseline, small, big = side_by_side_rows(tmp_path, models)
-    assert baseline == ["better of BM25 / MiniLM", "0.650 (n = 40)", "–", "–", "0.400 (n = 22)", "0.850 (n = 20)"]
-    assert small == ["small", "0.300 / 0.500 / –", "–", "–", "–", "–"]
-    assert big == ["big", "0.300 / 0.610 / 0.720", "–", "–", "– / 0.410 / 0.450", "0.800 / 0.900"]
+    assert baseline == ["better of BM25 / MiniLM", "0.650 (n = 40)", "–", "–", "0.400 (n = 22)", "0.850 (n = 20)", ""]
+    assert small == ["small", "0.300 / 0.500 / –", "–", "–", "–", "–", "6.1 s / 1.4 GB"]
+    assert big == ["big", "0.300 / 0.610 / 0.720", "–", "–", "– / 0.410 / 0.450", "0.800 / 0.900", "–"]
 
 
 def test_side_by_side_table_of_the_shipped_results_names_every_model() -> None:
