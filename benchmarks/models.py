@@ -348,7 +348,8 @@ def side_by_side_rows(folder: Path = RESULTS.parent, models: Sequence[SideBySide
 
 
 def side_by_side_table(folder: Path = RESULTS.parent) -> str:
-    """Markdown: held-out nDCG@10 of every model on the same questions, heads alone / fused default per set."""
+    """Markdown: held-out nDCG@10 of every model on the same questions (per set: every head of the band / the
+    shipped heads / the fused default; reranking: shipped heads / fused), and its CPU first query and peak RSS."""
     head = (
         "| model | built 1.5k words | built 6k words | COVID-QA | QMSum | rerank, BM25 top 20 | "
         "first query, 5k-token paper (CPU default) / peak RSS |\n"
