@@ -25,7 +25,7 @@ import numpy as np
 
 from benchmarks.rerank import BM25Corpus, load, metrics
 from shared_core.evaluation import resolve_task_path
-from shared_core.tasks.candidates import POSITION_BIAS, Candidate, join, order_relevance, prompt_order
+from shared_core.tasks.candidates import POSITION_BIAS, Candidate, ViewScales, join, order_relevance, prompt_order
 
 SETTINGS = ("top10", "top20", "own")
 """Single-window sets (HotpotQA paragraphs, at most ~3k tokens) whose prompt positions can be rebuilt."""
@@ -56,7 +56,7 @@ def with_positions(rows: Sequence[dict[str, Any]], data: str | None = None) -> l
 def fused(row: dict[str, Any], weights: Sequence[float], bias: float, scale: float) -> np.ndarray:
     """The candidates' fused score under one setting (the product's scales and weighted mean)."""
     multiples = row["unbiased"] * np.exp(-bias * (row["position"] - 0.5))
-    attention = 1.0 - np.exp(-np.maximum(multiples, 0.0) / scale)
+    attention = ViewScales(attention_scale=scale).attention(multiples)
     views = (attention, np.asarray(row["views"]["dense"]), np.asarray(row["views"]["lexical"]))
     return np.asarray(sum(w * v for w, v in zip(weights, views, strict=True)) / sum(weights))
 

@@ -366,6 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     tasks = [t for t in args.tasks.split(",") if t]
     paths = args.cases or []
+    base_config = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) if args.config else None
     if paths and all(path.is_file() for path in paths):
         cases = [c for path in paths for c in load_cases(path)]
     else:
@@ -374,15 +375,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         cases = collect(
             tasks, [int(w) for w in args.words.split(",")], args.n, args.seed, 0,
             docs=args.docs, per_doc=args.per_doc, granularities=grans, max_words=cut,
-            base_config=yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) if args.config else None,
+            base_config=base_config,
         )  # fmt: skip
         if paths:
             paths[0].write_bytes(pickle.dumps(cases))
     tasks = list(dict.fromkeys(c.task for c in cases))
-    base = RetrieverConfig.coerce(
-        yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) if args.config else None
-    )
-    default = model_fusion(base).documents  # the model's shipped document weights under fusion.weights: auto
+    default = model_fusion(RetrieverConfig.coerce(base_config)).documents  # the model's own, under weights: auto
     rows = evaluate(cases, default=default)
     payload: dict[str, Any] = {"meta": run_metadata(), "settings": _settings(args), "rows": rows}
     out = [f"Held-in ({len(cases)} question views):", "", candidate_table(rows, tasks, args.top), ""]
