@@ -297,6 +297,7 @@ SIDE_BY_SIDE = (
         "models/quality_qwen1.5b_by_name.json",
         "models/quality_built6k_qwen1.5b_by_name.json",
         "models/rerank_held_out_qwen1.5b_by_name.json",
+        all_heads="models/quality_attention_qwen1.5b.json",
         settings="models/settings_chunk_qwen1.5b.json",
         setting="int8+p512",
     ),
