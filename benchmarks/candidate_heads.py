@@ -45,7 +45,6 @@ SETTINGS = ("top20", "own")
 def capture(args: argparse.Namespace) -> int:
     """Read every question's candidate sets once with every head of the band; write the features."""
     from shared_core.document import Document
-    from shared_core.engine.scoring import pool, unit_token_ranges
     from shared_core.evaluation import load_real, resolve_task_path
     from shared_core.tasks.candidates import (
         POSITION_BIAS,
@@ -55,6 +54,7 @@ def capture(args: argparse.Namespace) -> int:
         lexical_share,
         order_relevance,
         prompt_order,
+        window_multiples,
         windows,
     )
     from shared_core.training.head_features import band_selection
@@ -110,12 +110,7 @@ def capture(args: argparse.Namespace) -> int:
         for part in windows(order, lengths, budget, texts):
             tokens, per_layer = retriever.head_token_scores(query, Document(text=part.text), selection)
             rows = np.concatenate([per_layer[layer].double().cpu().numpy() for layer in sorted(per_layer)])
-            lo, hi = unit_token_ranges(tokens.offsets, list(part.spans))
-            n = tokens.n_doc_tokens
-            position = (lo + hi) / (2.0 * max(n, 1))
-            x[:, list(part.members)] = (
-                pool(rows, lo, hi, "mean", 1, 0.0) * n * np.exp(-POSITION_BIAS * (position - 0.5))
-            )
+            x[:, list(part.members)] = window_multiples(tokens, rows, part, "mean", POSITION_BIAS)
         arrays[f"{key}_x"] = x.astype(np.float32)
         index.append(
             {
@@ -230,13 +225,14 @@ class Fuser:
         return np.asarray(w, dtype=np.float64) @ record["x"][list(heads)] / float(np.sum(w))
 
     def fused(self, record: dict[str, Any], heads: Sequence[int], w: np.ndarray) -> np.ndarray:
+        from shared_core.tasks.candidates import fuse_views
+
         views = {
             "attention": self.scales.attention(self.attention(record, heads, w)),
             "dense": self.scales.dense(np.asarray(record["dense_raw"])),
             "lexical": self.scales.lexical(np.asarray(record["lexical_share"])),
         }
-        total = sum(self.weights.get(k, 0.0) for k in views)
-        return sum(self.weights.get(k, 0.0) * v for k, v in views.items()) / total
+        return fuse_views(views, self.weights)
 
     def ndcg(self, records: Sequence[dict[str, Any]], heads: Sequence[int], w: np.ndarray) -> dict[str, float]:
         """Mean nDCG@10 per setting of the attention view alone and of the fused score (rerank's metric)."""

@@ -25,7 +25,15 @@ import numpy as np
 
 from benchmarks.rerank import BM25Corpus, load, metrics
 from shared_core.evaluation import resolve_task_path
-from shared_core.tasks.candidates import POSITION_BIAS, Candidate, ViewScales, join, order_relevance, prompt_order
+from shared_core.tasks.candidates import (
+    POSITION_BIAS,
+    Candidate,
+    ViewScales,
+    fuse_views,
+    join,
+    order_relevance,
+    prompt_order,
+)
 
 SETTINGS = ("top10", "top20", "own")
 """Single-window sets (HotpotQA paragraphs, at most ~3k tokens) whose prompt positions can be rebuilt."""
@@ -57,8 +65,12 @@ def fused(row: dict[str, Any], weights: Sequence[float], bias: float, scale: flo
     """The candidates' fused score under one setting (the product's scales and weighted mean)."""
     multiples = row["unbiased"] * np.exp(-bias * (row["position"] - 0.5))
     attention = ViewScales(attention_scale=scale).attention(multiples)
-    views = (attention, np.asarray(row["views"]["dense"]), np.asarray(row["views"]["lexical"]))
-    return np.asarray(sum(w * v for w, v in zip(weights, views, strict=True)) / sum(weights))
+    views = {
+        "attention": attention,
+        "dense": np.asarray(row["views"]["dense"]),
+        "lexical": np.asarray(row["views"]["lexical"]),
+    }
+    return fuse_views(views, dict(zip(views, weights, strict=True)))
 
 
 def ndcg(rows: Sequence[dict[str, Any]], split: str, setting: str, **options: Any) -> float:

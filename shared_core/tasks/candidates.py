@@ -40,6 +40,7 @@ from shared_core.views.lexical import LexicalIndex
 from shared_core.views.ranking import REASON_TOP
 
 if TYPE_CHECKING:
+    from shared_core.engine.prompt import DocumentTokens
     from shared_core.tasks.scorer import Scorer
 
 logger = logging.getLogger(__name__)
@@ -234,13 +235,21 @@ def attention_multiples(
     divided by the recency bias at the candidate's relative position in the window (`POSITION_BIAS`).
     """
     tokens, token_scores = retriever.token_scores(query, Document(text=window.text))
+    values = window_multiples(tokens, token_scores, window, pooling, position_bias)
+    return {i: float(v) for i, v in zip(window.members, values, strict=True)}
+
+
+def window_multiples(
+    tokens: DocumentTokens, token_scores: np.ndarray, window: _Window, pooling: Pooling, position_bias: float
+) -> np.ndarray:
+    """`attention_multiples`' rule on a window's token scores: [n] (one aggregated row) or [rows, n] (one row per
+    head, as head training reads them) -> multiples per candidate of the window, in `window.members` order."""
     lo, hi = unit_token_ranges(tokens.offsets, list(window.spans))
     n = tokens.n_doc_tokens
     mean = pool(token_scores, lo, hi, "mean", 1, 0.0)
     values = mean * n if pooling == "mean" else mean * (hi - lo) * len(window.members)
     position = (lo + hi) / (2.0 * max(n, 1))  # 0 = start of the text, 1 = right before the query
-    values = values * np.exp(-position_bias * (position - 0.5))
-    return {i: float(v) for i, v in zip(window.members, values, strict=True)}
+    return np.asarray(values * np.exp(-position_bias * (position - 0.5)))
 
 
 def lexical_share(query: str, texts: Sequence[str], retriever: Scorer) -> tuple[np.ndarray, np.ndarray]:
@@ -330,7 +339,7 @@ def score_candidates(
         raw["lexical"], scaled["lexical"] = bm25, scales.lexical(share)
     if not scaled:
         raise ValueError("every candidate view is off (fusion.weights 0 or view disabled); give one a positive weight")
-    fused = _fuse(scaled, weights)
+    fused = fuse_views(scaled, weights)
     calibrated = probability(fused, len(read), fusion.calibration)
 
     tops = {name: set(np.argsort(-v, kind="stable")[:REASON_TOP].tolist()) for name, v in scaled.items()}
@@ -363,8 +372,8 @@ def _scatter(values: np.ndarray | Sequence[float], canon: Sequence[int]) -> np.n
     return out
 
 
-def _fuse(scaled: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:
-    """Weighted mean of [0, 1] views (a view without a weight is an error, as in `fusion.fuse`)."""
+def fuse_views(scaled: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:
+    """Weighted mean of [0, 1] views (a view without a weight is an error, as in `fusion.fuse`): the fused score."""
     missing = sorted(name for name in scaled if name not in weights)
     if missing:
         raise ValueError(f"no fusion weight for view(s) {missing}; add them to fusion.weights (0 switches one off)")
