@@ -80,7 +80,12 @@ class Method:
 
 
 # One line per method. Retriever overrides are merged into the base config (``--config`` or the defaults).
-_ATTENTION_ONLY = {"dense": {"enabled": False}, "lexical": {"enabled": False}, "entities": {"enabled": False}}
+_ATTENTION_ONLY = {
+    "dense": {"enabled": False},
+    "lexical": {"enabled": False},
+    "entities": {"enabled": False},
+    "fusion": {"context": 0.0, "paragraph_context": 0.0},  # the view alone: no neighbours' share either
+}
 _ALL_HEADS = {**_ATTENTION_ONLY, "attention": {"heads": "all"}}
 METHODS: dict[str, Method] = {
     "bm25": Method("bm25"),

@@ -1,6 +1,6 @@
 """Choose the fusion defaults on held-in questions: every view is computed once, then each candidate setting
-(view weights, weighted or RRF fusion, per-query adaptive weights, entity expansion on or off, sentence or
-paragraph units) is replayed over the same scores.
+(view weights, weighted or RRF fusion, per-query adaptive weights, entity expansion on or off, the share of a unit's
+score taken from its neighbours, sentence or paragraph units) is replayed over the same scores.
 
     python -m benchmarks.tune_fusion                     # 8 held-in questions per built task at 1500 words
     python -m benchmarks.tune_fusion --n 12 --words 1500,6000
@@ -233,6 +233,22 @@ def candidates(granularities: Sequence[str] = ("sentence",), default: FusionConf
     for g in granularities:
         if g != "sentence":
             out.append(Candidate(f"default, {g} units", default, EntitiesConfig(), g, lever="units"))
+    out.extend(context_candidates(default))
+    return out
+
+
+def context_candidates(default: FusionConfig) -> list[Candidate]:
+    """The default with each unit on its own (context off), and with other shares of its neighbours' scores
+    (`fusion.context`, `paragraph_context`, `context_window`: `views.context`)."""
+    off = default.model_copy(update={"context": 0.0, "paragraph_context": 0.0})
+    out = [Candidate("default, context off", off, EntitiesConfig(), lever="context-off")]
+    for share, para, window in itertools.product((0.0, 0.1, 0.2, 0.3, 0.4), (0.0, 0.1, 0.2, 0.3), (2, 4, 6)):
+        setting = {"context": share, "paragraph_context": para, "context_window": window}
+        shipped = all(default.model_dump()[k] == v for k, v in setting.items())
+        if share + para == 0 or share + para > 0.6 + 1e-9 or shipped:
+            continue
+        name = f"default, context {share:g} / paragraph {para:g} / window {window}"
+        out.append(Candidate(name, default.model_copy(update=setting), EntitiesConfig(), lever="context"))
     return out
 
 
@@ -310,6 +326,11 @@ def lever_table(rows: list[dict[str, Any]], tasks: Sequence[str], held_in: list[
         ("(d) entities off", "default, entities off" if "default, entities off" in by_name else "a1/d0.5/l2 weighted")
     )
     picks.append(("(e) common words expand (entities.skip_common_words off)", "default, common words expand"))
+    picks.append(("(f) context off (fusion.context and paragraph_context 0)", "default, context off"))
+    family = [r for r in chooser.values() if r["lever"] == "context"]
+    if family:
+        best = max(family, key=lambda r: r["overall"])["candidate"]
+        picks.append((f"(f) best other context setting on held-in: {best.removeprefix('default, ')}", best))
     shown = [t for t in tasks if t in default["per_task"]]
     lines = ["| lever | " + " | ".join(shown) + " | overall |", "|---|" + "---:|" * (len(shown) + 1)]
     base_cells = " | ".join(f"{default['per_task'][t]:.3f} ({default['margins'][t]:+.3f})" for t in shown)

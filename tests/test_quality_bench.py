@@ -240,6 +240,7 @@ def test_quick_run_covers_both_real_sets(shared_data: Path, tmp_path: Path) -> N
 
 
 def test_agreement_weights_lower_the_view_that_disagrees_and_keep_the_default_fixed() -> None:
+    from shared_core.document import Unit
     from shared_core.views.fusion import adaptive_weights
     from shared_core.views.ranking import rank_units
 
@@ -253,7 +254,8 @@ def test_agreement_weights_lower_the_view_that_disagrees_and_keep_the_default_fi
     assert weights["dense"] == pytest.approx(fixed.view_weights["dense"] * 1.5)  # agree 0.5 / mean 1/3
     assert adaptive_weights(views, agreement.model_copy(update={"adaptive_strength": 0.0})) == fixed.view_weights
     before = {k: v.copy() for k, v in views.items()}
-    ranked = rank_units(views, [], None, agreement, EntitiesConfig(enabled=False))
+    units = [Unit(index=i, start=i, end=i + 1, text="x") for i in range(20)]
+    ranked = rank_units(views, units, None, agreement, EntitiesConfig(enabled=False))
     assert int(np.argmax(ranked.fused)) == 19  # dense and lexical win the vote
     assert all(np.array_equal(views[k], before[k]) for k in views)  # inputs untouched
 

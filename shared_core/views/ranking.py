@@ -1,7 +1,8 @@
 """From per-view unit scores to a ranking: fusion, entity expansion, reasons, document-level scores.
 
-Within a document the views (attention, dense, lexical) are min-max normalised and fused (a one-unit document's
-unit scores 1.0: it is that document's best, and `scale_by_document` ranks it among the others); the best
+Within a document the views (attention, dense, lexical) are min-max normalised and fused, and each unit takes a share
+of its neighbours' fused scores (`views.context`; a one-unit document's unit scores 1.0: it is that document's best,
+and `scale_by_document` ranks it among the others); the best
 `entities.direct_hits` units keep their place, the units the top entities pull in come right after
 them (unless their own score ranks them higher), then every other unit by fused score.
 """
@@ -15,6 +16,7 @@ import numpy as np
 
 from shared_core.config import EntitiesConfig, FusionConfig
 from shared_core.document import Hit, Unit
+from shared_core.views.context import with_context
 from shared_core.views.entities import EntityIndex, Expansion, expand
 from shared_core.views.fusion import adaptive_weights, fuse, minmax
 
@@ -74,7 +76,7 @@ def rank_units(
     each unit its final score and reasons."""
     if fusion.adaptive != "none" and len(views) > 1:
         fusion = fusion.model_copy(update={"weights": adaptive_weights(views, fusion)})
-    fused = fuse_views(views, fusion)
+    fused = with_context(fuse_views(views, fusion), [u.paragraph for u in units], fusion)
     if len(units) == 1:
         fused = np.ones(1)  # a one-unit document's only unit is its best; documents are compared by scale_by_document
     final = fused.copy()
