@@ -225,14 +225,14 @@ class Fuser:
         return np.asarray(w, dtype=np.float64) @ record["x"][list(heads)] / float(np.sum(w))
 
     def fused(self, record: dict[str, Any], heads: Sequence[int], w: np.ndarray) -> np.ndarray:
-        from shared_core.tasks.candidates import fuse_views
+        from shared_core.tasks.candidates import fuse_scaled
 
         views = {
             "attention": self.scales.attention(self.attention(record, heads, w)),
             "dense": self.scales.dense(np.asarray(record["dense_raw"])),
             "lexical": self.scales.lexical(np.asarray(record["lexical_share"])),
         }
-        return fuse_views(views, self.weights)
+        return fuse_scaled(views, self.weights)
 
     def ndcg(self, records: Sequence[dict[str, Any]], heads: Sequence[int], w: np.ndarray) -> dict[str, float]:
         """Mean nDCG@10 per setting of the attention view alone and of the fused score (rerank's metric)."""

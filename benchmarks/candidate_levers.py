@@ -29,7 +29,7 @@ from shared_core.tasks.candidates import (
     POSITION_BIAS,
     Candidate,
     ViewScales,
-    fuse_views,
+    fuse_scaled,
     join,
     order_relevance,
     prompt_order,
@@ -70,7 +70,7 @@ def fused(row: dict[str, Any], weights: Sequence[float], bias: float, scale: flo
         "dense": np.asarray(row["views"]["dense"]),
         "lexical": np.asarray(row["views"]["lexical"]),
     }
-    return fuse_views(views, dict(zip(views, weights, strict=True)))
+    return fuse_scaled(views, dict(zip(views, weights, strict=True)))
 
 
 def ndcg(rows: Sequence[dict[str, Any]], split: str, setting: str, **options: Any) -> float:

@@ -339,7 +339,7 @@ def score_candidates(
         raw["lexical"], scaled["lexical"] = bm25, scales.lexical(share)
     if not scaled:
         raise ValueError("every candidate view is off (fusion.weights 0 or view disabled); give one a positive weight")
-    fused = fuse_views(scaled, weights)
+    fused = fuse_scaled(scaled, weights)
     calibrated = probability(fused, len(read), fusion.calibration)
 
     tops = {name: set(np.argsort(-v, kind="stable")[:REASON_TOP].tolist()) for name, v in scaled.items()}
@@ -372,8 +372,9 @@ def _scatter(values: np.ndarray | Sequence[float], canon: Sequence[int]) -> np.n
     return out
 
 
-def fuse_views(scaled: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:
-    """Weighted mean of [0, 1] views (a view without a weight is an error, as in `fusion.fuse`): the fused score."""
+def fuse_scaled(scaled: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:
+    """Weighted mean of views already on absolute [0, 1] scales (a view without a weight is an error, as in
+    `fusion.fuse`): the candidates' fused score. Unlike `views.ranking.fuse_views`, nothing is min-max normalised."""
     missing = sorted(name for name in scaled if name not in weights)
     if missing:
         raise ValueError(f"no fusion weight for view(s) {missing}; add them to fusion.weights (0 switches one off)")
