@@ -242,11 +242,11 @@ def context_candidates(default: FusionConfig) -> list[Candidate]:
     (`fusion.context`, `paragraph_context`, `context_window`: `views.context`)."""
     off = default.model_copy(update={"context": 0.0, "paragraph_context": 0.0})
     out = [Candidate("default, context off", off, EntitiesConfig(), lever="context-off")]
+    shipped = (default.context, default.paragraph_context, default.context_window)
     for share, para, window in itertools.product((0.0, 0.1, 0.2, 0.3, 0.4), (0.0, 0.1, 0.2, 0.3), (2, 4, 6)):
-        setting = {"context": share, "paragraph_context": para, "context_window": window}
-        shipped = all(default.model_dump()[k] == v for k, v in setting.items())
-        if share + para == 0 or share + para > 0.6 + 1e-9 or shipped:
+        if share + para == 0 or share + para > 0.6 + 1e-9 or (share, para, window) == shipped:
             continue
+        setting = {"context": share, "paragraph_context": para, "context_window": window}
         name = f"default, context {share:g} / paragraph {para:g} / window {window}"
         out.append(Candidate(name, default.model_copy(update=setting), EntitiesConfig(), lever="context"))
     return out
