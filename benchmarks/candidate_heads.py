@@ -48,12 +48,9 @@ def capture(args: argparse.Namespace) -> int:
     from shared_core.evaluation import load_real, resolve_task_path
     from shared_core.tasks.candidates import (
         POSITION_BIAS,
-        TEMPLATE_MARGIN,
         WINDOW_TOKENS,
         Candidate,
-        lexical_share,
-        order_relevance,
-        prompt_order,
+        plan_reading,
         window_multiples,
         windows,
     )
@@ -64,7 +61,6 @@ def capture(args: argparse.Namespace) -> int:
     retriever.dense.warm_up()
     shape = retriever.model.shape
     selection = band_selection(shape.num_layers, shape.num_heads, args.max_layer)
-    tokenizer = retriever.model.tokenizer
     out = Path(args.out)
     arrays: dict[str, np.ndarray] = {}
     index: list[dict[str, Any]] = []
@@ -96,18 +92,10 @@ def capture(args: argparse.Namespace) -> int:
         texts = [c.text for c in candidates]
         if len(set(texts)) != len(texts):
             raise ValueError(f"{key}: repeated candidate texts")
-        canon = sorted(range(len(texts)), key=texts.__getitem__)
-        cosine = np.zeros(len(texts))
-        cosine[canon] = retriever.dense.score(query, [texts[i] for i in canon])
-        raw, share = np.zeros(len(texts)), np.zeros(len(texts))
-        raw[canon], share[canon] = lexical_share(query, [texts[i] for i in canon], retriever)
-        order = prompt_order(candidates, order_relevance(share, cosine))
-        lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-        query_len = len(tokenizer(query, add_special_tokens=False)["input_ids"])
-        budget = min(max(retriever.window - query_len - TEMPLATE_MARGIN, 1), WINDOW_TOKENS or 10**9)
+        plan = plan_reading(retriever, query, candidates, dense=True, window_tokens=WINDOW_TOKENS)
         x = np.zeros((len(selection.layers) * shape.num_heads, len(texts)))
         retriever.clear_cache()
-        for part in windows(order, lengths, budget, texts):
+        for part in windows(plan.order, plan.lengths, plan.budget, texts):
             tokens, per_layer = retriever.head_token_scores(query, Document(text=part.text), selection)
             rows = np.concatenate([per_layer[layer].double().cpu().numpy() for layer in sorted(per_layer)])
             x[:, list(part.members)] = window_multiples(tokens, rows, part, "mean", POSITION_BIAS)
@@ -117,9 +105,9 @@ def capture(args: argparse.Namespace) -> int:
                 "key": key,
                 **info,
                 "relevant": [int(r) for r in relevant],
-                "dense_raw": cosine.tolist(),
-                "lexical_raw": raw.tolist(),
-                "lexical_share": share.tolist(),
+                "dense_raw": plan.cosine.tolist() if plan.cosine is not None else [],
+                "lexical_raw": plan.bm25.tolist(),
+                "lexical_share": plan.share.tolist(),
             }
         )
         logger.info("%s: %d candidates, %.0f s so far", key, len(texts), time.perf_counter() - start)

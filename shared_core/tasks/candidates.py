@@ -267,6 +267,39 @@ def lexical_share(query: str, texts: Sequence[str], retriever: Scorer) -> tuple[
     return raw, raw / ideal if ideal > 0 else np.zeros(n)
 
 
+@dataclass(frozen=True)
+class Reading:
+    """How one candidate set is read: its order-free views, the canonical prompt order they give, each text's
+    token count and the candidate tokens one prompt holds."""
+
+    cosine: np.ndarray | None
+    bm25: np.ndarray
+    share: np.ndarray
+    order: list[int]
+    lengths: list[int]
+    budget: int
+
+
+def plan_reading(
+    retriever: Scorer, query: str, candidates: Sequence[Candidate], *, dense: bool, window_tokens: int | None
+) -> Reading:
+    """The order-free views of distinct `candidates` (dense only when `dense`), computed over the texts sorted so
+    that nothing depends on the input order, and the prompt order and window budget they fix: the set alone decides
+    how it is read (`score_candidates`, and head training on candidate sets, read it this way)."""
+    texts = [c.text for c in candidates]
+    canon = sorted(range(len(texts)), key=texts.__getitem__)
+    cosine = _scatter(retriever.dense.score(query, [texts[i] for i in canon]), canon) if dense else None
+    bm25, share = (_scatter(v, canon) for v in lexical_share(query, [texts[i] for i in canon], retriever))
+    order = prompt_order(candidates, order_relevance(share, cosine))
+    tokenizer = retriever.model.tokenizer
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    query_len = len(tokenizer(query, add_special_tokens=False)["input_ids"])
+    budget = max(retriever.window - query_len - TEMPLATE_MARGIN, 1)
+    if window_tokens is not None:
+        budget = min(budget, window_tokens)
+    return Reading(cosine, bm25, share, order, lengths, budget)
+
+
 def score_candidates(
     retriever: Scorer,
     query: str,
@@ -305,38 +338,26 @@ def score_candidates(
     weights = fusion.candidates.view_weights
     if cfg.fusion.method != "weighted":
         logger.debug("candidate scoring fuses absolute view scales by weight; fusion.method=%r is not used", cfg.fusion)
-
-    # the order-free views first, over the texts sorted (so the dense batches do not depend on the input order
-    # either); they place the candidates in the prompt, which is then a function of the set alone
-    canon = sorted(range(len(texts)), key=texts.__getitem__)
-    raw: dict[str, np.ndarray] = {}
     dense_on = cfg.dense.enabled and weights.get("dense", 0.0) > 0
-    cosine = _scatter(retriever.dense.score(query, [texts[i] for i in canon]), canon) if dense_on else None
-    bm25, share = (_scatter(v, canon) for v in lexical_share(query, [texts[i] for i in canon], retriever))
-    order = prompt_order(read, order_relevance(share, cosine))
-    tokenizer = retriever.model.tokenizer
-    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-    query_len = len(tokenizer(query, add_special_tokens=False)["input_ids"])
-    budget = max(retriever.window - query_len - TEMPLATE_MARGIN, 1)
-    if window_tokens is not None:
-        budget = min(budget, window_tokens)
-    readings = [order, order[::-1]][:orders] if weights.get("attention", 0.0) > 0 else []  # weight 0: no model read
+    plan = plan_reading(retriever, query, read, dense=dense_on, window_tokens=window_tokens)
+    readings = [plan.order, plan.order[::-1]][:orders] if weights.get("attention", 0.0) > 0 else []  # 0: no read
     multiples = np.zeros(len(read))
+    raw: dict[str, np.ndarray] = {}
     scaled: dict[str, np.ndarray] = {}
     for reading in readings:
-        parts = windows(reading, lengths, budget, texts)
+        parts = windows(reading, plan.lengths, plan.budget, texts)
         if len(parts) > 1:
-            logger.debug("%d candidates (%d tokens) read in %d windows", len(read), sum(lengths), len(parts))
+            logger.debug("%d candidates (%d tokens) read in %d windows", len(read), sum(plan.lengths), len(parts))
         for part in parts:
             for i, value in attention_multiples(retriever, query, part, pooling, scales.position_bias).items():
                 multiples[i] += value / len(readings)
 
     if readings:
         raw["attention"], scaled["attention"] = multiples, scales.attention(multiples)
-    if cosine is not None:
-        raw["dense"], scaled["dense"] = cosine, scales.dense(cosine)
+    if plan.cosine is not None:
+        raw["dense"], scaled["dense"] = plan.cosine, scales.dense(plan.cosine)
     if cfg.lexical.enabled and weights.get("lexical", 0.0) > 0:
-        raw["lexical"], scaled["lexical"] = bm25, scales.lexical(share)
+        raw["lexical"], scaled["lexical"] = plan.bm25, scales.lexical(plan.share)
     if not scaled:
         raise ValueError("every candidate view is off (fusion.weights 0 or view disabled); give one a positive weight")
     fused = fuse_scaled(scaled, weights)
