@@ -131,7 +131,8 @@ def as_features(questions: Sequence[Question], how: str) -> list[ExampleFeatures
 
 
 def default_scores(questions: Sequence[Question]) -> list[ExampleFeatures]:
-    """The shipped fusion's score of every unit as a one-row feature (``fuse_views`` per document, no entities)."""
+    """The default weights' fused score of every unit as a one-row feature (``fuse_views`` per document, no entities,
+    no ``fusion.context``: the weights are compared before the neighbours' share, which the product adds to either)."""
     config = FusionConfig()
     out = []
     for i, q in enumerate(questions):
