@@ -5,18 +5,20 @@
 
 Every head's per-unit score is captured once per question (`shared_core.training.head_features`, cached under
 ``~/.cache/attnret/train-features``) for every head of the deepest band's layers; each band (``--bands``) uses
-the rows of its layers. Held-in: the held-in papers of COVID-QA and meetings of QMSum (``--real``; 4 questions each,
-cut at ``--real-max-words``) and the first questions (offset 0) of bAbI qa1, qa2 and HotpotQA at ``--words``.
+the rows of its layers. Held-in: the held-in papers of COVID-QA and meetings of QMSum (``--real``;
+``--held-in-per-doc`` questions each, 4 unless given, cut at ``--held-in-max-words``, else ``--real-max-words``)
+and the first questions (offset 0) of bAbI qa1, qa2 and HotpotQA at ``--words``.
 Held-out: COVID-QA's first ``--out-docs`` held-out papers and QMSum's first ``--qmsum-out-docs`` held-out meetings
-(cut the same way: a concession to the CPU, every question one query pass) and later built questions (offset 50).
+(cut at ``--real-max-words``, as the README measures them) and later built questions (offset 50).
 ``--config`` picks the model and dtype (e.g. ``benchmarks/results/models/qwen1.5b_bf16.yaml``). Training data:
 ``covidqa`` (its held-in papers only, the issue's probe) and ``mix`` (every held-in set). The held-in examples are
 split by document into train and validation (`split_by_document`, the command's split); heads are chosen and
 weights early-stopped on validation only, and held-out documents are only ever measured.
 
-Rows per (training data, band): the shipped QR head set (equal weights), the 16 heads detected on the train split
-(equal weights), every head of the band averaged, free weights on every head (LSEPair), and per objective the trained
-top-k (detection-score selection; ``l1`` selection for LSEPair). Results: ``benchmarks/results/training/``.
+Rows per (training data, band): the shipped head set (with its own weights, if it has them), the 16 heads
+detected on the train split (equal weights), every head of the band averaged, free weights on every head (LSEPair),
+and per objective the trained top-k (detection-score selection; ``l1`` selection for LSEPair). Results:
+``benchmarks/results/training/``.
 """
 
 from __future__ import annotations
@@ -68,9 +70,17 @@ def example_sets(args: argparse.Namespace) -> dict[str, dict[str, list[SourcedEx
     """{"held-in"|"held-out": {set: examples}}: held-in papers/meetings and first questions; held-out documents and
     later questions."""
     cut = args.real_max_words
+    held_in_cut = cut if args.held_in_max_words is None else (args.held_in_max_words or None)
     sets: dict[str, dict[str, list[SourcedExample]]] = {"held-in": {}, "held-out": {}}
     for name in args.real.split(",") if args.real else []:
-        held_in = load_real(name, split="held-in", n_documents=args.docs, per_document=4, max_words=cut, seed=args.seed)
+        held_in = load_real(
+            name,
+            split="held-in",
+            n_documents=args.docs,
+            per_document=args.held_in_per_doc or None,
+            max_words=held_in_cut,
+            seed=args.seed,
+        )
         docs_option, per_document = REAL_OUT[name]
         out_docs = getattr(args, docs_option)
         held_out = load_real(name, split="held-out", n_documents=out_docs, per_document=per_document, max_words=cut)
@@ -91,10 +101,19 @@ def add_set_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, default=16, help="held-in questions per built task (default 16)")
     p.add_argument("--n-out", type=int, default=8, help="held-out questions per built task (default 8)")
     p.add_argument("--docs", type=int, help="held-in papers/meetings per real set (default: all)")
+    p.add_argument(
+        "--held-in-per-doc", type=int, default=4, help="questions per held-in paper/meeting (default 4; 0: all)"
+    )
     p.add_argument("--out-docs", type=int, default=10, help="held-out COVID-QA papers (default 10)")
     p.add_argument("--qmsum-out-docs", type=int, default=6, help="held-out QMSum meetings (default 6)")
     p.add_argument("--words", type=int, default=1500)
     p.add_argument("--real-max-words", type=int, default=4000)
+    p.add_argument(
+        "--held-in-max-words",
+        type=int,
+        help="cut held-in real documents here instead (0: whole documents, every held-in question; default: "
+        "--real-max-words); the held-out ones stay cut at --real-max-words, as the README measures them",
+    )
     p.add_argument("--validation", type=float, default=0.3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", help="feature cache folder (default ~/.cache/attnret/train-features)")
@@ -117,7 +136,7 @@ def evaluate_rows(
     train_sets: dict[str, list[ExampleFeatures]],
     held_out: dict[str, list[ExampleFeatures]],
     names: list[str],
-    shipped: list[str],
+    shipped: dict[str, float],
     args: argparse.Namespace,
 ) -> list[dict[str, Any]]:
     """Every row of one (training data, band): validation and held-out nDCG@10 per set, time, examples used."""
@@ -148,7 +167,10 @@ def evaluate_rows(
     in_band = [index[h] for h in shipped if h in index]
     shipped_in_band = bool(shipped) and len(in_band) == len(shipped)  # a shipped set whose heads this band holds
     if shipped_in_band:
-        row("shipped QR heads (equal weights)", in_band, np.full(len(in_band), 1 / len(in_band)))
+        own = np.array(list(shipped.values()))
+        weighted = len(set(own.tolist())) > 1
+        label = "shipped head set (its trained weights)" if weighted else "shipped QR heads (equal weights)"
+        row(label, in_band, own / own.sum())
     detection = head_ndcg(train, base.k)
     top = [int(i) for i in np.argsort(-detection, kind="stable")[: args.top]]
     row(f"detected top {args.top} on train (equal weights)", top, np.full(len(top), 1 / len(top)))
@@ -295,7 +317,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     names_all = head_names(num_heads, deepest)
     shipped_path = shipped_head_sets().get(model_id(retriever.config.model))
-    shipped = [str(h) for h in load_head_file(shipped_path)["heads"]] if shipped_path else []
+    shipped_set = load_head_file(shipped_path) if shipped_path else {"heads": []}
+    shipped_weights = shipped_set.get("weights") or {}
+    shipped = {str(h): float(shipped_weights.get(str(h), 1.0)) for h in shipped_set["heads"]}
     entries = []
     for band in bands:
         rows_n = (band + 1) * num_heads

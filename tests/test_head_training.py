@@ -305,3 +305,33 @@ def test_train_heads_api_reports_settings_errors() -> None:
         train_heads(_tiny(), settings=TrainSettings(objective="nope"))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="validation"):
         TrainSettings(validation=1.5).check()
+
+
+def test_train_heads_cuts_held_in_and_held_out_documents_apart(shared_data: Path) -> None:
+    """`--held-in-max-words 0 --held-in-per-doc 0` trains on whole held-in meetings and every question of them,
+    while the held-out meetings stay cut at `--real-max-words` (what the README measures)."""
+    import argparse
+
+    from benchmarks.train_heads import add_set_arguments, example_sets
+    from shared_core.evaluation import word_count
+
+    parser = argparse.ArgumentParser()
+    add_set_arguments(parser)
+    common = ["--real", "qmsum", "--docs", "3", "--qmsum-out-docs", "2", "--n", "1", "--n-out", "1"]
+    cut = example_sets(parser.parse_args(common))
+    whole = example_sets(parser.parse_args([*common, "--held-in-max-words", "0", "--held-in-per-doc", "0"]))
+
+    def longest(items: list[SourcedExample]) -> int:
+        return max(word_count(item.example.documents[0]) for item in items)
+
+    def per_meeting(items: list[SourcedExample]) -> int:
+        counts: dict[str, int] = {}
+        for item in items:
+            counts[item.example.document_id] = counts.get(item.example.document_id, 0) + 1
+        return max(counts.values())
+
+    assert longest(cut["held-in"]["qmsum"]) <= 4000 * 1.1  # cut at a sentence end past 4,000 words
+    assert longest(whole["held-in"]["qmsum"]) > longest(cut["held-in"]["qmsum"])
+    assert per_meeting(cut["held-in"]["qmsum"]) == 4 < per_meeting(whole["held-in"]["qmsum"])
+    assert [i.example.id for i in whole["held-out"]["qmsum"]] == [i.example.id for i in cut["held-out"]["qmsum"]]
+    assert longest(whole["held-out"]["qmsum"]) <= 4000 * 1.1
