@@ -1,6 +1,6 @@
 """Choose the fusion defaults on held-in questions: every view is computed once, then each candidate setting
-(view weights, weighted or RRF fusion, per-query adaptive weights, entity expansion on or off, the share of a unit's
-score taken from its neighbours, sentence or paragraph units) is replayed over the same scores.
+(view weights, weighted or RRF fusion, per-query adaptive weights, entity expansion on or off and its settings, the
+share of a unit's score taken from its neighbours, sentence or paragraph units) is replayed over the same scores.
 
     python -m benchmarks.tune_fusion                     # 8 held-in questions per built task at 1500 words
     python -m benchmarks.tune_fusion --n 12 --words 1500,6000
@@ -234,7 +234,21 @@ def candidates(granularities: Sequence[str] = ("sentence",), default: FusionConf
         if g != "sentence":
             out.append(Candidate(f"default, {g} units", default, EntitiesConfig(), g, lever="units"))
     out.extend(context_candidates(default))
+    out.extend(entity_candidates(default))
     return out
+
+
+def entity_candidates(default: FusionConfig) -> list[Candidate]:
+    """The default fusion with other entity-expansion settings: fewer units per expansion, more or fewer direct hits
+    before it, whole paragraphs or the unit after a mention pulled in, mentions in document order."""
+    settings: list[tuple[str, dict[str, Any]]] = [(f"max_expansions {m}", {"max_expansions": m}) for m in (1, 2, 3, 5)]
+    settings += [(f"direct_hits {d}", {"direct_hits": d}) for d in (1, 3, 5)]
+    settings += [("top_entities 2", {"top_entities": 2}), ("expand paragraph", {"expand": "paragraph"})]
+    settings += [("neighbours", {"neighbours": True}), ("order document", {"order": "document"})]
+    return [
+        Candidate(f"default, entities {name}", default, EntitiesConfig(**update), lever="entity-settings")
+        for name, update in settings
+    ]
 
 
 def context_candidates(default: FusionConfig) -> list[Candidate]:
@@ -331,6 +345,10 @@ def lever_table(rows: list[dict[str, Any]], tasks: Sequence[str], held_in: list[
     if family:
         best = max(family, key=lambda r: r["overall"])["candidate"]
         picks.append((f"(f) best other context setting on held-in: {best.removeprefix('default, ')}", best))
+    family = [r for r in chooser.values() if r["lever"] == "entity-settings"]
+    if family:
+        best = max(family, key=lambda r: r["overall"])["candidate"]
+        picks.append((f"(g) best other entity setting on held-in: {best.removeprefix('default, entities ')}", best))
     shown = [t for t in tasks if t in default["per_task"]]
     lines = ["| lever | " + " | ".join(shown) + " | overall |", "|---|" + "---:|" * (len(shown) + 1)]
     base_cells = " | ".join(f"{default['per_task'][t]:.3f} ({default['margins'][t]:+.3f})" for t in shown)

@@ -450,3 +450,18 @@ def test_one_parse_serves_units_and_entities_and_a_grown_text_parses_only_its_ne
     assert len(parsed) == 2  # the units and the entities of each text came from one parse
     r.units(grown + "\n\nFred went to the kitchen.")  # after a paragraph break the last paragraph is complete
     assert parsed[2] == ["Fred went to the kitchen."]
+
+
+def test_tune_fusion_replays_entity_settings_one_change_each() -> None:
+    """`benchmarks.tune_fusion`'s entity family: each candidate changes one entity setting of the default, never the
+    fusion, and no two are the same."""
+    from benchmarks.tune_fusion import entity_candidates
+
+    default = FusionConfig()
+    cands = entity_candidates(default)
+    base = EntitiesConfig().model_dump()
+    assert len(cands) >= 8 and len({c.name for c in cands}) == len(cands)
+    for cand in cands:
+        changed = {k for k, v in cand.entities.model_dump().items() if base[k] != v}
+        assert len(changed) == 1, (cand.name, changed)
+        assert cand.fusion == default and cand.lever == "entity-settings"
