@@ -111,8 +111,8 @@ def add_set_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--held-in-max-words",
         type=int,
-        help="cut held-in real documents here instead (0: whole documents, every held-in question; default: "
-        "--real-max-words); the held-out ones stay cut at --real-max-words, as the README measures them",
+        help="cut held-in real documents here instead (0: whole documents, so no question is dropped for gold past "
+        "the cut; default: --real-max-words); the held-out ones stay cut at --real-max-words, as the README measures",
     )
     p.add_argument("--validation", type=float, default=0.3)
     p.add_argument("--seed", type=int, default=0)
