@@ -322,17 +322,19 @@ def lever_table(rows: list[dict[str, Any]], tasks: Sequence[str], held_in: list[
     by_name = {r["candidate"]: r for r in rows if r["candidate"] != "baselines"}
     default = by_name[DEFAULT_NAME]
     chooser = {r["candidate"]: r for r in (held_in or rows) if r["candidate"] != "baselines"}
-    grid = [r for r in chooser.values() if r["lever"] == "grid"]
+
+    def best(lever: str) -> str | None:
+        """The candidate of a lever family that the chooser rows rank best overall (None: no such family)."""
+        family = [r for r in chooser.values() if r["lever"] == lever]
+        return max(family, key=lambda r: r["overall"])["candidate"] if family else None
+
     picks: list[tuple[str, str]] = []
-    if grid:
-        best = max(grid, key=lambda r: r["overall"])["candidate"]
-        picks.append((f"(a) best grid setting on held-in: {best}", best))
+    if grid := best("grid"):
+        picks.append((f"(a) best grid setting on held-in: {grid}", grid))
     picks.append(("(a) RRF, default weights", "a1/d0.5/l2 rrf +ent"))
     for mode in ("agreement", "overlap"):
-        family = [r for r in chooser.values() if r["lever"] == f"adaptive-{mode}"]
-        if family:
-            best = max(family, key=lambda r: r["overall"])["candidate"]
-            picks.append((f"(b) {best}", best))
+        if adaptive := best(f"adaptive-{mode}"):
+            picks.append((f"(b) {adaptive}", adaptive))
     for r in chooser.values():
         if r["lever"] == "units":
             picks.append((f"(c) {r['granularity']} units (margin change)", r["candidate"]))
@@ -341,14 +343,10 @@ def lever_table(rows: list[dict[str, Any]], tasks: Sequence[str], held_in: list[
     )
     picks.append(("(e) common words expand (entities.skip_common_words off)", "default, common words expand"))
     picks.append(("(f) context off (fusion.context and paragraph_context 0)", "default, context off"))
-    family = [r for r in chooser.values() if r["lever"] == "context"]
-    if family:
-        best = max(family, key=lambda r: r["overall"])["candidate"]
-        picks.append((f"(f) best other context setting on held-in: {best.removeprefix('default, ')}", best))
-    family = [r for r in chooser.values() if r["lever"] == "entity-settings"]
-    if family:
-        best = max(family, key=lambda r: r["overall"])["candidate"]
-        picks.append((f"(g) best other entity setting on held-in: {best.removeprefix('default, entities ')}", best))
+    if context := best("context"):
+        picks.append((f"(f) best other context setting on held-in: {context.removeprefix('default, ')}", context))
+    if entity := best("entity-settings"):
+        picks.append((f"(g) best other entity setting on held-in: {entity.removeprefix('default, entities ')}", entity))
     shown = [t for t in tasks if t in default["per_task"]]
     lines = ["| lever | " + " | ".join(shown) + " | overall |", "|---|" + "---:|" * (len(shown) + 1)]
     base_cells = " | ".join(f"{default['per_task'][t]:.3f} ({default['margins'][t]:+.3f})" for t in shown)

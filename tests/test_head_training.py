@@ -311,6 +311,7 @@ def test_train_heads_cuts_held_in_and_held_out_documents_apart(shared_data: Path
     """`--held-in-max-words 0 --held-in-per-doc 0` trains on whole held-in meetings and every question of them,
     while the held-out meetings stay cut at `--real-max-words` (what the README measures)."""
     import argparse
+    from collections import Counter
 
     from benchmarks.train_heads import add_set_arguments, example_sets
     from shared_core.evaluation import word_count
@@ -325,10 +326,7 @@ def test_train_heads_cuts_held_in_and_held_out_documents_apart(shared_data: Path
         return max(word_count(item.example.documents[0]) for item in items)
 
     def per_meeting(items: list[SourcedExample]) -> int:
-        counts: dict[str, int] = {}
-        for item in items:
-            counts[item.example.document_id] = counts.get(item.example.document_id, 0) + 1
-        return max(counts.values())
+        return max(Counter(item.example.document_id for item in items).values())
 
     assert longest(cut["held-in"]["qmsum"]) <= 4000 * 1.1  # cut at a sentence end past 4,000 words
     assert longest(whole["held-in"]["qmsum"]) > longest(cut["held-in"]["qmsum"])
