@@ -263,6 +263,8 @@ class SideBySide:
     """A ``model_settings`` result file, and which of its settings is the model's CPU default (first query on the
     ~5k-token paper, peak RSS)."""
     setting: str = "default"
+    real_skip: tuple[str, ...] = ()
+    """Methods of the ``real`` file that are not this row's (``qr-heads`` read with another head set): shown as –."""
 
 
 SIDE_BY_SIDE = (
@@ -292,7 +294,7 @@ SIDE_BY_SIDE = (
         settings="models/settings_qwen0.5b.json",
     ),
     SideBySide(
-        "qwen2.5-coder-1.5b-instruct (default: by name, int8)",
+        "qwen2.5-coder-1.5b-instruct (int8, the first trained head set, before `fusion.context`)",
         "models/quality_qwen1.5b_by_name.json",
         "models/quality_qwen1.5b_by_name.json",
         "models/quality_built6k_qwen1.5b_by_name.json",
@@ -300,6 +302,17 @@ SIDE_BY_SIDE = (
         all_heads="models/quality_attention_qwen1.5b.json",
         settings="models/settings_chunk_qwen1.5b.json",
         setting="int8+p512",
+    ),
+    SideBySide(
+        "qwen2.5-coder-1.5b-instruct (default: by name, int8; the head set trained on whole meetings)",
+        "models/quality_readme_qwen1.5b_whole.json",
+        "models/quality_qwen1.5b_whole_heads.json",
+        "models/quality_built6k_qwen1.5b_whole_heads.json",
+        "models/rerank_held_out_qwen1.5b_whole_heads.json",
+        all_heads="models/quality_attention_qwen1.5b.json",
+        settings="models/settings_chunk_qwen1.5b.json",
+        setting="int8+p512",
+        real_skip=("qr-heads",),
     ),
 )
 """The rows of `side_by_side_table`, smallest model first."""
@@ -325,6 +338,8 @@ def side_by_side_rows(folder: Path = RESULTS.parent, models: Sequence[SideBySide
         for attr, task, words in SIDE_COLUMNS:
             name = getattr(model, attr)
             got = _quality_cells(folder / name, task, words) if name else {}
+            if attr == "real":
+                got = {m: v for m, v in got.items() if m not in model.real_skip}
             if model.all_heads and "attention" not in got:
                 extra = _quality_cells(folder / model.all_heads, task, words).get("attention")
                 got.update({"attention": extra} if extra else {})

@@ -51,6 +51,8 @@ def test_side_by_side_reads_each_set_and_the_last_models_baselines(tmp_path: Pat
         SideBySide("big", "models/q_big.json", "models/q_big.json", None, "models/r.json", all_heads="q_small.json"),
     )
     baseline, small, big = side_by_side_rows(tmp_path, models)
+    skip = SideBySide("skip", "models/q_big.json", "models/q_big.json", None, "models/r.json", real_skip=("qr-heads",))
+    assert side_by_side_rows(tmp_path, (skip,))[1][1:5] == ["– / 0.610 / 0.720", "–", "–", "– / – / 0.450"]
     assert baseline == ["better of BM25 / MiniLM", "0.650 (n = 40)", "–", "–", "0.400 (n = 22)", "0.850 (n = 20)", ""]
     assert small == ["small", "0.300 / 0.500 / –", "–", "–", "–", "–", "6.1 s / 1.4 GB"]
     assert big == ["big", "0.300 / 0.610 / 0.720", "–", "–", "– / 0.410 / 0.450", "0.800 / 0.900", "–"]
@@ -60,4 +62,5 @@ def test_side_by_side_table_of_the_shipped_results_names_every_model() -> None:
     table = side_by_side_table()
     for name in ("smollm2-135m-instruct", "gemma-3-270m", "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct"):
         assert name in table
-    assert "0.795 / 0.807" in table  # the default's COVID-QA cells (quality_qwen1.5b_by_name.json)
+    assert "0.795 / 0.807" in table  # the first 1.5B head set's COVID-QA cells (quality_qwen1.5b_by_name.json)
+    assert "0.808 / – / 0.846" in table  # the default (quality_qwen1.5b_whole_heads.json, its qr-heads blanked)
