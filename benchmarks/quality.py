@@ -99,8 +99,15 @@ METHODS: dict[str, Method] = {
         "retriever",
         lambda r: {**_ATTENTION_ONLY, "attention": {"heads": "all", "layers": list(range(r.model.shape.num_layers))}},
     ),
-    # attention alone with the shipped (detected) QR-head set of the model, as the default config reads it
-    "qr-heads": Method("retriever", {**_ATTENTION_ONLY, "attention": {"heads": "auto"}}),
+    # attention alone with the config's own head set (the default config's `heads: auto`: the model's shipped set);
+    # a config reading every head (`heads: all`) gets the shipped set here, as `attention` already measures all heads
+    "qr-heads": Method(
+        "retriever",
+        lambda r: {
+            **_ATTENTION_ONLY,
+            "attention": {"heads": "auto" if r.config.attention.heads == "all" else r.config.attention.heads},
+        },
+    ),
     "fused": Method("retriever", {"entities": {"enabled": False}}),  # attention + dense + lexical
     "fused+entities": Method("retriever", {}),  # the default configuration
     # the default without the lexical view (attention + dense + entities): what the lexical view adds
@@ -204,6 +211,15 @@ class Scorers:
             retriever.share_caches(self.default)  # prefill each document once for every method
             self._retrievers[key] = retriever
         return self._retrievers[key]
+
+    def head_sets(self, methods: Sequence[str]) -> dict[str, str]:
+        """The head set each retriever method read (a head-set file's path, "config", "layers"), for the result
+        file: a config naming a head-set file and `heads: auto` read different sets under the same method name."""
+        out = {}
+        for name in methods:
+            if METHODS[name].kind in ("retriever", "naive"):
+                out[name] = str(self.retriever(METHODS[name]).head_selection.source)
+        return out
 
     def dense(self) -> Any:
         """The dense scorer (all-MiniLM-L6-v2 by default), created on first use."""
@@ -386,6 +402,7 @@ def run_benchmark(
         "seed": seed,
         "offset": offset,
         "config": base_config if base_config is None or isinstance(base_config, str | dict) else str(base_config),
+        "head_sets": scorers.head_sets(methods),
     }
     return {"meta": run_metadata(), "settings": settings, "results": with_overall(rows), "per_question": per_question}
 

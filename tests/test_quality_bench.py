@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,7 +29,7 @@ from benchmarks.quality import (
     with_overall,
 )
 from benchmarks.tune_fusion import load_cases, replay
-from shared_core.config import EntitiesConfig, FusionConfig
+from shared_core.config import EntitiesConfig, FusionConfig, RetrieverConfig
 from shared_core.evaluation import GoldSpan, LabelledExample, tie_aware_metrics
 
 
@@ -94,6 +96,22 @@ def test_method_registry() -> None:
     assert isinstance(nocal, dict) and nocal["attention"] == {"heads": "all", "calibration": False}
     assert nocal["dense"] == nocal["lexical"] == nocal["entities"] == {"enabled": False}  # attention alone
     assert METHODS["fused+entities"].override == {}  # the default configuration
+
+
+def test_qr_heads_reads_the_configs_own_head_set() -> None:
+    override = METHODS["qr-heads"].override
+    assert callable(override)
+
+    def heads_of(heads: Any) -> Any:
+        retriever = SimpleNamespace(config=RetrieverConfig.coerce({"attention": {"heads": heads}}))
+        out = override(retriever)
+        assert out["dense"] == out["lexical"] == out["entities"] == {"enabled": False}  # attention alone
+        return out["attention"]["heads"]
+
+    assert heads_of("auto") == "auto"  # the default config: the model's shipped set
+    assert heads_of("benchmarks/results/training/heads_qwen1.5b_trained.yaml").endswith("heads_qwen1.5b_trained.yaml")
+    assert heads_of(["14-3", "15-0"]) == ["14-3", "15-0"]
+    assert heads_of("all") == "auto"  # every head is the `attention` method's row
 
 
 def test_bm25_scores_rank_lexical_match_first() -> None:
@@ -232,6 +250,8 @@ def test_quick_run_covers_both_real_sets(shared_data: Path, tmp_path: Path) -> N
         assert 250 <= r["doc_words"] < 1500  # cut after the paragraph/turn reaching 300 words
     questions = [q for q in results["per_question"] if q["method"] == "fused+entities"]
     assert len({q["id"] for q in questions}) == 4 and all(q["units"] > 1 for q in questions)
+    head_sets = results["settings"]["head_sets"]  # the head set each retriever method read is recorded
+    assert set(head_sets) == {"fused+entities"} and head_sets["fused+entities"].endswith("smollm2-135m-instruct.yaml")
     cases = load_cases(views)  # the default config's views, ready for tune_fusion to replay
     assert len(cases) == 4 and {c.task for c in cases} == {"covidqa", "qmsum"}
     default = rows[("covidqa", "fused+entities")]["ndcg@10"]
