@@ -120,6 +120,7 @@ def prepare(retriever: AttentionRetriever, item: SourcedExample, kv_cache: dict[
     engine = retriever.engine
     doc = coerce_document(text, 0)
     if doc.content_hash not in kv_cache:
+        logger.info("reading document %d (%s)", len(kv_cache) + 1, ex.id)
         engine.clear()
         tokens, _ = engine.head_token_scores([ex.query], doc)  # the engine's own prefill, kept in its cache
         prefilled = engine.prefills.get(engine._prefill_key(doc))
@@ -292,9 +293,12 @@ def product_check(args: argparse.Namespace, heads: Path, items: Sequence[Sourced
     attention-alone nDCG@10 per set, the two retrievers sharing the document reads and views."""
     base = config_of(args)
     att = base.attention
-    frozen = AttentionRetriever(base.model_copy(update={"attention": att.model_copy(update={"query_adapter": False})}))
-    on = {"heads": str(heads), "query_adapter": True}
-    adapted = AttentionRetriever(base.model_copy(update={"attention": att.model_copy(update=on)}))
+
+    def retriever(adapter: bool) -> AttentionRetriever:  # the same head-set file (and so fusion) either way
+        on = {"heads": str(heads), "query_adapter": adapter}
+        return AttentionRetriever(base.model_copy(update={"attention": att.model_copy(update=on)}))
+
+    frozen, adapted = retriever(False), retriever(True)
     adapted.share_caches(frozen)
     out: dict[str, dict[str, list[float]]] = {
         f"{r}_{v}": {} for r in ("frozen", "adapter") for v in ("fused", "attention")

@@ -53,8 +53,9 @@ def test_a_shipped_trained_set_is_trained_on_held_in_data(name: str) -> None:
 
 def test_the_1_5b_fusion_weights_are_the_learned_ones_for_documents_and_the_defaults_for_candidates() -> None:
     """`fusion.weights: auto` with the 1.5B by name (the example config too) fuses documents with the learned LSEPair
-    min-max row of the run its head-set file names, and candidate sets with the default weights; explicit weights or
-    another head set turn the shipped ones off. No model is loaded."""
+    min-max row of the run its head-set file names, and candidate sets with the default weights; naming that file by
+    path keeps them; explicit weights, every head, explicit layers or a file without them turn them off. No model is
+    loaded."""
     root = Path(__file__).resolve().parent.parent
     run = json.loads((root / "benchmarks/results/training/learn_fusion_qwen2.5-coder-1.5b-trained.json").read_text())
     learned = next(r for r in run["rows"] if r["row"] == "learned lsepair, minmax")
@@ -72,5 +73,15 @@ def test_the_1_5b_fusion_weights_are_the_learned_ones_for_documents_and_the_defa
         )
         want = own if "fusion" in override else DEFAULT_FUSION_WEIGHTS
         assert fusion.documents.weights == fusion.candidates.weights == want and fusion.calibration is None
+    shipped = model_fusion(RetrieverConfig.model_validate({"model": {"name": "qwen2.5-coder-1.5b-instruct"}}))
+    named = RetrieverConfig.model_validate(
+        {"model": {"name": "qwen2.5-coder-1.5b-instruct"}, "attention": {"heads": shipped.source}}
+    )
+    assert model_fusion(named) == shipped  # a head-set file named by path brings its own fusion and calibration
+    trained_first = root / "benchmarks/results/training/heads_qwen1.5b_trained.yaml"
+    plain = model_fusion(
+        named.model_copy(update={"attention": named.attention.model_copy(update={"heads": str(trained_first)})})
+    )
+    assert plain.documents.weights == DEFAULT_FUSION_WEIGHTS and plain.calibration is None  # a file without them
     smollm2 = model_fusion(RetrieverConfig())
     assert smollm2.documents.weights == smollm2.candidates.weights == DEFAULT_FUSION_WEIGHTS and not smollm2.source

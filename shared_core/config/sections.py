@@ -247,9 +247,10 @@ class FusionConfig(_Section):
     weights: Literal["auto"] | dict[str, float] = Field(
         "auto",
         description="Weight per view name; 0 switches a view off. Every fused view needs a weight; weights of "
-        "views that are not computed are ignored. 'auto' = the weights shipped with the model's head set when "
-        "`attention.heads` is auto (learned with those heads, one set for documents and one for candidate sets, "
-        "docs/models.md), else DEFAULT_FUSION_WEIGHTS (attention 1, dense 0.5, lexical 2).",
+        "views that are not computed are ignored. 'auto' = the weights in the head-set file read (the model's "
+        "shipped set under `attention.heads: auto`, or the file `attention.heads` names; learned with those heads, "
+        "one set for documents and one for candidate sets, docs/models.md), else DEFAULT_FUSION_WEIGHTS "
+        "(attention 1, dense 0.5, lexical 2).",
     )
     rrf_k: int = Field(60, gt=0, description="Rank offset of reciprocal-rank fusion (60 in Cormack et al. 2009).")
     adaptive: Literal["none", "agreement"] = Field(

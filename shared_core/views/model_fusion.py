@@ -10,9 +10,10 @@ documents and one for candidate sets, and the Platt weights that turn the candid
       candidates: {attention: 1.0, dense: 0.5, lexical: 2.0}
     calibration: [24.2, -1.25, -2.95]     # weights of tasks.calibration.FEATURES, then the intercept
 
-They apply when `fusion.weights` is 'auto' and `attention.heads` is 'auto' (the heads they were learned with);
-otherwise, and for a model without them, the weights are `fusion.weights` or `DEFAULT_FUSION_WEIGHTS` and the
-calibration is the default one.
+They apply when `fusion.weights` is 'auto' and the heads read are that file's: `attention.heads: auto` (the shipped
+set) or the path of a head-set file carrying such blocks (a copy of a shipped set naming a query adapter, a set of
+your own); otherwise, and for a model without them, the weights are `fusion.weights` or `DEFAULT_FUSION_WEIGHTS` and
+the calibration is the default one.
 """
 
 from __future__ import annotations
@@ -45,13 +46,15 @@ class ModelFusion:
 
 
 def model_fusion(config: RetrieverConfig) -> ModelFusion:
-    """The fusion of `config`: the model's shipped weights and calibration where `fusion.weights` and
-    `attention.heads` are both 'auto' and its head-set file has them, else the config's (or default) weights."""
+    """The fusion of `config`: under `fusion.weights: auto`, the weights and calibration of the head-set file read
+    (the model's shipped one by `heads: auto`, or the file `heads` names) where it has them, else the config's (or
+    default) weights."""
     fusion = config.fusion
     fixed = fusion.model_copy(update={"weights": fusion.view_weights})
-    if fusion.weights != "auto" or config.attention.heads != "auto" or config.attention.layers != "auto":
+    heads = config.attention.heads
+    if fusion.weights != "auto" or not isinstance(heads, str) or heads == "all" or config.attention.layers != "auto":
         return ModelFusion(fixed, fixed, None, None)
-    path = shipped_head_sets().get(model_id(config.model))
+    path = shipped_head_sets().get(model_id(config.model)) if heads == "auto" else Path(heads)
     if path is None:
         return ModelFusion(fixed, fixed, None, None)
     shipped = shipped_fusion(path)
