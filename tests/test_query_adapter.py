@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from shared_core import AttentionRetriever, Document, RetrieverConfig
 from shared_core.config import ConfigError
-from shared_core.engine.heads import ADAPTER_DIR, load_head_file, shipped_head_sets
+from shared_core.engine.heads import ADAPTER_DIR, file_adapter, load_head_file, shipped_head_sets
 from shared_core.engine.query_adapter import QueryAdapter, digest_of, load_adapter, save_adapter
 from shared_core.models.loading import SMOLLM2_ID
 
@@ -159,3 +159,23 @@ def test_the_shipped_smollm2_set_names_its_adapter_in_the_user_cache_and_it_is_o
     assert selection.adapter.meta["model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     adapted, frozen = _attention(on), _attention(retriever)
     assert np.all(np.isfinite(adapted)) and not np.allclose(adapted, frozen, atol=1e-4)
+
+
+def test_the_shipped_1_5b_set_names_its_adapter_and_the_example_config_opts_in(tmp_path: Path) -> None:
+    """The 1.5B's shipped set names an adapter kept out of the package (weights): missing from the user cache, it is a
+    ConfigError naming the training command; present, it is the one loaded. The example config is the opt-in. No
+    model is loaded (the adapter's shapes are checked against the model when it is installed)."""
+    path = shipped_head_sets()["Qwen/Qwen2.5-Coder-1.5B-Instruct"]
+    data = load_head_file(path)
+    name = data["adapter"]
+    assert name == "qwen2.5-coder-1.5b-instruct.adapter.safetensors" and not (path.parent / name).exists()
+    with pytest.raises(ConfigError, match=r"names the query adapter .*benchmarks\.query_adapter.*--save .*adapters"):
+        file_adapter(data, path, tmp_path / ADAPTER_DIR)
+    saved = _adapter(seed=5)
+    save_adapter(tmp_path / ADAPTER_DIR / name, saved)
+    loaded = file_adapter(data, path, tmp_path / ADAPTER_DIR)
+    assert loaded is not None and loaded.digest == saved.digest
+    example = Path(__file__).parent.parent / "examples" / "configs" / "qwen2.5-coder-1.5b-query-adapter.yaml"
+    config = RetrieverConfig.from_yaml(example)
+    assert config.model.name == "qwen2.5-coder-1.5b-instruct" and config.attention.query_adapter is True
+    assert config.attention.heads == "auto"  # the shipped set (and its fusion), which names the adapter
