@@ -149,6 +149,16 @@ def shipped_head_sets() -> dict[str, Path]:
     return found
 
 
+def head_set_file(config: AttentionConfig, model_id: str) -> str | None:
+    """The head-set file `config` reads: the model's shipped one under `heads: auto` (and `layers: auto`), or the
+    file `heads` names; None for every head, a head list, or a model without a shipped set. Its heads
+    (`select_heads`) and its fusion blocks (`views.model_fusion`) come from this one file."""
+    if config.heads == "auto":
+        path = shipped_head_sets().get(model_id) if config.layers == "auto" else None
+        return str(path) if path else None
+    return config.heads if isinstance(config.heads, str) and config.heads != "all" else None
+
+
 def select_heads(
     config: AttentionConfig,
     num_layers: int,
@@ -165,16 +175,14 @@ def select_heads(
     head set's query adapter is looked up after its own folder (`file_adapter`).
     """
     heads = config.heads
-    if heads == "auto":
-        path = shipped_head_sets().get(model_id) if config.layers == "auto" else None
-        heads = str(path) if path else "all"
-    if isinstance(heads, str) and heads != "all":
-        data = load_head_file(heads)
-        adapter = file_adapter(data, heads, adapter_dir) if config.query_adapter else None
+    path = head_set_file(config, model_id)
+    if path is not None:
+        data = load_head_file(path)
+        adapter = file_adapter(data, path, adapter_dir) if config.query_adapter else None
         if data.get("weights") is not None:
-            picked = weighted_selection(data["heads"], data["weights"], num_layers, num_heads, str(heads))
+            picked = weighted_selection(data["heads"], data["weights"], num_layers, num_heads, path)
             return replace(picked, adapter=adapter)
-        return HeadSelection(dict(parse_heads(data["heads"], num_layers, num_heads)), str(heads), adapter=adapter)
+        return HeadSelection(dict(parse_heads(data["heads"], num_layers, num_heads)), path, adapter=adapter)
     if isinstance(heads, list):
         return HeadSelection(dict(parse_heads(heads, num_layers, num_heads)), source="config")
     if config.layers == "auto":

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from shared_core.config import ConfigError, FusionConfig, RetrieverConfig
-from shared_core.engine.heads import load_head_file, shipped_head_sets
+from shared_core.engine.heads import head_set_file, load_head_file
 from shared_core.models.loading import model_id
 
 KINDS = ("documents", "candidates")
@@ -51,10 +51,7 @@ def model_fusion(config: RetrieverConfig) -> ModelFusion:
     default) weights."""
     fusion = config.fusion
     fixed = fusion.model_copy(update={"weights": fusion.view_weights})
-    heads = config.attention.heads
-    if fusion.weights != "auto" or not isinstance(heads, str) or heads == "all" or config.attention.layers != "auto":
-        return ModelFusion(fixed, fixed, None, None)
-    path = shipped_head_sets().get(model_id(config.model)) if heads == "auto" else Path(heads)
+    path = head_set_file(config.attention, model_id(config.model)) if fusion.weights == "auto" else None
     if path is None:
         return ModelFusion(fixed, fixed, None, None)
     shipped = shipped_fusion(path)
@@ -62,7 +59,7 @@ def model_fusion(config: RetrieverConfig) -> ModelFusion:
         return ModelFusion(fixed, fixed, None, None)
     weights, calibration = shipped
     documents, candidates = (fusion.model_copy(update={"weights": weights.get(k, fixed.weights)}) for k in KINDS)
-    return ModelFusion(documents, candidates, calibration, str(path))
+    return ModelFusion(documents, candidates, calibration, path)
 
 
 @functools.lru_cache(maxsize=16)
