@@ -384,7 +384,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.manual_seed(args.seed)
-    retriever = AttentionRetriever(config_of(args))
+    base = config_of(args)  # training starts from the frozen model, whatever adapter the head set ships with
+    retriever = AttentionRetriever(
+        base.model_copy(update={"attention": base.attention.model_copy(update={"query_adapter": False})})
+    )
     retriever.warm_up()
     selection = retriever.head_selection
     sets = example_sets(args)

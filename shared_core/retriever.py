@@ -202,11 +202,17 @@ class AttentionRetriever:
         """The document's entity index (None when entities are disabled)."""
         return self.analyser.analyse(coerce_document(document, 0)).entities
 
-    def token_scores(self, query: str, document: str | Document) -> tuple[DocumentTokens, np.ndarray]:
-        """Aggregated (and calibrated) attention score of each document token, aligned to `tokens.offsets`."""
-        tokens, per_query = self.engine.head_token_scores([check_query(query)], coerce_document(document, 0))
-        weights = self.engine.head_selection.weights
-        return tokens, scoring.aggregate_heads(per_query[0], self.config.attention.head_aggregation, weights)
+    def token_scores(
+        self, query: str, document: str | Document, candidates: bool = False
+    ) -> tuple[DocumentTokens, np.ndarray]:
+        """Aggregated (and calibrated) attention score of each document token, aligned to `tokens.offsets`;
+        `candidates`: the document is a candidate set (read without a query adapter kept to documents)."""
+        selection = self.engine.head_selection
+        if candidates:
+            selection = selection.for_candidates()
+        doc = coerce_document(document, 0)
+        tokens, per_query = self.engine.head_token_scores([check_query(query)], doc, selection)
+        return tokens, scoring.aggregate_heads(per_query[0], self.config.attention.head_aggregation, selection.weights)
 
     def head_token_scores(
         self, query: str, document: str | Document, selection: HeadSelection

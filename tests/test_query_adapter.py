@@ -92,8 +92,8 @@ def test_the_adapter_changes_the_query_part_only(tmp_path: Path) -> None:
     frozen = AttentionRetriever({"attention": {"heads": str(_head_set(tmp_path, None, "plain.yaml"))}})
     zero_heads, lora_heads = _head_set(tmp_path, _adapter(zero=True), "zero.yaml"), _head_set(tmp_path, _adapter())
     zero = AttentionRetriever({"attention": {"heads": str(zero_heads), "query_adapter": True}})
-    adapted = AttentionRetriever({"attention": {"heads": str(lora_heads), "query_adapter": True}})
-    off = AttentionRetriever({"attention": {"heads": str(lora_heads)}})  # query_adapter is off by default
+    adapted = AttentionRetriever({"attention": {"heads": str(lora_heads)}})  # auto: it is beside the file
+    off = AttentionRetriever({"attention": {"heads": str(lora_heads), "query_adapter": False}})
     assert adapted.head_selection.adapter is not None and off.head_selection.adapter is None
     base = _attention(frozen)
     np.testing.assert_allclose(_attention(zero), base, atol=1e-6)  # B = 0: the frozen model, through the hooks
@@ -141,9 +141,10 @@ def test_past_the_window_the_adapter_applies_too(tmp_path: Path) -> None:
 def test_the_shipped_smollm2_set_names_its_adapter_in_the_user_cache_and_it_is_opt_in(
     retriever: AttentionRetriever, tmp_path: Path
 ) -> None:
-    """The shipped SmolLM2 set names an adapter that is not in the package (weights): it is looked up in the user
-    cache's adapters/ folder; missing there, the opt-in is a ConfigError naming the training command."""
-    assert retriever.head_selection.adapter is None  # off by default: the default's scores are the frozen model's
+    """The shipped SmolLM2 set names an adapter that is not in the package: `query_adapter: auto` (the default) reads
+    the frozen model even when the user cache holds one; `true` looks it up in the user cache's adapters/ folder,
+    and missing there it is a ConfigError naming the training command."""
+    assert retriever.head_selection.adapter is None  # auto, and none ships beside the SmolLM2 set
     example = Path(__file__).parent.parent / "examples" / "configs" / "smollm2-long-documents.yaml"
     config = RetrieverConfig.from_yaml(example)  # the documented one-line opt-in, with a cache of the test's own
     config = config.model_copy(update={"model": config.model.model_copy(update={"cache_dir": str(tmp_path)})})
@@ -152,6 +153,8 @@ def test_the_shipped_smollm2_set_names_its_adapter_in_the_user_cache_and_it_is_o
         AttentionRetriever(config).warm_up()
     trained = _adapter(seed=3)
     save_adapter(tmp_path / ADAPTER_DIR / name, replace(trained, meta={"model": SMOLLM2_ID}))
+    auto = config.model_copy(update={"attention": config.attention.model_copy(update={"query_adapter": "auto"})})
+    assert AttentionRetriever(auto).head_selection.adapter is None  # the cache's copy is used only when asked for
     on = AttentionRetriever(config)
     selection = on.head_selection
     assert selection.source.endswith("smollm2-135m-instruct.yaml") and selection.adapter is not None
@@ -161,21 +164,60 @@ def test_the_shipped_smollm2_set_names_its_adapter_in_the_user_cache_and_it_is_o
     assert np.all(np.isfinite(adapted)) and not np.allclose(adapted, frozen, atol=1e-4)
 
 
-def test_the_shipped_1_5b_set_names_its_adapter_and_the_example_config_opts_in(tmp_path: Path) -> None:
-    """The 1.5B's shipped set names an adapter kept out of the package (weights): missing from the user cache, it is a
-    ConfigError naming the training command; present, it is the one loaded. The example config is the opt-in. No
-    model is loaded (the adapter's shapes are checked against the model when it is installed)."""
+def test_the_default_1_5b_set_ships_its_adapter_and_uses_it_by_default(tmp_path: Path) -> None:
+    """The 1.5B's shipped set names an adapter that ships beside it in the package, for documents:
+    `query_adapter: auto` (the default) loads that one, whatever the user cache holds; `false` is the frozen model
+    (the example config). No model is loaded (the adapter's shapes are checked against the model when installed)."""
     path = shipped_head_sets()["Qwen/Qwen2.5-Coder-1.5B-Instruct"]
     data = load_head_file(path)
     name = data["adapter"]
-    assert name == "qwen2.5-coder-1.5b-instruct.adapter.safetensors" and not (path.parent / name).exists()
-    with pytest.raises(ConfigError, match=r"names the query adapter .*benchmarks\.query_adapter.*--save .*adapters"):
-        file_adapter(data, path, tmp_path / ADAPTER_DIR)
-    saved = _adapter(seed=5)
-    save_adapter(tmp_path / ADAPTER_DIR / name, saved)
-    loaded = file_adapter(data, path, tmp_path / ADAPTER_DIR)
-    assert loaded is not None and loaded.digest == saved.digest
-    example = Path(__file__).parent.parent / "examples" / "configs" / "qwen2.5-coder-1.5b-query-adapter.yaml"
+    assert name == "qwen2.5-coder-1.5b-instruct.adapter.safetensors" and (path.parent / name).is_file()
+    assert data["adapter_modes"] == ["documents"]  # candidate sets are read frozen (it lost held-in reranking)
+    save_adapter(tmp_path / ADAPTER_DIR / name, _adapter(seed=5))  # a user's own copy in the cache is not read
+    shipped = load_adapter(path.parent / name)
+    for required in (True, False):
+        loaded = file_adapter(data, path, tmp_path / ADAPTER_DIR, required=required)
+        assert loaded is not None and loaded.digest == shipped.digest
+    assert shipped.meta["model"] == "Qwen/Qwen2.5-Coder-1.5B-Instruct" and shipped.deepest == 16
+    assert {p for _, p in shipped.pairs} == {"q_proj", "k_proj", "v_proj", "o_proj"}
+    assert RetrieverConfig().attention.query_adapter == "auto"
+    example = Path(__file__).parent.parent / "examples" / "configs" / "qwen2.5-coder-1.5b-frozen.yaml"
     config = RetrieverConfig.from_yaml(example)
-    assert config.model.name == "qwen2.5-coder-1.5b-instruct" and config.attention.query_adapter is True
-    assert config.attention.heads == "auto"  # the shipped set (and its fusion), which names the adapter
+    assert config.model.name == "qwen2.5-coder-1.5b-instruct" and config.attention.query_adapter is False
+    assert config.attention.heads == "auto"  # the shipped set (and its fusion), without its adapter
+
+
+def test_an_adapter_named_but_absent_is_an_error_only_when_required(tmp_path: Path) -> None:
+    heads = _head_set(tmp_path, None)
+    data = {**load_head_file(heads), "adapter": "gone.safetensors"}
+    assert file_adapter(data, heads, tmp_path / ADAPTER_DIR, required=False) is None
+    with pytest.raises(ConfigError, match=r"names the query adapter 'gone.safetensors'.*query_adapter to auto"):
+        file_adapter(data, heads, tmp_path / ADAPTER_DIR, required=True)
+
+
+def test_an_adapter_kept_to_documents_reads_candidate_sets_frozen(tmp_path: Path) -> None:
+    """`adapter_modes: [documents]` (the shipped 1.5B set's): units of documents are read through the adapter,
+    candidate sets by the frozen model, so their scores (and calibration) are the frozen model's."""
+    path = _head_set(tmp_path, _adapter(seed=4))
+    path.write_text(path.read_text(encoding="utf-8") + "adapter_modes: [documents]\n", encoding="utf-8")
+    docs_only = AttentionRetriever({"attention": {"heads": str(path)}})
+    frozen = docs_only.sibling(
+        RetrieverConfig.model_validate({"attention": {"heads": str(path), "query_adapter": False}})
+    )
+    assert docs_only.head_selection.adapter is not None and not docs_only.head_selection.candidate_adapter
+    assert not np.allclose(_attention(docs_only), _attention(frozen), atol=1e-4)
+    candidates = STORY.split(". ")
+    on, off = (r.score_candidates(QUERY, candidates) for r in (docs_only, frozen))
+    np.testing.assert_allclose([h.scores["attention"] for h in on], [h.scores["attention"] for h in off], atol=1e-6)
+    np.testing.assert_allclose([h.score for h in on], [h.score for h in off], atol=1e-6)
+    both = _head_set(tmp_path, _adapter(seed=4), "both.yaml")  # the default: candidate sets read through it too
+    adapted = AttentionRetriever({"attention": {"heads": str(both)}}).score_candidates(QUERY, candidates)
+    assert not np.allclose([h.scores["attention"] for h in adapted], [h.scores["attention"] for h in off], atol=1e-4)
+
+
+@pytest.mark.parametrize("modes", ["[]", "[queries]", "documents"])
+def test_bad_adapter_modes_are_config_errors(tmp_path: Path, modes: str) -> None:
+    path = _head_set(tmp_path, None)
+    path.write_text(path.read_text(encoding="utf-8") + f"adapter_modes: {modes}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"'adapter_modes' must be a non-empty list of \['documents', 'candidates'\]"):
+        load_head_file(path)

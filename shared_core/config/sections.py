@@ -130,11 +130,13 @@ class AttentionConfig(_Section):
     )
     topk: int = Field(3, gt=0, description="Tokens averaged by pooling='topk_mean'.")
     threshold_std: float = Field(2.0, description="Std multiplier of the threshold_sum rule.")
-    query_adapter: bool = Field(
-        False,
-        description="Use the query adapter the head-set file names (LoRA on the attention projections that only the "
-        "query part runs through; the document is still read by the frozen model): the shipped SmolLM2 set has one, "
-        "measured in docs/quality.md. Off by default until the candidate-score calibration is refitted with it.",
+    query_adapter: Literal["auto"] | bool = Field(
+        "auto",
+        description="Run the query part through the query adapter the head-set file in use names (LoRA on the "
+        "attention projections; the document is still read by the frozen model, so its cache is shared). 'auto': "
+        "when the adapter ships beside the head-set file, as the default 1.5B's does (docs/quality.md); true: "
+        "required, looked up beside the file and then in the user cache's adapters/ folder; false: the frozen model. "
+        "The file's adapter_modes say whether candidate sets are read through it too (the 1.5B's: documents only).",
     )
     head_aggregation: Literal["mean", "max_then_mean", "sum"] = Field(
         "mean",

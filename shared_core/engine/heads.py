@@ -33,6 +33,12 @@ class HeadSelection:
     """Per layer, one weight per selected head (aligned with `per_layer`); None = every head counts the same."""
     adapter: QueryAdapter | None = None
     """The query-side adapter trained for these heads (the head-set file's ``adapter:``), None = the frozen model."""
+    candidate_adapter: bool = True
+    """Whether candidate sets are read through `adapter` too (the file's ``adapter_modes``; units of documents are)."""
+
+    def for_candidates(self) -> HeadSelection:
+        """The selection that reads candidate sets: without the adapter where the head set keeps it to documents."""
+        return self if self.candidate_adapter or self.adapter is None else replace(self, adapter=None)
 
     @property
     def key(self) -> tuple[Any, ...]:
@@ -79,28 +85,44 @@ def load_head_file(path: str | Path) -> dict[str, Any]:
         _check_weights(data["weights"], data["heads"], path)
     if data.get("adapter") is not None and not isinstance(data["adapter"], str):
         raise ConfigError(f"{path}: 'adapter' must be the file name of a query adapter")
+    modes = data.get("adapter_modes", list(ADAPTER_MODES))
+    if not isinstance(modes, list) or not modes or any(m not in ADAPTER_MODES for m in modes):
+        raise ConfigError(
+            f"{path}: 'adapter_modes' must be a non-empty list of {list(ADAPTER_MODES)} (where the adapter is used)"
+        )
     return data
 
 
+ADAPTER_MODES = ("documents", "candidates")
+"""What a head set's query adapter may read: units of documents, candidate sets (`adapter_modes`, default both)."""
+
+
 ADAPTER_DIR = "adapters"
-"""Folder of the user model cache holding trained query adapters (they are weights: never in the package)."""
+"""Folder of the user model cache holding query adapters trained by the user (`benchmarks.query_adapter --save`)."""
 
 
-def file_adapter(data: dict[str, Any], path: str | Path, adapter_dir: Path | None = None) -> QueryAdapter | None:
-    """The query adapter a head-set file names, loaded; None without one. It is looked up beside the file (a head set
-    of your own), then in `adapter_dir` (the user cache's `adapters/`, where `benchmarks.query_adapter --save` puts
-    a trained one); found in neither, a `ConfigError` says how to train it or turn it off."""
+def file_adapter(
+    data: dict[str, Any], path: str | Path, adapter_dir: Path | None = None, required: bool = True
+) -> QueryAdapter | None:
+    """The query adapter a head-set file names, loaded; None without one. It is looked up beside the file (where
+    the package ships the default model's, or a head set of your own keeps its own), then, when `required`, in
+    `adapter_dir` (the user cache's `adapters/`). Not `required` (`query_adapter: auto`), one that is not beside
+    the file is None; required and found nowhere, a `ConfigError` says how to train it or turn it off."""
     name = data.get("adapter")
     if not name:
         return None
-    places = [Path(path).parent / name, *([adapter_dir / name] if adapter_dir is not None else [])]
+    places = [Path(path).parent / name]
+    if required and adapter_dir is not None:
+        places.append(adapter_dir / name)
     for place in places:
         if place.is_file():
             return load_adapter(place)
+    if not required:
+        return None
     raise ConfigError(
-        f"{path} names the query adapter {name!r}, found in none of {[str(p) for p in places]}. Adapters are trained "
-        f"weights, not shipped in the package: train it with `python -m benchmarks.query_adapter --grid ... --save "
-        f'{places[-1]}` (docs/quality.md "Query adapters"), or set attention.query_adapter: false'
+        f"{path} names the query adapter {name!r}, found in none of {[str(p) for p in places]}: train it with "
+        f'`python -m benchmarks.query_adapter --grid ... --save {places[-1]}` (docs/quality.md "Query adapters"), '
+        "or set attention.query_adapter to auto (use it only where it ships beside the head-set file) or false"
     )
 
 
@@ -178,11 +200,14 @@ def select_heads(
     path = head_set_file(config, model_id)
     if path is not None:
         data = load_head_file(path)
-        adapter = file_adapter(data, path, adapter_dir) if config.query_adapter else None
+        wanted = config.query_adapter
+        adapter = file_adapter(data, path, adapter_dir, required=wanted is True) if wanted is not False else None
+        candidates = "candidates" in data.get("adapter_modes", ADAPTER_MODES)
         if data.get("weights") is not None:
             picked = weighted_selection(data["heads"], data["weights"], num_layers, num_heads, path)
-            return replace(picked, adapter=adapter)
-        return HeadSelection(dict(parse_heads(data["heads"], num_layers, num_heads)), path, adapter=adapter)
+            return replace(picked, adapter=adapter, candidate_adapter=candidates)
+        per_layer: dict[int, tuple[int, ...] | None] = dict(parse_heads(data["heads"], num_layers, num_heads))
+        return HeadSelection(per_layer, path, adapter=adapter, candidate_adapter=candidates)
     if isinstance(heads, list):
         return HeadSelection(dict(parse_heads(heads, num_layers, num_heads)), source="config")
     if config.layers == "auto":

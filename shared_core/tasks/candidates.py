@@ -234,7 +234,7 @@ def attention_multiples(
     one); 'sum': the candidate's total mass times the number of candidates (its share over an equal split). Both are
     divided by the recency bias at the candidate's relative position in the window (`POSITION_BIAS`).
     """
-    tokens, token_scores = retriever.token_scores(query, Document(text=window.text))
+    tokens, token_scores = retriever.token_scores(query, Document(text=window.text), candidates=True)
     values = window_multiples(tokens, token_scores, window, pooling, position_bias)
     return {i: float(v) for i, v in zip(window.members, values, strict=True)}
 

@@ -36,8 +36,10 @@ class Scorer(Protocol):
     def dense(self) -> DenseScorer:
         """The dense scorer of the config's `dense` section."""
 
-    def token_scores(self, query: str, document: str | Document) -> tuple[DocumentTokens, np.ndarray]:
-        """Aggregated, calibrated attention score of each document token."""
+    def token_scores(
+        self, query: str, document: str | Document, candidates: bool = False
+    ) -> tuple[DocumentTokens, np.ndarray]:
+        """Aggregated, calibrated attention score of each document token (`candidates`: of a candidate set)."""
 
     def units(self, document: str | Document) -> list[Unit]:
         """The document's units under the config's granularity."""
