@@ -209,27 +209,15 @@ def test_the_1_5b_loads_by_name_reads_its_shipped_heads_and_finds_the_needle(own
 def test_the_default_is_the_1_5b_with_its_fusion_and_calibrated_candidates(
     own_model_cache: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An unset model.name (no ATTNRET_MODEL) is the 1.5B with its shipped fusion, candidate calibration and query
-    adapter for documents: a candidate that answers the question scores above 0.5, unrelated ones far below it, and
-    a long document's units are fused with the documents' weights; the adapter moves the attention view, and the
-    read (its query part included) still stops at the head set's deepest layer."""
+    """An unset model.name (no ATTNRET_MODEL) is the 1.5B with its shipped fusion and candidate calibration: a
+    candidate that answers the question scores above 0.5, unrelated ones far below it, and a long document's units
+    are fused with the documents' weights."""
     _require(QWEN_LARGE)
     monkeypatch.delenv(registry.MODEL_ENV)
     r = AttentionRetriever()
     assert model_id(r.config.model) == "Qwen/Qwen2.5-Coder-1.5B-Instruct"
     assert r.fusion.source and r.fusion.calibration and r.fusion.documents.weights != r.fusion.candidates.weights
-    selection = r.head_selection
-    assert selection.adapter is not None and selection.adapter.deepest == selection.deepest
-    assert not selection.candidate_adapter  # candidate sets are read frozen, as the calibration was fitted
-    frozen = r.sibling(
-        r.config.model_copy(update={"attention": r.config.attention.model_copy(update={"query_adapter": False})})
-    )
-    assert frozen.head_selection.adapter is None
-    ran, adapted = _layers_read(r.model.model.model.layers, lambda: r.score_units(QUERY, DOC))
-    assert max(ran) == selection.deepest
-    plain = frozen.score_units(QUERY, DOC)
-    a, b = ([h.scores["attention"] for h in hits] for hits in (adapted, plain))
-    assert np.all(np.isfinite(a)) and not np.allclose(a, b, atol=1e-3)
+    assert r.head_selection.adapter is None  # its query adapter is weights: not in the package, so `auto` reads frozen
     candidates = [
         "The Kestrel prototype was assembled in Venn by the Calloway instrument group.",
         "A recipe for rye bread needs flour, water, salt and a sourdough starter.",

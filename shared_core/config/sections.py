@@ -134,7 +134,7 @@ class AttentionConfig(_Section):
         "auto",
         description="Run the query part through the query adapter the head-set file in use names (LoRA on the "
         "attention projections; the document is still read by the frozen model, so its cache is shared). 'auto': "
-        "when the adapter ships beside the head-set file, as the default 1.5B's does (docs/quality.md); true: "
+        "when the adapter lies beside the head-set file (a head set of your own); true: "
         "required, looked up beside the file and then in the user cache's adapters/ folder; false: the frozen model. "
         "The file's adapter_modes say whether candidate sets are read through it too (the 1.5B's: documents only).",
     )

@@ -104,8 +104,8 @@ ADAPTER_DIR = "adapters"
 def file_adapter(
     data: dict[str, Any], path: str | Path, adapter_dir: Path | None = None, required: bool = True
 ) -> QueryAdapter | None:
-    """The query adapter a head-set file names, loaded; None without one. It is looked up beside the file (where
-    the package ships the default model's, or a head set of your own keeps its own), then, when `required`, in
+    """The query adapter a head-set file names, loaded; None without one. It is looked up beside the file (a head set
+    of your own keeps its own there), then, when `required`, in
     `adapter_dir` (the user cache's `adapters/`). Not `required` (`query_adapter: auto`), one that is not beside
     the file is None; required and found nowhere, a `ConfigError` says how to train it or turn it off."""
     name = data.get("adapter")
@@ -122,7 +122,7 @@ def file_adapter(
     raise ConfigError(
         f"{path} names the query adapter {name!r}, found in none of {[str(p) for p in places]}: train it with "
         f'`python -m benchmarks.query_adapter --grid ... --save {places[-1]}` (docs/quality.md "Query adapters"), '
-        "or set attention.query_adapter to auto (use it only where it ships beside the head-set file) or false"
+        "or set attention.query_adapter to auto (use it only where it lies beside the head-set file) or false"
     )
 
 
