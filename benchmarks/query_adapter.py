@@ -14,19 +14,18 @@ frozen model prefills the document once (the engine's own prefill), then each st
 calibration part packed in one forward (the engine's `QueryBatch`) with gradients, and turns the shipped heads'
 rows into unit scores exactly as the attention view does (calibration, head weights, mean pooling). The loss is
 LSEPair over the z-scored unit scores; early stopping on validation nDCG@10. Held-out documents are measured once,
-with and without the adapter, after everything is chosen.
+with and without the adapter, after everything is chosen. The training itself is the product's
+(`shared_core.training.adapter_training`, `attnret train-adapter`); this module adds the grid, the held-in sets and
+the held-out measurement.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
-import math
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,221 +35,34 @@ import yaml
 
 from benchmarks.report import command_line, run_metadata
 from benchmarks.train_heads import add_set_arguments, example_sets
-from shared_core.engine import capture, query_adapter, scoring
+from shared_core.engine import query_adapter
 from shared_core.engine.heads import HeadSelection
-from shared_core.engine.query_adapter import QueryAdapter, digest_of, save_adapter
-from shared_core.engine.query_batch import BatchRowObserver, QueryBatch, SharedPrefixCache
+from shared_core.engine.query_adapter import save_adapter
 from shared_core.evaluation import gold_units
 from shared_core.evaluation.metrics import ndcg_at_k
-from shared_core.models.family import forward_with_cache
 from shared_core.models.loading import model_id
 from shared_core.retriever import AttentionRetriever
+from shared_core.training.adapter_training import (
+    AdapterSettings,
+    TrainableAdapter,
+    evaluate,
+    fit_adapter,
+    prepare,
+)
 from shared_core.training.data_options import config_of
-from shared_core.training.head_features import ExampleFeatures, SourcedExample
-from shared_core.training.objectives import lse_pair
+from shared_core.training.head_features import SourcedExample
 from shared_core.training.weights import split_by_document
 from shared_core.validation import coerce_document
 
 logger = logging.getLogger("benchmarks.query_adapter")
 
 
-class TrainableAdapter(torch.nn.Module):
-    """The LoRA pairs being trained (A random, B zero: training starts from the frozen model) on the attention
-    projections `targets` of layers 0..deepest; `adapter` is the engine's view of the same tensors."""
-
-    def __init__(self, decoder: Any, deepest: int, rank: int, alpha: float, targets: Sequence[str], seed: int):
-        super().__init__()
-        gen = torch.Generator().manual_seed(seed)
-        self.scale = alpha / rank
-        self.decoder = [decoder]  # a list: not a submodule (its weights are not trained)
-        self.a = torch.nn.ParameterDict()
-        self.b = torch.nn.ParameterDict()
-        for layer in range(deepest + 1):
-            for name in targets:
-                lin = getattr(decoder.layers[layer].self_attn, name)
-                a = torch.randn(rank, lin.in_features, generator=gen) / math.sqrt(lin.in_features)
-                self.a[f"{layer}_{name}"] = torch.nn.Parameter(a)
-                self.b[f"{layer}_{name}"] = torch.nn.Parameter(torch.zeros(lin.out_features, rank))
-
-    def pairs(self) -> dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]:
-        """{(layer, projection): (A, B)}, the parameters themselves."""
-        return {(int(k.split("_", 1)[0]), k.split("_", 1)[1]): (self.a[k], self.b[k]) for k in self.a}
-
-    def adapter(self, meta: dict[str, str]) -> QueryAdapter:
-        """The engine's adapter of the current weights (a copy, with its digest), as shipped."""
-        pairs = {key: (a.detach().clone(), b.detach().clone()) for key, (a, b) in self.pairs().items()}
-        return QueryAdapter(pairs, self.scale, digest_of(pairs, self.scale), meta=meta)
-
-    @contextlib.contextmanager
-    def applied(self) -> Iterator[None]:
-        """Run the forwards inside with these pairs on the query part (gradients reach them)."""
-        with query_adapter.applied(QueryAdapter(self.pairs(), self.scale, "training"), self.decoder[0]):
-            yield
-
-
-@dataclass
-class Prepared:
-    """One question on its frozen document read: the document's keys/values per layer, the packed query and "N/A"
-    parts, each unit's token range and the gold units."""
-
-    id: str
-    group: str
-    set: str
-    kv: list[tuple[torch.Tensor, torch.Tensor]]
-    n_prefix: int
-    doc_start: int
-    n_doc: int
-    batch: QueryBatch
-    lo: torch.Tensor
-    hi: torch.Tensor
-    gold: np.ndarray
-
-
-def prepare(retriever: AttentionRetriever, item: SourcedExample, kv_cache: dict[str, Any]) -> Prepared | None:
-    """Read the example's (single) document with the frozen model once (kept in `kv_cache` by text) and pack its
-    query and calibration parts; None for an example without gold units or with several documents."""
-    ex = item.example
-    if len(ex.documents) != 1:
-        return None
-    text = ex.documents[0]
-    spans = [(u.start, u.end) for u in retriever.units(text)]
-    gold = gold_units(spans, ex.gold, 0)
-    if not gold:
-        return None
-    engine = retriever.engine
-    doc = coerce_document(text, 0)
-    if doc.content_hash not in kv_cache:
-        logger.info("reading document %d (%s)", len(kv_cache) + 1, ex.id)
-        engine.clear()
-        tokens, _ = engine.head_token_scores([ex.query], doc)  # the engine's own prefill, kept in its cache
-        prefilled = engine.prefills.get(engine._prefill_key(doc))
-        assert prefilled is not None
-        deepest = engine.head_selection.deepest
-        kv = [(layer.keys.clone(), layer.values.clone()) for layer in prefilled.cache.layers[: deepest + 1]]
-        kv_cache[doc.content_hash] = (tokens, kv)
-    tokens, kv = kv_cache[doc.content_hash]
-    rows = retriever.config.attention.query_rows
-    parts = [engine.prompt.query(ex.query, rows), engine.prompt.query(scoring_calibration_query(), rows)]
-    lo, hi = scoring.unit_token_ranges(tokens.offsets, spans)
-    mask = np.isin(np.arange(len(spans)), sorted(gold))
-    return Prepared(
-        ex.id, item.group, item.origin, kv, len(tokens.ids), tokens.doc_start, tokens.n_doc_tokens,
-        QueryBatch.of(parts), torch.as_tensor(lo), torch.as_tensor(hi), mask,
-    )  # fmt: skip
-
-
-def scoring_calibration_query() -> str:
-    """The calibration query the engine uses ("N/A")."""
-    from shared_core.engine.attention_engine import CALIBRATION_QUERY
-
-    return CALIBRATION_QUERY
-
-
-def unit_scores(retriever: AttentionRetriever, p: Prepared, selection: HeadSelection) -> torch.Tensor:
-    """The attention view's score of every unit (calibrated, head-weighted mean, mean pooling, times the document's
-    tokens), computed with gradients through whatever adapter is applied."""
-    decoder = retriever.model.decoder
-    cache = SharedPrefixCache(p.kv, p.n_prefix)
-    observer = BatchRowObserver(selection, p.batch.rows, p.batch.weights)
-    mask = p.batch.attention_mask(p.n_prefix, torch.device("cpu"))
-    with capture.observing(observer), contextlib.suppress(capture.StopForward):
-        forward_with_cache(
-            decoder, cache, input_ids=p.batch.ids, position_ids=p.batch.offsets + p.n_prefix, attention_mask=mask
-        )
-    per_part = [
-        scoring.document_token_scores(
-            {layer: probs[b, :, : p.n_prefix] for layer, probs in observer.captured.items()},
-            p.n_prefix,
-            p.doc_start,
-            p.n_doc,
-        )
-        for b in range(2)
-    ]
-    layers = sorted(per_part[0])
-    rows = torch.cat([per_part[0][layer] - per_part[1][layer] for layer in layers])  # [heads, n_doc]
-    if selection.weights is not None:
-        w = torch.tensor([x for layer in layers for x in selection.weights[layer]], dtype=rows.dtype)
-        token = (w[:, None] * rows).sum(dim=0) / w.sum()
-    else:
-        token = rows.mean(dim=0)
-    csum = torch.cat([token.new_zeros(1), torch.cumsum(token, dim=0)])
-    return (csum[p.hi] - csum[p.lo]) / (p.hi - p.lo).clamp(min=1) * p.n_doc
-
-
-def ndcg10(scores: torch.Tensor, gold: np.ndarray) -> float:
-    """nDCG@10 of the units ranked by `scores`."""
-    ranking = torch.argsort(scores.detach(), descending=True).tolist()
-    return ndcg_at_k(ranking, {int(i) for i in np.flatnonzero(gold)}, 10)
-
-
-def evaluate(
-    retriever: AttentionRetriever, items: Sequence[Prepared], selection: HeadSelection, adapter: TrainableAdapter | None
-) -> list[float]:
-    """nDCG@10 of each prepared question, with the adapter applied (None: the frozen model)."""
-    out = []
-    with torch.no_grad(), adapter.applied() if adapter is not None else contextlib.nullcontext():
-        for p in items:
-            out.append(ndcg10(unit_scores(retriever, p, selection), p.gold))
-    return out
-
-
-def loss_of(scores: torch.Tensor, gold: np.ndarray, temperature: float) -> torch.Tensor:
-    """LSEPair over the question's z-scored unit scores (`temperature` sets the softmax's sharpness)."""
-    z = (scores - scores.mean()) / scores.std().clamp(min=1e-8) * temperature
-    positive = torch.as_tensor(gold)[None]
-    return lse_pair(z[None].double(), torch.ones_like(positive), positive)
-
-
-def train(
-    retriever: AttentionRetriever,
-    train_set: Sequence[Prepared],
-    validation: Sequence[Prepared],
-    selection: HeadSelection,
-    args: argparse.Namespace,
-) -> tuple[TrainableAdapter, list[dict[str, Any]]]:
-    """Adam on the adapter, one question per step (`--accumulate` per update), early-stopped on validation."""
-    torch.manual_seed(args.seed)
-    adapter = TrainableAdapter(
-        retriever.model.decoder, selection.deepest, args.rank, args.alpha, args.targets.split(","), args.seed
+def settings_of(args: argparse.Namespace) -> AdapterSettings:
+    """The training settings of the command's options (one `--grid` entry's)."""
+    names = ("rank", "alpha", "lr", "weight_decay", "temperature", "accumulate", "epochs", "patience", "validation")
+    return AdapterSettings(
+        **{n: getattr(args, n) for n in names}, targets=tuple(args.targets.split(",")), seed=args.seed
     )
-    opt = torch.optim.AdamW(adapter.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    history: list[dict[str, Any]] = []
-    best = float(np.mean(evaluate(retriever, validation, selection, None)))
-    best_state = {k: v.detach().clone() for k, v in adapter.state_dict().items()}
-    history.append({"epoch": 0, "validation": best})
-    logger.info("epoch 0 (frozen): validation %.4f", best)
-    rng = np.random.default_rng(args.seed)
-    stale = 0
-    for epoch in range(1, args.epochs + 1):
-        t = time.perf_counter()
-        losses = []
-        order = rng.permutation(len(train_set))
-        opt.zero_grad()
-        with adapter.applied():
-            for i, j in enumerate(order):
-                p = train_set[j]
-                loss = loss_of(unit_scores(retriever, p, selection), p.gold, args.temperature) / args.accumulate
-                loss.backward()
-                losses.append(float(loss.detach()) * args.accumulate)
-                if (i + 1) % args.accumulate == 0 or i == len(order) - 1:
-                    opt.step()
-                    opt.zero_grad()
-        val = float(np.mean(evaluate(retriever, validation, selection, adapter)))
-        train_ndcg = float(np.mean(evaluate(retriever, train_set, selection, adapter)))
-        history.append(
-            {"epoch": epoch, "loss": float(np.mean(losses)), "train": train_ndcg, "validation": val,
-             "seconds": time.perf_counter() - t}
-        )  # fmt: skip
-        logger.info("epoch %d: loss %.4f train %.4f validation %.4f", epoch, np.mean(losses), train_ndcg, val)
-        if val > best + 1e-4:
-            best, stale = val, 0
-            best_state = {k: v.detach().clone() for k, v in adapter.state_dict().items()}
-        else:
-            stale += 1
-            if stale >= args.patience:
-                break
-    adapter.load_state_dict(best_state)
-    return adapter, history
 
 
 def held_out_scores(
@@ -393,20 +205,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     sets = example_sets(args)
     kv: dict[str, Any] = {}
     t = time.perf_counter()
-    held_in = [p for fs in sets["held-in"].values() for item in fs if (p := prepare(retriever, item, kv))]
+    single = [item for fs in sets["held-in"].values() for item in fs if len(item.example.documents) == 1]
+    held_in = [p for item in single if (p := prepare(retriever, item, kv))]
     prep_s = time.perf_counter() - t
     logger.info("prepared %d held-in questions over %d documents in %.0f s", len(held_in), len(kv), prep_s)
-    feats = [ExampleFeatures(p.id, p.group, np.zeros((0, len(p.gold)), np.float32), p.gold) for p in held_in]
-    _, val_f = split_by_document(feats, args.validation, args.seed)
-    val_ids = {id(f) for f in val_f}
-    train_set = [p for p, f in zip(held_in, feats, strict=True) if id(f) not in val_ids]
-    validation = [p for p, f in zip(held_in, feats, strict=True) if id(f) in val_ids]
+    train_set, validation = split_by_document(held_in, args.validation, args.seed)
     logger.info("train %d / validation %d questions", len(train_set), len(validation))
     runs: list[dict[str, Any]] = []
     best: tuple[dict[str, Any], TrainableAdapter] | None = None
     for settings in grid(args):
         t = time.perf_counter()
-        adapter, history = train(retriever, train_set, validation, selection, settings)
+        adapter, history = fit_adapter(retriever, train_set, validation, selection, settings_of(settings))
         run: dict[str, Any] = {
             "settings": {k: getattr(settings, k) for k in GRID_OPTIONS},
             "parameters": sum(p.numel() for p in adapter.parameters()),
@@ -434,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
     }
     validation_ids = [p.id for p in validation]
-    del held_in, train_set, validation, feats
+    del held_in, train_set, validation
     kv.clear()  # the held-in reads' memory goes before any other read
     retriever.engine.clear()
     if args.save:

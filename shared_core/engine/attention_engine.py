@@ -213,6 +213,15 @@ class AttentionEngine:
             scored.update({q: _calibrated(raw[q], baseline) for q in inside})
         return tokens, [scored[q] for q in queries]
 
+    def document_cache(self, doc: Document) -> tuple[DocumentTokens, Any]:
+        """The document's prompt tokens and its prefilled KV cache (layers up to the deepest read), prefilling it
+        unless cached: what query-side training runs its query parts on. A document past the window is a
+        ValueError (the cascade keeps no whole cache to train on)."""
+        tokens = self.document_tokens(doc)
+        key = self._prefill_key(doc)
+        prefilled = self.prefills.get_or_create(key, lambda: self._prefill(doc, tokens, self._shared_prefix(tokens)))
+        return tokens, prefilled.cache
+
     def _needs_cascade(self, tokens: DocumentTokens, part: QueryTokens) -> bool:
         """Whether this document + query must be read through the cascading cache (config, window, budget)."""
         m = self.model

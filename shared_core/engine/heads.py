@@ -85,7 +85,7 @@ def load_head_file(path: str | Path) -> dict[str, Any]:
         _check_weights(data["weights"], data["heads"], path)
     if data.get("adapter") is not None and not isinstance(data["adapter"], str):
         raise ConfigError(f"{path}: 'adapter' must be the file name of a query adapter")
-    modes = data.get("adapter_modes", list(ADAPTER_MODES))
+    modes = data.setdefault("adapter_modes", list(ADAPTER_MODES))  # the one place the default is set
     if not isinstance(modes, list) or not modes or any(m not in ADAPTER_MODES for m in modes):
         raise ConfigError(
             f"{path}: 'adapter_modes' must be a non-empty list of {list(ADAPTER_MODES)} (where the adapter is used)"
@@ -98,7 +98,7 @@ ADAPTER_MODES = ("documents", "candidates")
 
 
 ADAPTER_DIR = "adapters"
-"""Folder of the user model cache holding query adapters trained by the user (`benchmarks.query_adapter --save`)."""
+"""Folder of the user model cache holding query adapters trained by the user, under the names head sets give them."""
 
 
 def file_adapter(
@@ -120,9 +120,10 @@ def file_adapter(
     if not required:
         return None
     raise ConfigError(
-        f"{path} names the query adapter {name!r}, found in none of {[str(p) for p in places]}: train it with "
-        f'`python -m benchmarks.query_adapter --grid ... --save {places[-1]}` (docs/quality.md "Query adapters"), '
-        "or set attention.query_adapter to auto (use it only where it lies beside the head-set file) or false"
+        f"{path} names the query adapter {name!r}, found in none of {[str(p) for p in places]}: train one with "
+        "`attnret train-adapter --data ... --out heads.yaml` and set attention.heads: heads.yaml (it uses the "
+        f"adapter written beside it), copy a trained adapter to {places[-1]}, or set attention.query_adapter to "
+        "auto (use it only where it lies beside the head-set file) or false"
     )
 
 
@@ -202,7 +203,7 @@ def select_heads(
         data = load_head_file(path)
         wanted = config.query_adapter
         adapter = file_adapter(data, path, adapter_dir, required=wanted is True) if wanted is not False else None
-        candidates = "candidates" in data.get("adapter_modes", ADAPTER_MODES)
+        candidates = "candidates" in data["adapter_modes"]
         if data.get("weights") is not None:
             picked = weighted_selection(data["heads"], data["weights"], num_layers, num_heads, path)
             return replace(picked, adapter=adapter, candidate_adapter=candidates)

@@ -3,7 +3,7 @@
 The document is always read by the frozen model, so its KV cache stays the one every question shares (and the
 cascade's, and a grown document's); only the query part's tokens — the question, the instruction and the "N/A"
 calibration prompt — go through the adapter, in `query_batch.batched_scores`, the one place query parts run. A head
-set may name an adapter trained for its heads (``adapter:`` in the head-set file; `benchmarks.query_adapter`).
+set may name an adapter trained for its heads (``adapter:`` in the head-set file; `attnret train-adapter`).
 
 Hooks are installed once per model and do nothing unless an adapter is active in the running context, so one loaded
 model serves retrievers with and without an adapter.

@@ -1,5 +1,5 @@
-"""`attnret detect-heads` and `attnret train-heads`: their arguments and handlers (the CLI adds them with
-`add_parsers`). Both read labelled examples the same way (`data_options`) and write a head-set file."""
+"""`attnret detect-heads`, `train-heads` and `train-adapter`: their arguments and handlers (the CLI adds them with
+`add_parsers`). All read labelled examples the same way (`data_options`) and write a head-set file."""
 
 from __future__ import annotations
 
@@ -21,9 +21,10 @@ from shared_core.training.objectives import OBJECTIVES
 
 
 def add_parsers(sub: Any) -> None:
-    """Add the `detect-heads` and `train-heads` subcommands to the CLI's subparsers."""
+    """Add the `detect-heads`, `train-heads` and `train-adapter` subcommands to the CLI's subparsers."""
     _add_detect_parser(sub)
     _add_train_parser(sub)
+    _add_adapter_parser(sub)
 
 
 def _add_detect_parser(sub: Any) -> None:
@@ -57,14 +58,65 @@ def _add_train_parser(sub: Any) -> None:
     p.set_defaults(func=cmd_train_heads)
 
 
+def _add_adapter_parser(sub: Any) -> None:
+    from shared_core.training.adapter_training import AdapterSettings
+
+    d = AdapterSettings()
+    p = sub.add_parser(
+        "train-adapter",
+        help="train a query adapter (LoRA on the query part) for a head set from labelled examples",
+        description="Read each example's document once with the frozen model, then train LoRA pairs on the "
+        "attention projections that only the question runs through, so the head set's unit scores rank the gold "
+        "units first (LSEPair, early-stopped on validation documents). Writes the head-set file --out and the "
+        "adapter beside it (<stem>.adapter.safetensors); attention.heads: FILE uses both. Documents must fit the "
+        "model's window.",
+    )
+    add_data_arguments(p, heads=False)
+    p.add_argument("--rank", type=int, default=d.rank, help=f"LoRA rank (default {d.rank})")
+    p.add_argument(
+        "--alpha",
+        type=float,
+        default=d.alpha,
+        help=f"LoRA alpha; the update is scaled alpha/rank (default {d.alpha:g})",
+    )
+    p.add_argument(
+        "--targets",
+        default=",".join(d.targets),
+        help=f"projections adapted, comma-separated (default {','.join(d.targets)})",
+    )
+    p.add_argument("--lr", type=float, default=d.lr, help=f"AdamW learning rate (default {d.lr:g})")
+    p.add_argument(
+        "--weight-decay", type=float, default=d.weight_decay, help=f"AdamW weight decay (default {d.weight_decay:g})"
+    )
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=d.temperature,
+        help=f"scale of the z-scored unit scores in the loss (default {d.temperature:g})",
+    )
+    p.add_argument(
+        "--accumulate", type=int, default=d.accumulate, help=f"questions per optimiser step (default {d.accumulate})"
+    )
+    p.add_argument("--epochs", type=int, default=d.epochs, help=f"most epochs (default {d.epochs})")
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=d.patience,
+        help=f"epochs without a validation gain before stopping (default {d.patience})",
+    )
+    p.add_argument(
+        "--validation", type=float, default=d.validation, help="share of examples (whole documents) validating"
+    )
+    p.set_defaults(func=cmd_train_adapter)
+
+
 def _prepare(args: argparse.Namespace, counts: tuple[str, ...], loader: Any) -> tuple[Path, Any, dict[str, Any]]:
-    """What both commands start with: checked counts, the output file, the labelled examples, and the config and
-    run options both hand on (config, progress, data sources, command line, deepest layer)."""
+    """What every command starts with: checked counts, the output file, the labelled examples, and the config and
+    run options they hand on (config, progress, data sources, command line)."""
     check_counts(args, (*COUNTS, *counts))
     out = output_file(args.out)
     cfg = config_of(args).model_copy(update={"show_progress": show_progress(args)})
-    run = {"config": cfg, "show_progress": cfg.show_progress, "sources": args.data, "max_layer": args.max_layer}
-    run["command"] = command_line()
+    run = {"config": cfg, "show_progress": cfg.show_progress, "sources": args.data, "command": command_line()}
     return out, labelled_examples(args, loader), run
 
 
@@ -72,8 +124,8 @@ def cmd_detect_heads(args: argparse.Namespace) -> int:
     """Detect the retrieval heads of a model on labelled examples and write a head-set file."""
     from shared_core.training.head_detection import detect_heads, detection_examples
 
-    out, examples, run = _prepare(args, ("k",), detection_examples)
-    result = detect_heads(examples, **run, **arguments(args, ("top", "metric", "k")))
+    out, examples, run = _prepare(args, ("top", "k"), detection_examples)
+    result = detect_heads(examples, **run, **arguments(args, ("top", "metric", "k", "max_layer")))
     result.save(out)
     sys.stdout.write(f"wrote {len(result.heads)} heads to {args.out}: {', '.join(result.heads)}\n")
     return 0
@@ -85,8 +137,8 @@ def cmd_train_heads(args: argparse.Namespace) -> int:
 
     settings = TrainSettings(**arguments(args, ("objective", "top", "select", "validation", "l2", "steps", "seed")))
     settings.check()  # before the examples are read
-    out, examples, run = _prepare(args, ("steps",), training_examples)
-    result = train_heads(examples, settings=settings, cache_dir=args.cache_dir, **run)
+    out, examples, run = _prepare(args, ("top", "steps"), training_examples)
+    result = train_heads(examples, settings=settings, cache_dir=args.cache_dir, max_layer=args.max_layer, **run)
     result.save(out)
     t = result.training
     sys.stdout.write(
@@ -95,5 +147,29 @@ def cmd_train_heads(args: argparse.Namespace) -> int:
         f"validation nDCG@{t['k']}: {t['validation_ndcg_equal_weights']:.3f} with equal weights, "
         f"{t['validation_ndcg']:.3f} trained ({t['objective']}, step {t['best_step']})\n"
         f"wrote {len(result.heads)} weighted heads to {Path(args.out)}: {', '.join(result.heads)}\n"
+    )
+    return 0
+
+
+def cmd_train_adapter(args: argparse.Namespace) -> int:
+    """Train a query adapter on labelled examples; write the head-set file naming it and the adapter beside it."""
+    from shared_core.training.adapter_training import AdapterSettings, train_adapter
+    from shared_core.training.head_training import training_examples
+
+    names = ("rank", "alpha", "lr", "weight_decay", "temperature", "accumulate", "epochs", "patience", "validation")
+    targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
+    settings = AdapterSettings(**arguments(args, names), targets=targets, seed=args.seed)
+    settings.check()  # before the examples are read
+    out, examples, run = _prepare(args, (), training_examples)
+    result = train_adapter(examples, settings=settings, **run)
+    adapter_path = result.save(out)
+    t = result.training
+    none = "; no gain: the adapter is the frozen model" if t["best_epoch"] == 0 else ""
+    sys.stdout.write(
+        f"examples: {result.n_examples} used, {len(result.skipped)} skipped "
+        f"({t['train_examples']} train / {t['validation_examples']} validation, split by document)\n"
+        f"validation nDCG@10: {t['validation_ndcg_frozen']:.3f} frozen, {t['validation_ndcg']:.3f} with the adapter "
+        f"(epoch {t['best_epoch']} of {t['epochs_run']}{none})\n"
+        f"wrote {out} and its adapter {adapter_path.name} (use: attention.heads: {out})\n"
     )
     return 0

@@ -1,5 +1,5 @@
-"""The labelled-data options `attnret detect-heads` and `attnret train-heads` share: their arguments, and the
-examples and config they give."""
+"""The labelled-data options `attnret detect-heads`, `train-heads` and `train-adapter` share: their arguments, and
+the examples and config they give."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ from typing import TypeVar
 from shared_core.config import RetrieverConfig
 
 E = TypeVar("E")
-COUNTS = ("examples", "words", "per_doc", "real_max_words", "top")
+COUNTS = ("examples", "words", "per_doc", "real_max_words")
 """The options that count something and must be positive."""
 
 
-def add_data_arguments(p: argparse.ArgumentParser) -> None:
-    """`--data`, `--out`, `--top`, `--model`, `--examples`, `--words`, `--per-doc`, `--real-max-words`, `--seed`,
-    `--offset`, `--max-layer`, `--config` and `--progress`."""
+def add_data_arguments(p: argparse.ArgumentParser, heads: bool = True) -> None:
+    """`--data`, `--out`, `--model`, `--examples`, `--words`, `--per-doc`, `--real-max-words`, `--seed`, `--offset`,
+    `--config` and `--progress`; with `heads` (the head commands) also `--top` and `--max-layer`."""
     p.add_argument(
         "--data",
         action="append",
@@ -26,7 +26,8 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
         help="labelled examples: babi-qaN, hotpotqa, covidqa, qmsum (held-in documents only), a file (repeatable)",
     )
     p.add_argument("--out", required=True, help="head-set YAML file to write (atomically)")
-    p.add_argument("--top", type=int, default=16, help="heads to keep (default 16; train-heads then weights them)")
+    if heads:
+        p.add_argument("--top", type=int, default=16, help="heads to keep (default 16; train-heads then weights them)")
     p.add_argument("--model", help="hub id, folder, .gguf or named model (default: the embedded default model)")
     p.add_argument("--examples", type=int, default=128, help="examples in all, split across --data (default 128)")
     p.add_argument("--words", type=int, default=1500, help="length of built documents in words (default 1500)")
@@ -40,12 +41,13 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of example sampling and document building")
     p.add_argument("--offset", type=int, default=0, help="skip this many questions of each built task or file")
-    p.add_argument(
-        "--max-layer",
-        type=int,
-        help="take heads only from layers up to this one (0-indexed; negative from the end): the forward of every "
-        "query stops at the set's deepest layer, so a shallower set is faster (default: every layer)",
-    )
+    if heads:
+        p.add_argument(
+            "--max-layer",
+            type=int,
+            help="take heads only from layers up to this one (0-indexed; negative from the end): the forward of every "
+            "query stops at the set's deepest layer, so a shallower set is faster (default: every layer)",
+        )
     p.add_argument("--config", help="a RetrieverConfig YAML file (scoring rule, prompt, units, device)")
     p.add_argument("--progress", action="store_true", help="show progress bars on stderr (default: only on a terminal)")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -63,9 +63,17 @@ class TrainSettings:
             raise ValueError(f"l2 must be >= 0 and lr > 0, got {self.l2} and {self.lr}")
 
 
-def split_by_document(
-    features: Sequence[ExampleFeatures], share: float, seed: int
-) -> tuple[list[ExampleFeatures], list[ExampleFeatures]]:
+class Grouped(Protocol):
+    """Anything that names the document it asks about (`group`)."""
+
+    @property
+    def group(self) -> str: ...
+
+
+G = TypeVar("G", bound=Grouped)
+
+
+def split_by_document(features: Sequence[G], share: float, seed: int) -> tuple[list[G], list[G]]:
     """Train and validation examples, whole documents on each side, about `share` of the examples validating."""
     groups = sorted({f.group for f in features})
     if len(groups) < 2:
