@@ -225,12 +225,6 @@ def unit_scores(retriever: AttentionRetriever, p: Prepared, selection: HeadSelec
     return (csum[p.hi] - csum[p.lo]) / (p.hi - p.lo).clamp(min=1) * p.n_doc
 
 
-def ndcg10(scores: torch.Tensor, gold: np.ndarray) -> float:
-    """nDCG@10 of the units ranked by `scores`."""
-    ranking = torch.argsort(scores.detach(), descending=True).tolist()
-    return ndcg_at_k(ranking, {int(i) for i in np.flatnonzero(gold)}, 10)
-
-
 def evaluate(
     retriever: AttentionRetriever, items: Sequence[Prepared], selection: HeadSelection, adapter: TrainableAdapter | None
 ) -> list[float]:
@@ -238,7 +232,8 @@ def evaluate(
     out = []
     with torch.no_grad(), adapter.applied() if adapter is not None else contextlib.nullcontext():
         for p in items:
-            out.append(ndcg10(unit_scores(retriever, p, selection), p.gold))
+            ranking = torch.argsort(unit_scores(retriever, p, selection), descending=True).tolist()
+            out.append(ndcg_at_k(ranking, {int(i) for i in np.flatnonzero(p.gold)}, 10))
     return out
 
 
@@ -392,6 +387,8 @@ def train_adapter(
     settings.check()
     for item in examples:
         check_example(item)
+        if len(item.example.documents) != 1:
+            raise TrainingInputError(f"{item.name}: adapter training reads one document per example")
     start = time.perf_counter()
     retriever = training_retriever(config)
     selection = retriever.head_selection
