@@ -48,6 +48,7 @@ from shared_core.training.adapter_training import (
     evaluate,
     fit_adapter,
     prepare,
+    training_retriever,
 )
 from shared_core.training.data_options import config_of
 from shared_core.training.head_features import SourcedExample
@@ -196,11 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.manual_seed(args.seed)
-    base = config_of(args)  # training starts from the frozen model, whatever adapter the head set ships with
-    retriever = AttentionRetriever(
-        base.model_copy(update={"attention": base.attention.model_copy(update={"query_adapter": False})})
-    )
-    retriever.warm_up()
+    retriever = training_retriever(config_of(args))  # frozen and unquantized, as `attnret train-adapter` trains
     selection = retriever.head_selection
     sets = example_sets(args)
     kv: dict[str, Any] = {}
