@@ -266,7 +266,8 @@ def fit_adapter(
     logger.info("epoch 0 (frozen): validation %.4f", best)
     rng = np.random.default_rng(settings.seed)
     stale = 0
-    for epoch in tqdm(range(1, settings.epochs + 1), desc="epochs", disable=not show_progress):
+    bar = tqdm(range(1, settings.epochs + 1), desc="epochs", disable=not show_progress)
+    for epoch in bar:
         t = time.perf_counter()
         losses = []
         order = rng.permutation(len(train_set))
@@ -287,6 +288,7 @@ def fit_adapter(
              "seconds": time.perf_counter() - t}
         )  # fmt: skip
         logger.info("epoch %d: loss %.4f train %.4f validation %.4f", epoch, np.mean(losses), train_ndcg, val)
+        bar.set_postfix(validation=f"{val:.3f}", frozen=f"{history[0]['validation']:.3f}")
         if val > best + 1e-4:
             best, stale = val, 0
             best_state = {k: v.detach().clone() for k, v in adapter.state_dict().items()}
