@@ -50,6 +50,7 @@ from shared_core.training.adapter_training import (
     prepare,
     training_retriever,
 )
+from shared_core.training.command import ADAPTER_OPTIONS
 from shared_core.training.data_options import config_of
 from shared_core.training.head_features import SourcedExample
 from shared_core.training.weights import split_by_document
@@ -59,11 +60,9 @@ logger = logging.getLogger("benchmarks.query_adapter")
 
 
 def settings_of(args: argparse.Namespace) -> AdapterSettings:
-    """The training settings of the command's options (one `--grid` entry's)."""
-    names = ("rank", "alpha", "lr", "weight_decay", "temperature", "accumulate", "epochs", "patience", "validation")
-    return AdapterSettings(
-        **{n: getattr(args, n) for n in names}, targets=tuple(args.targets.split(",")), seed=args.seed
-    )
+    """The training settings of the command's options (one `--grid` entry's), named as `attnret train-adapter`'s."""
+    values = {name: getattr(args, name) for name, _, _ in ADAPTER_OPTIONS}
+    return AdapterSettings(**values, targets=tuple(args.targets.split(",")), seed=args.seed)
 
 
 def held_out_scores(

@@ -58,6 +58,20 @@ def _add_train_parser(sub: Any) -> None:
     p.set_defaults(func=cmd_train_heads)
 
 
+ADAPTER_OPTIONS = (
+    ("rank", int, "LoRA rank"),
+    ("alpha", float, "LoRA alpha; the update is scaled alpha/rank"),
+    ("lr", float, "AdamW learning rate"),
+    ("weight_decay", float, "AdamW weight decay"),
+    ("temperature", float, "scale of the z-scored unit scores in the loss"),
+    ("accumulate", int, "questions per optimiser step"),
+    ("epochs", int, "most epochs"),
+    ("patience", int, "epochs without a validation gain before stopping"),
+    ("validation", float, "share of examples (whole documents) validating"),
+)
+"""`train-adapter`'s numeric options: name, type and help (defaults from `AdapterSettings`)."""
+
+
 def _add_adapter_parser(sub: Any) -> None:
     from shared_core.training.adapter_training import AdapterSettings
 
@@ -72,40 +86,13 @@ def _add_adapter_parser(sub: Any) -> None:
         "model's window.",
     )
     add_data_arguments(p, heads=False)
-    p.add_argument("--rank", type=int, default=d.rank, help=f"LoRA rank (default {d.rank})")
-    p.add_argument(
-        "--alpha",
-        type=float,
-        default=d.alpha,
-        help=f"LoRA alpha; the update is scaled alpha/rank (default {d.alpha:g})",
-    )
+    for name, kind, text in ADAPTER_OPTIONS:
+        default = getattr(d, name)
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default, help=f"{text} (default {default:g})")
     p.add_argument(
         "--targets",
         default=",".join(d.targets),
         help=f"projections adapted, comma-separated (default {','.join(d.targets)})",
-    )
-    p.add_argument("--lr", type=float, default=d.lr, help=f"AdamW learning rate (default {d.lr:g})")
-    p.add_argument(
-        "--weight-decay", type=float, default=d.weight_decay, help=f"AdamW weight decay (default {d.weight_decay:g})"
-    )
-    p.add_argument(
-        "--temperature",
-        type=float,
-        default=d.temperature,
-        help=f"scale of the z-scored unit scores in the loss (default {d.temperature:g})",
-    )
-    p.add_argument(
-        "--accumulate", type=int, default=d.accumulate, help=f"questions per optimiser step (default {d.accumulate})"
-    )
-    p.add_argument("--epochs", type=int, default=d.epochs, help=f"most epochs (default {d.epochs})")
-    p.add_argument(
-        "--patience",
-        type=int,
-        default=d.patience,
-        help=f"epochs without a validation gain before stopping (default {d.patience})",
-    )
-    p.add_argument(
-        "--validation", type=float, default=d.validation, help="share of examples (whole documents) validating"
     )
     p.set_defaults(func=cmd_train_adapter)
 
@@ -156,9 +143,8 @@ def cmd_train_adapter(args: argparse.Namespace) -> int:
     from shared_core.training.adapter_training import AdapterSettings, train_adapter
     from shared_core.training.head_training import training_examples
 
-    names = ("rank", "alpha", "lr", "weight_decay", "temperature", "accumulate", "epochs", "patience", "validation")
     targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
-    settings = AdapterSettings(**arguments(args, names), targets=targets, seed=args.seed)
+    settings = AdapterSettings(**arguments(args, [n for n, _, _ in ADAPTER_OPTIONS]), targets=targets, seed=args.seed)
     settings.check()  # before the examples are read
     out, examples, run = _prepare(args, (), training_examples)
     result = train_adapter(examples, settings=settings, **run)
