@@ -3,6 +3,8 @@ that do not hold them."""
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import replace
 from pathlib import Path
 
@@ -54,7 +56,12 @@ def _attention(r: AttentionRetriever, query: str = QUERY, text: str = STORY) -> 
 
 def test_an_adapter_file_round_trips(tmp_path: Path) -> None:
     adapter = _adapter()
-    save_adapter(tmp_path / "a.safetensors", adapter)
+    previous = os.umask(0o022)
+    try:
+        save_adapter(tmp_path / "a.safetensors", adapter)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "a.safetensors").stat().st_mode) == 0o644  # as any new file, not owner-only
     loaded = load_adapter(tmp_path / "a.safetensors")
     assert loaded.digest == adapter.digest and loaded.scale == 2.0 and loaded.deepest == 18
     assert loaded.meta["model"] == "test"

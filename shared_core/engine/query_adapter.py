@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import hashlib
+import os
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -120,8 +121,9 @@ def _hook(key: Key) -> Any:
 
 def save_adapter(path: str | Path, adapter: QueryAdapter) -> None:
     """Write an adapter as safetensors (``layers.L.proj.lora_A`` / ``lora_B``, the scale and metadata in the
-    header) through a temporary file, so an interrupted write never leaves a half file."""
-    from safetensors.torch import save_file
+    header) through a temporary file, so an interrupted write never leaves a half file; the file gets the umask's
+    permissions, as any new file."""
+    from safetensors.torch import save
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -131,8 +133,10 @@ def save_adapter(path: str | Path, adapter: QueryAdapter) -> None:
         tensors[f"layers.{layer}.{name}.lora_B"] = b.detach().to(torch.float32).contiguous().cpu()
     meta = {**{str(k): str(v) for k, v in adapter.meta.items()}, "scale": repr(adapter.scale)}
     tmp = path.with_name(f".{path.name}.tmp")
+    data = save(tensors, metadata=meta)
     try:
-        save_file(tensors, str(tmp), metadata=meta)
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666), "wb") as fh:
+            fh.write(data)
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
