@@ -6,7 +6,8 @@
 A setting is `default` (torch's own thread count, the configured dtype), `tN` (`torch.set_num_threads(N)` before
 anything runs), `bf16` / `fp32` (`model.dtype`), `int8` (`model.quantize: int8`, dynamic int8 linear layers with
 torchao, in float32), `pN` (the engine's prefill in steps of N tokens instead of `PREFILL_CHUNK`), `frozen`
-(`attention.query_adapter: false`: the question read without the head set's query adapter), or a combination
+(`attention.query_adapter: false`: the question read without the head set's query adapter), `adapter`
+(`query_adapter: true`: the head set's adapter, required, from beside its file or the user cache), or a combination
 joined by `+` (`t1+bf16`, `t1+int8`, `int8+p512`). Per setting, on the
 COVID-QA paper whose length is nearest `--tokens`: the model load (converted cache), a first `score_units` on the
 paper end to end (analysis beside the read), each further question on the cached paper, peak RSS of the process
@@ -66,11 +67,12 @@ def setting_parts(setting: str) -> set[str]:
     from shared_core import RetrieverConfig
 
     parts = {p for p in setting.split("+") if p != "default"}
-    unknown = {
-        p for p in parts if p not in ("bf16", "fp32", "int8", "frozen") and not (p[:1] in "tp" and p[1:].isdigit())
-    }
+    named = ("bf16", "fp32", "int8", "frozen", "adapter")
+    unknown = {p for p in parts if p not in named and not (p[:1] in "tp" and p[1:].isdigit())}
     if unknown:
         raise ValueError(f"--settings: unknown part(s) {sorted(unknown)} in {setting!r}; see the module doc")
+    if {"frozen", "adapter"} <= parts:
+        raise ValueError(f"--settings: {setting!r} asks for the query adapter both off (frozen) and on (adapter)")
     RetrieverConfig.model_validate({"model": model_setting("x", parts)})  # e.g. bf16+int8: a ConfigError naming why
     return parts
 
@@ -96,8 +98,9 @@ def _measure(
     result: dict[str, Any] = {"setting": setting, "threads": torch.get_num_threads(), "dtype": model_section["dtype"]}
     result["quantize"] = model_section["quantize"]
     result["prefill_chunk"] = attention_engine.PREFILL_CHUNK
-    result["query_adapter"] = "frozen" not in parts
-    attention = {"query_adapter": False} if "frozen" in parts else {}
+    wanted = False if "frozen" in parts else True if "adapter" in parts else "auto"
+    result["query_adapter"] = wanted
+    attention = {} if wanted == "auto" else {"query_adapter": wanted}
     cfg = RetrieverConfig.model_validate(
         {"model": model_section, "attention": attention, "cascade": {"reuse_disk": False}}
     )

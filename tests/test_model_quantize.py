@@ -162,6 +162,9 @@ def test_the_benchmarks_int8_setting_is_float32_with_int8_layers() -> None:
     process is spawned."""
     assert setting_parts("t1+int8") == {"t1", "int8"}
     assert setting_parts("frozen+int8") == {"frozen", "int8"}  # the question read without the query adapter
+    assert setting_parts("adapter") == {"adapter"}  # with it, required
+    with pytest.raises(ValueError, match=r"both off \(frozen\) and on \(adapter\)"):
+        setting_parts("frozen+adapter")
     assert model_setting("m", {"int8"}) == {"name": "m", "dtype": "float32", "quantize": "int8"}
     assert model_setting("m", set())["quantize"] == "none"
     with pytest.raises(ConfigError, match=r"model\.dtype is 'bfloat16'"):
