@@ -13,7 +13,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "shared_core"
 
-FOUNDATION = {"document", "validation", "lru", "interrupt", "terminal"}
+FOUNDATION = {"document", "validation", "lru", "interrupt", "terminal", "atomic_file"}
 """Modules at the package's top that everything may use: the public types, input checks, a cache, Ctrl-C, the
 terminal."""
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import hashlib
-import os
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from typing import Any
 
 import torch
 
+from shared_core.atomic_file import write_atomic
 from shared_core.config import ConfigError
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -121,8 +121,7 @@ def _hook(key: Key) -> Any:
 
 def save_adapter(path: str | Path, adapter: QueryAdapter) -> None:
     """Write an adapter as safetensors (``layers.L.proj.lora_A`` / ``lora_B``, the scale and metadata in the
-    header) through a temporary file, so an interrupted write never leaves a half file; the file gets the umask's
-    permissions, as any new file."""
+    header) atomically (`write_atomic`: never a half file, the umask's permissions)."""
     from safetensors.torch import save
 
     path = Path(path)
@@ -132,14 +131,7 @@ def save_adapter(path: str | Path, adapter: QueryAdapter) -> None:
         tensors[f"layers.{layer}.{name}.lora_A"] = a.detach().to(torch.float32).contiguous().cpu()
         tensors[f"layers.{layer}.{name}.lora_B"] = b.detach().to(torch.float32).contiguous().cpu()
     meta = {**{str(k): str(v) for k, v in adapter.meta.items()}, "scale": repr(adapter.scale)}
-    tmp = path.with_name(f".{path.name}.tmp")
-    data = save(tensors, metadata=meta)
-    try:
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666), "wb") as fh:
-            fh.write(data)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, save(tensors, metadata=meta))
 
 
 def load_adapter(path: str | Path) -> QueryAdapter:

@@ -29,6 +29,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from shared_core.atomic_file import write_atomic
 from shared_core.config import RetrieverConfig
 from shared_core.engine import capture, query_adapter, scoring
 from shared_core.engine.attention_engine import CALIBRATION_QUERY
@@ -41,7 +42,7 @@ from shared_core.models.family import forward_with_cache
 from shared_core.models.loading import model_id
 from shared_core.retriever import AttentionRetriever
 from shared_core.training.head_features import SourcedExample, TrainingInputError, check_example
-from shared_core.training.head_set_file import versions, write_atomic
+from shared_core.training.head_set_file import versions
 from shared_core.training.objectives import lse_pair
 from shared_core.training.weights import split_by_document
 from shared_core.validation import coerce_document

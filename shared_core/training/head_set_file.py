@@ -3,15 +3,14 @@ scoring rule they were found with, the data and command, and the versions; writt
 
 from __future__ import annotations
 
-import os
 import platform
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from shared_core.atomic_file import write_atomic
 from shared_core.models.loading import model_id
 
 if TYPE_CHECKING:
@@ -87,21 +86,3 @@ def versions() -> dict[str, str]:
         "torch": str(torch.__version__),
         "python": platform.python_version(),
     }
-
-
-def write_atomic(path: str | Path, text: str) -> None:
-    """Write `text` to `path` through a temp file in the same folder and a rename; on any failure (Ctrl-C
-    included) the temp file is removed and `path` is left as it was. The file gets the umask's permissions (not
-    `mkstemp`'s owner-only 0600)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for any new file
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

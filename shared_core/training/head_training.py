@@ -17,12 +17,13 @@ from typing import Any
 
 import numpy as np
 
+from shared_core.atomic_file import write_atomic
 from shared_core.config import RetrieverConfig
 from shared_core.evaluation import REAL_TASKS
 from shared_core.retriever import AttentionRetriever
 from shared_core.training.head_detection import detection_examples
 from shared_core.training.head_features import SourcedExample, TrainingInputError, capture_features, head_names
-from shared_core.training.head_set_file import HeadSetRecord, provenance, write_atomic
+from shared_core.training.head_set_file import HeadSetRecord, provenance
 from shared_core.training.weights import TrainSettings, fit_weights, split_by_document, train_weights
 
 __all__ = [
