@@ -92,6 +92,7 @@ def test_training_keeps_the_best_validation_epoch(retriever: AttentionRetriever)
     assert all(np.isfinite(h["loss"]) for h in history[1:])
     kept = float(np.mean(evaluate(retriever, items[2:], selection, trained)))
     assert kept == max(h["validation"] for h in history)  # the returned adapter is the best epoch's
+    assert next(h for h in history if h.get("kept"))["validation"] == kept  # and the history marks that epoch
     retriever.engine.clear()
 
 

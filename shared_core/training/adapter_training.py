@@ -41,7 +41,7 @@ from shared_core.evaluation.metrics import ndcg_at_k
 from shared_core.models.family import forward_with_cache
 from shared_core.models.loading import model_id
 from shared_core.retriever import AttentionRetriever
-from shared_core.training.head_features import SourcedExample, TrainingInputError, check_example
+from shared_core.training.head_features import SourcedExample, TrainingInputError, check_example, skip_without_gold
 from shared_core.training.head_set_file import versions
 from shared_core.training.objectives import lse_pair
 from shared_core.training.weights import split_by_document
@@ -154,15 +154,20 @@ class Prepared:
     gold: np.ndarray
 
 
+def check_one_document(item: SourcedExample) -> None:
+    """Adapter training reads one document per example: another count is a `TrainingInputError` naming it."""
+    if len(item.example.documents) != 1:
+        raise TrainingInputError(
+            f"{item.name}: adapter training reads one document per example, got {len(item.example.documents)}"
+        )
+
+
 def prepare(retriever: AttentionRetriever, item: SourcedExample, kv_cache: dict[str, Any]) -> Prepared | None:
     """Read the example's (single) document with the frozen model once (kept in `kv_cache` by text) and pack its
     query and calibration parts; None for an example without gold units. An example over several documents is a
     `TrainingInputError` (training reads one document per question), as is one past the model's window."""
+    check_one_document(item)
     ex = item.example
-    if len(ex.documents) != 1:
-        raise TrainingInputError(
-            f"{item.name}: adapter training reads one document per example, got {len(ex.documents)}"
-        )
     text = ex.documents[0]
     spans = [(u.start, u.end) for u in retriever.units(text)]
     gold = gold_units(spans, ex.gold, 0)
@@ -254,7 +259,8 @@ def fit_adapter(
     show_progress: bool = False,
 ) -> tuple[TrainableAdapter, list[dict[str, Any]]]:
     """AdamW on the adapter, one question per step (`accumulate` per update); the best validation epoch's weights
-    are returned (epoch 0 is the frozen model: B starts at zero), with each epoch's figures."""
+    are returned (epoch 0 is the frozen model: B starts at zero), with each epoch's figures (the returned one's
+    marked ``kept``)."""
     torch.manual_seed(settings.seed)
     adapter = TrainableAdapter(
         retriever.model.decoder, selection.deepest, settings.rank, settings.alpha, settings.targets, settings.seed
@@ -266,7 +272,7 @@ def fit_adapter(
     history.append({"epoch": 0, "validation": best})
     logger.info("epoch 0 (frozen): validation %.4f", best)
     rng = np.random.default_rng(settings.seed)
-    stale = 0
+    stale = kept = 0
     bar = tqdm(range(1, settings.epochs + 1), desc="epochs", disable=not show_progress)
     for epoch in bar:
         t = time.perf_counter()
@@ -291,13 +297,14 @@ def fit_adapter(
         logger.info("epoch %d: loss %.4f train %.4f validation %.4f", epoch, np.mean(losses), train_ndcg, val)
         bar.set_postfix(validation=f"{val:.3f}", frozen=f"{history[0]['validation']:.3f}")
         if val > best + 1e-4:
-            best, stale = val, 0
+            best, stale, kept = val, 0, epoch
             best_state = {k: v.detach().clone() for k, v in adapter.state_dict().items()}
         else:
             stale += 1
             if stale >= settings.patience:
                 break
     adapter.load_state_dict(best_state)
+    history[kept]["kept"] = True
     return adapter, history
 
 
@@ -390,8 +397,7 @@ def train_adapter(
     settings.check()
     for item in examples:
         check_example(item)
-        if len(item.example.documents) != 1:
-            raise TrainingInputError(f"{item.name}: adapter training reads one document per example")
+        check_one_document(item)
     start = time.perf_counter()
     retriever = training_retriever(config)
     selection = retriever.head_selection
@@ -403,19 +409,16 @@ def train_adapter(
         p = prepare(retriever, item, kv)
         if p is not None:
             prepared.append(p)
-        elif item.from_file:
-            raise TrainingInputError(f"{item.name}: no unit overlaps a gold span (is the span only whitespace?)")
         else:
-            logger.warning("%s has no gold unit after segmentation; skipped", item.name)
+            skip_without_gold(item)
             skipped.append(item.name)
     if not prepared:
         raise TrainingInputError(f"no usable example: all {len(examples)} had no gold unit")
     train_set, validation = split_by_document(prepared, settings.validation, settings.seed)
     logger.info("train %d / validation %d questions (%d documents read)", len(train_set), len(validation), len(kv))
     adapter, history = fit_adapter(retriever, train_set, validation, selection, settings, show_progress)
-    frozen = float(np.mean(evaluate(retriever, validation, selection, None)))
-    trained = float(np.mean(evaluate(retriever, validation, selection, adapter)))
-    best = max(history, key=lambda h: h["validation"])
+    best = next(h for h in history if h.get("kept"))  # its validation is the returned adapter's
+    frozen, trained = history[0]["validation"], best["validation"]
     training = {
         "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(settings).items()},
         "train_examples": len(train_set),

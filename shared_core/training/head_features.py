@@ -88,6 +88,14 @@ def check_example(item: SourcedExample) -> None:
             )
 
 
+def skip_without_gold(item: SourcedExample) -> None:
+    """An example with no gold unit after segmentation: an error naming its line for an example file (its span is
+    likely whitespace), a logged skip for a built or real set (the caller skips it)."""
+    if item.from_file:
+        raise TrainingInputError(f"{item.name}: no unit overlaps a gold span (is the span only whitespace?)")
+    logger.warning("%s has no gold unit after segmentation; skipped", item.name)
+
+
 def band_selection(num_layers: int, num_heads: int, deepest: int) -> HeadSelection:
     """Every head of layers 0..`deepest`: the capture's selection."""
     return HeadSelection(dict.fromkeys(range(deepest + 1)), source="training")
@@ -124,9 +132,7 @@ def capture_features(
             _write_cached(path, feats)
         x, gold = feats
         if not gold.any():
-            if item.from_file:
-                raise TrainingInputError(f"{item.name}: no unit overlaps a gold span (is the span only whitespace?)")
-            logger.warning("%s has no gold unit after segmentation; skipped", item.name)
+            skip_without_gold(item)
             skipped.append(item)
             continue
         used.append(ExampleFeatures(item.example.id, item.group, x, gold))
