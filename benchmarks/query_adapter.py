@@ -35,6 +35,7 @@ import yaml
 
 from benchmarks.report import command_line, run_metadata
 from benchmarks.train_heads import add_set_arguments, example_sets
+from shared_core.atomic_file import write_atomic
 from shared_core.engine import query_adapter
 from shared_core.engine.heads import HeadSelection
 from shared_core.engine.query_adapter import save_adapter
@@ -47,6 +48,7 @@ from shared_core.training.adapter_training import (
     TrainableAdapter,
     evaluate,
     fit_adapter,
+    head_set_data,
     prepare,
     training_retriever,
 )
@@ -91,12 +93,12 @@ def held_out_scores(
     return {"frozen": by_set(names, frozen), "adapter": by_set(names, adapted)}
 
 
-def head_file_with(adapter_path: Path, selection: HeadSelection) -> Path:
-    """A head-set file beside the adapter: the retriever's head set (its file's heads and weights) naming it."""
-    data = yaml.safe_load(Path(selection.source).read_text(encoding="utf-8"))
-    data["adapter"] = adapter_path.name
+def head_file_with(adapter_path: Path, selection: HeadSelection, model: str) -> Path:
+    """A head-set file beside the adapter: the retriever's head set (`head_set_data`: its file's heads, weights,
+    fusion and modes) naming it."""
     path = adapter_path.with_suffix(".yaml")
-    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    data = {**head_set_data(selection, model), "adapter": adapter_path.name}
+    write_atomic(path, yaml.safe_dump(data, sort_keys=False))
     return path
 
 
@@ -252,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "date": run_metadata()["date"],
         }
         save_adapter(args.save, adapter.adapter(meta))
-        heads_file = head_file_with(Path(args.save), selection)
+        heads_file = head_file_with(Path(args.save), selection, model_id(retriever.config.model))
         by_id = {item.example.id: item for fs in sets["held-in"].values() for item in fs}
         result["product_validation"] = product_check(args, heads_file, [by_id[i] for i in validation_ids])
         logger.info("product check, held-in validation: %s", result["product_validation"])
